@@ -1,1 +1,39 @@
-//! x
+//! Cortex Realtime: a real-time event gateway.
+//!
+//! Backend services publish typed events over HTTP (or in-process); browsers, desktop apps and
+//! CLIs hold a WebSocket open, subscribe to channels, and receive those events within
+//! milliseconds. The wire protocol lives in the `cortex-protocol` crate; this crate is the
+//! server, usable as a library (see [`Server`]) and as the `cortex-realtime` binary.
+//!
+//! # Layout
+//!
+//! - [`config`]: every setting, its default and its unit.
+//! - [`server`]: the node's shared state, the router, the WebSocket upgrade, graceful serving.
+//! - [`session`]: one connection's state machine.
+//! - [`outbox`]: the bounded per-connection send queue.
+//! - [`hub`]: channel -> subscribers on this node; local fan-out, no I/O.
+//! - [`history`]: per-channel offsets and epochs.
+//! - [`broker`]: delivery between the publish API and the hubs ([`broker::MemoryBroker`]).
+//! - [`api`]: the publish API and the one mapping of errors to HTTP responses.
+//! - [`auth`]: JWT verification.
+//! - [`idempotency`]: publish de-duplication.
+//! - [`shutdown`]: the drain signal and task tracking.
+//! - [`metrics`]: Prometheus counters and gauges.
+//! - [`id`]: event, connection and epoch ids.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod history;
+pub mod hub;
+pub mod id;
+pub mod idempotency;
+pub mod metrics;
+pub mod outbox;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+
+pub use config::{Config, Limits};
+pub use server::{Node, Server, StartError};

@@ -1,0 +1,261 @@
+//! The publish API (CONTRACT.md section 7): `POST /api/events`.
+//!
+//! [`publish`] is the one road for events, used by the HTTP handler and by in-process publishing
+//! alike: validate every event (all or nothing), give each an id, serialize each payload once,
+//! de-duplicate by `idempotencyKey`, hand the batch to the broker. [`ApiError`] is the one place
+//! HTTP errors are made.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cortex_protocol::event::MAX_BATCH;
+use cortex_protocol::{Event, EventError, PublishEvent};
+use serde::Serialize;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+
+use crate::broker::{BrokerError, PreparedEvent};
+use crate::id;
+use crate::idempotency::FirstAnswer;
+use crate::metrics;
+use crate::server::Node;
+
+/// The answer for one accepted event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    /// The event's id.
+    pub id: String,
+    /// The channels it was routed to.
+    pub channels: Vec<String>,
+    /// Connections of this node it was delivered to.
+    pub recipients: usize,
+    /// Set when the `idempotencyKey` was seen before: nothing was delivered this time.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// Why a publish was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing or wrong publish key (401).
+    #[error("missing or wrong publish key")]
+    Unauthorized,
+    /// Body or event over the size limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body is not JSON (400).
+    #[error("the body is not valid JSON")]
+    BadJson,
+    /// The body is JSON but not a publish body (400).
+    #[error("{0}")]
+    BadBody(String),
+    /// More than 100 events in a batch (400).
+    #[error("a batch holds at most {MAX_BATCH} events")]
+    BatchTooLarge,
+    /// An event failed validation (400); `index` is its place in a batch.
+    #[error("{}{source}", index.map(|i| format!("event {i}: ")).unwrap_or_default())]
+    Invalid {
+        /// The event's index in a batch.
+        index: Option<usize>,
+        /// What is wrong with it.
+        source: EventError,
+    },
+    /// The backplane is unreachable (503 with `Retry-After`).
+    #[error("the backplane is unavailable; retry later")]
+    Unavailable,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::BadJson => (StatusCode::BAD_REQUEST, "bad_json"),
+            ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::BatchTooLarge => (StatusCode::BAD_REQUEST, "batch_too_large"),
+            ApiError::Invalid { source, .. } => (StatusCode::BAD_REQUEST, source.code()),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Unavailable => ApiError::Unavailable,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({ "error": code, "message": self.to_string() });
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// Validates and publishes events: all of them or none.
+pub async fn publish(node: &Node, bodies: Vec<PublishEvent>) -> Result<Vec<Accepted>, ApiError> {
+    if bodies.len() > MAX_BATCH {
+        return Err(ApiError::BatchTooLarge);
+    }
+    if !node.broker.ready() {
+        return Err(ApiError::Unavailable);
+    }
+    let batch = bodies.len() > 1;
+    let now = OffsetDateTime::now_utc();
+    let mut events = Vec::with_capacity(bodies.len());
+    for (i, body) in bodies.into_iter().enumerate() {
+        let ev = Event::validate(body, now).map_err(|source| ApiError::Invalid {
+            index: batch.then_some(i),
+            source,
+        })?;
+        events.push(ev);
+    }
+
+    let mut answers: Vec<Option<Accepted>> = Vec::with_capacity(events.len());
+    let mut prepared = Vec::with_capacity(events.len());
+    let mut claimed = Vec::new();
+    let at = Instant::now();
+    for ev in events {
+        let org: Arc<str> = Arc::from(ev.org_id.as_str());
+        let first = FirstAnswer {
+            id: id::event_id(),
+            channels: ev.channels.iter().map(|c| c.to_string()).collect(),
+        };
+        if let Some(key) = &ev.idempotency_key {
+            if let Some(seen) = node.idempotency.claim(&org, key, first.clone(), at) {
+                answers.push(Some(Accepted {
+                    id: seen.id,
+                    channels: seen.channels,
+                    recipients: 0,
+                    duplicate: true,
+                }));
+                continue;
+            }
+            claimed.push((org.clone(), key.clone()));
+        }
+        answers.push(None);
+        prepared.push(PreparedEvent {
+            id: first.id,
+            org,
+            event_type: ev.event_type,
+            payload_json: Value::Object(ev.payload).to_string(),
+            channels: ev.channels,
+        });
+    }
+
+    let counts = match node.broker.publish(&prepared).await {
+        Ok(c) => c,
+        Err(e) => {
+            for (org, key) in &claimed {
+                node.idempotency.release(org, key);
+            }
+            return Err(e.into());
+        }
+    };
+    metrics::published(prepared.len());
+    let mut fresh = prepared.into_iter().zip(counts);
+    Ok(answers
+        .into_iter()
+        .map(|a| {
+            a.unwrap_or_else(|| {
+                let (ev, recipients) = fresh.next().expect("one count per published event");
+                Accepted {
+                    id: ev.id,
+                    channels: ev.channels.iter().map(|c| c.to_string()).collect(),
+                    recipients,
+                    duplicate: false,
+                }
+            })
+        })
+        .collect())
+}
+
+/// Whether the request carries one of the configured publish keys (constant-time compare).
+fn authorized(node: &Node, headers: &HeaderMap) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let mut ok = 0u8;
+    for key in &node.config.publish_keys {
+        ok |= given.as_bytes().ct_eq(key.as_bytes()).unwrap_u8();
+    }
+    ok == 1
+}
+
+/// `POST /api/events`.
+pub async fn post_events(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    if !authorized(&node, &headers) {
+        return Err(ApiError::Unauthorized);
+    }
+    let per_event = node.config.limits.max_event_bytes;
+    let limit = per_event * MAX_BATCH + 1024;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("a body holds at most {MAX_BATCH} events of {per_event} bytes")))?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| ApiError::BadJson)?;
+    let Value::Object(mut top) = value else {
+        return Err(ApiError::BadBody("the body must be a JSON object".into()));
+    };
+    let (bodies, batch) = if top.contains_key("events") {
+        if top.len() != 1 {
+            return Err(ApiError::BadBody("a batch body holds only `events`".into()));
+        }
+        let Some(Value::Array(items)) = top.remove("events") else {
+            return Err(ApiError::BadBody("`events` must be an array".into()));
+        };
+        if items.len() > MAX_BATCH {
+            return Err(ApiError::BatchTooLarge);
+        }
+        if items.is_empty() {
+            return Err(ApiError::BadBody("`events` is empty".into()));
+        }
+        let mut bodies = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            if serde_json::to_vec(&item).map_or(0, |v| v.len()) > per_event {
+                return Err(ApiError::TooLarge(format!("event {i} is over {per_event} bytes")));
+            }
+            bodies.push(parse_body(item, Some(i))?);
+        }
+        (bodies, true)
+    } else {
+        if bytes.len() > per_event {
+            return Err(ApiError::TooLarge(format!("an event is at most {per_event} bytes")));
+        }
+        (vec![parse_body(Value::Object(top), None)?], false)
+    };
+    let accepted = publish(&node, bodies).await?;
+    let body = if batch {
+        serde_json::json!({ "results": accepted })
+    } else {
+        serde_json::to_value(&accepted[0]).expect("serializable")
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+fn parse_body(v: Value, index: Option<usize>) -> Result<PublishEvent, ApiError> {
+    serde_json::from_value(v).map_err(|e| {
+        let at = index.map(|i| format!("event {i}: ")).unwrap_or_default();
+        // serde's message names fields, never values of ours worth hiding; cut its position.
+        let msg = e.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg);
+        ApiError::BadBody(format!("{at}{msg}"))
+    })
+}

@@ -1,0 +1,110 @@
+//! Every setting of a node in one place: its default, its unit and why it exists.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::auth::VerifierConfig;
+
+/// The configuration of one node. `Config::default()` is a working loopback node with the
+/// contract's limits, no keys (see [`crate::Server::builder`] for what must be set).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// How tokens are verified (keys, issuer, audience, leeway).
+    pub auth: VerifierConfig,
+    /// Bearer keys accepted by the publish API (compared in constant time).
+    pub publish_keys: Vec<String>,
+    /// Browser `Origin`s allowed to open a WebSocket. Empty: every origin is allowed unless
+    /// `refuse_unlisted_origins` is set. Requests without `Origin` are not browsers and pass.
+    pub allowed_origins: Vec<String>,
+    /// Refuse every browser `Origin` not in `allowed_origins`, even when the list is empty
+    /// (the `local` mode sets this).
+    pub refuse_unlisted_origins: bool,
+    /// Only accept `Host` headers naming a loopback address (DNS-rebinding guard for `local`).
+    pub loopback_host_only: bool,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// How long a drain may take after SIGTERM before the remaining connections are dropped.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            auth: VerifierConfig::default(),
+            publish_keys: Vec::new(),
+            allowed_origins: Vec::new(),
+            refuse_unlisted_origins: false,
+            loopback_host_only: false,
+            limits: Limits::default(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits and timeouts (CONTRACT.md section 9). Every one is per node unless it says otherwise.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest client frame or message, bytes; bigger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Subscriptions per connection; the next gets `too_many_subscriptions`.
+    pub max_subscriptions: usize,
+    /// Outbound queue per connection, bytes; past it the connection is closed with 4009.
+    pub outbox_bytes: usize,
+    /// Outbound queue per connection, messages; past it the connection is closed with 4009.
+    pub outbox_events: usize,
+    /// Commands per second per connection (a token bucket of this size refilled each second);
+    /// past it the connection is closed with 4008.
+    pub commands_per_sec: u32,
+    /// Connections per user (`sub` within an `org`); the next is refused with 429 or 4029.
+    pub connections_per_user: usize,
+    /// Connections per node; the next is refused with 429 or 4029.
+    pub connections_per_node: usize,
+    /// How long a connection may wait before its `auth` frame; then 4003.
+    pub auth_timeout: Duration,
+    /// Interval of server WebSocket pings.
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long the HTTP request that opens a WebSocket may take.
+    pub handshake_timeout: Duration,
+    /// Largest publish body per event, bytes; bigger gets 413. A batch may be up to 100 times this.
+    pub max_event_bytes: usize,
+    /// How long an `idempotencyKey` is remembered.
+    pub idempotency_window: Duration,
+    /// Most `idempotencyKey`s remembered at once; the oldest are forgotten first.
+    pub idempotency_capacity: usize,
+    /// A channel with no subscriber and no event for this long is forgotten (its offset and
+    /// epoch start over).
+    pub channel_idle: Duration,
+    /// WebSocket read buffer per connection, bytes (tungstenite's default is 128 KiB).
+    pub ws_read_buffer: usize,
+    /// WebSocket write buffer per connection, bytes: writes are flushed past this.
+    pub ws_write_buffer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 64 * 1024,
+            max_subscriptions: 128,
+            outbox_bytes: 1024 * 1024,
+            outbox_events: 1000,
+            commands_per_sec: 100,
+            connections_per_user: 100,
+            connections_per_node: 100_000,
+            auth_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            max_event_bytes: 64 * 1024,
+            idempotency_window: Duration::from_secs(300),
+            idempotency_capacity: 100_000,
+            channel_idle: Duration::from_secs(300),
+            ws_read_buffer: 4 * 1024,
+            ws_write_buffer: 4 * 1024,
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! This node's subscriptions: channel -> the outboxes of the connections subscribed to it.
+//!
+//! Sharded by channel so unrelated channels never contend. Only synchronous work happens under a
+//! shard lock (no I/O, no `.await`): fan-out pushes pre-serialized bytes into bounded outboxes,
+//! which never block.
+
+use std::collections::hash_map::{DefaultHasher, Entry};
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cortex_protocol::ChannelId;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::outbox::Outbox;
+
+/// A connection's id on this node.
+pub type ConnId = u64;
+
+const SHARDS: usize = 64;
+
+/// A channel within one org: the same channel id in two orgs is two different channels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChannelKey {
+    /// The tenant.
+    pub org: Arc<str>,
+    /// The channel within it.
+    pub channel: ChannelId,
+}
+
+impl ChannelKey {
+    /// The key of `channel` in `org`.
+    pub fn new(org: Arc<str>, channel: ChannelId) -> ChannelKey {
+        ChannelKey { org, channel }
+    }
+
+    /// Which of `n` shards this key lives in.
+    pub fn shard(&self, n: usize) -> usize {
+        let mut h = DefaultHasher::new();
+        self.hash(&mut h);
+        (h.finish() as usize) % n
+    }
+}
+
+/// One subscription as the hub holds it.
+#[derive(Clone)]
+pub struct Subscriber {
+    /// The connection.
+    pub conn: ConnId,
+    /// Where its messages go.
+    pub outbox: Outbox,
+}
+
+/// Channel -> subscribers, for this node only.
+pub struct Hub {
+    shards: Box<[Mutex<HashMap<ChannelKey, Vec<Subscriber>>>]>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Hub {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, key: &ChannelKey) -> MutexGuard<'_, HashMap<ChannelKey, Vec<Subscriber>>> {
+        self.shards[key.shard(SHARDS)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a subscriber; a connection already subscribed stays subscribed once.
+    /// Returns whether it was added.
+    pub fn subscribe(&self, key: &ChannelKey, sub: Subscriber) -> bool {
+        let mut shard = self.shard(key);
+        let list = shard.entry(key.clone()).or_default();
+        if list.iter().any(|s| s.conn == sub.conn) {
+            return false;
+        }
+        list.push(sub);
+        true
+    }
+
+    /// Removes a connection from a channel. Returns whether it was subscribed.
+    pub fn unsubscribe(&self, key: &ChannelKey, conn: ConnId) -> bool {
+        let mut shard = self.shard(key);
+        let Entry::Occupied(mut e) = shard.entry(key.clone()) else {
+            return false;
+        };
+        let list = e.get_mut();
+        let Some(i) = list.iter().position(|s| s.conn == conn) else {
+            return false;
+        };
+        list.swap_remove(i);
+        if list.is_empty() {
+            e.remove();
+        } else if list.capacity() > 8 && list.len() < list.capacity() / 4 {
+            list.shrink_to(list.len() * 2);
+        }
+        true
+    }
+
+    /// Pushes `msg` to every subscriber of `key`. Returns how many outboxes took it; when `seen`
+    /// is given, counts only connections not already in it (an event on several channels).
+    /// A full outbox is marked overflowed and its connection closes itself with 4009.
+    pub fn fan_out(&self, key: &ChannelKey, msg: &Utf8Bytes, seen: Option<&mut HashSet<ConnId>>) -> usize {
+        let shard = self.shard(key);
+        let Some(list) = shard.get(key) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        match seen {
+            None => {
+                for s in list {
+                    if s.outbox.push(msg.clone()).is_ok() {
+                        delivered += 1;
+                    }
+                }
+            }
+            Some(seen) => {
+                for s in list {
+                    if s.outbox.push(msg.clone()).is_ok() && seen.insert(s.conn) {
+                        delivered += 1;
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    /// How many connections are subscribed to `key`.
+    pub fn subscribers(&self, key: &ChannelKey) -> usize {
+        self.shard(key).get(key).map_or(0, Vec::len)
+    }
+
+    /// Whether anyone on this node is subscribed to `key`.
+    pub fn has_subscribers(&self, key: &ChannelKey) -> bool {
+        self.subscribers(key) > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(org: &str, ch: &str) -> ChannelKey {
+        ChannelKey::new(Arc::from(org), ChannelId::parse(ch).unwrap())
+    }
+
+    fn sub(conn: ConnId) -> (Subscriber, Outbox) {
+        let outbox = Outbox::new(1 << 20, 100);
+        (Subscriber { conn, outbox: outbox.clone() }, outbox)
+    }
+
+    fn drained(o: &Outbox) -> Vec<Utf8Bytes> {
+        let mut v = Vec::new();
+        o.try_batch(&mut v);
+        v
+    }
+
+    #[test]
+    fn fan_out_reaches_every_subscriber_of_the_channel_in_its_org_only() {
+        let hub = Hub::new();
+        let (a, ao) = sub(1);
+        let (b, bo) = sub(2);
+        let (c, co) = sub(3);
+        hub.subscribe(&key("o1", "agent:x"), a);
+        hub.subscribe(&key("o1", "agent:x"), b);
+        hub.subscribe(&key("o2", "agent:x"), c);
+        assert_eq!(hub.fan_out(&key("o1", "agent:x"), &"m".into(), None), 2);
+        assert_eq!(drained(&ao).len(), 1);
+        assert_eq!(drained(&bo).len(), 1);
+        assert!(drained(&co).is_empty(), "another org's channel of the same name");
+    }
+
+    #[test]
+    fn subscribing_twice_delivers_once_and_unsubscribe_removes() {
+        let hub = Hub::new();
+        let (a, ao) = sub(1);
+        let k = key("o", "task:t");
+        assert!(hub.subscribe(&k, a.clone()));
+        assert!(!hub.subscribe(&k, a));
+        assert_eq!(hub.fan_out(&k, &"m".into(), None), 1);
+        assert_eq!(drained(&ao).len(), 1);
+        assert!(hub.unsubscribe(&k, 1));
+        assert!(!hub.unsubscribe(&k, 1));
+        assert_eq!(hub.fan_out(&k, &"m".into(), None), 0);
+        assert!(!hub.has_subscribers(&k));
+    }
+
+    #[test]
+    fn seen_counts_a_connection_once_across_channels() {
+        let hub = Hub::new();
+        let (a, _ao) = sub(1);
+        hub.subscribe(&key("o", "task:t"), a.clone());
+        hub.subscribe(&key("o", "project:p"), a);
+        let mut seen = HashSet::new();
+        let n = hub.fan_out(&key("o", "task:t"), &"m".into(), Some(&mut seen))
+            + hub.fan_out(&key("o", "project:p"), &"m".into(), Some(&mut seen));
+        assert_eq!(n, 1);
+    }
+}

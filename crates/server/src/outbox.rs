@@ -1,0 +1,189 @@
+//! The per-connection send queue, bounded in bytes and in messages.
+//!
+//! Publishers push without ever blocking; the connection's task drains it. When a push would pass
+//! either bound the queue is emptied (its memory freed at once) and marked overflowed: the
+//! connection is closed with 4009 and its client resumes from its last offset (CONTRACT.md
+//! sections 8 and 9). A slow client therefore costs at most its bound, never the publisher's time.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// A push was refused: the queue passed its bound, or the connection is already closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+/// The sending half, cheap to clone: the hub holds one per subscription.
+#[derive(Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    notify: Notify,
+    max_bytes: usize,
+    max_messages: usize,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Utf8Bytes>,
+    bytes: usize,
+    overflowed: bool,
+}
+
+/// What the connection's task gets from [`Outbox::next_batch`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Batch {
+    /// Messages were moved into the caller's buffer.
+    Ready,
+    /// The queue overflowed: close with 4009.
+    Overflowed,
+}
+
+impl Outbox {
+    /// A queue that holds at most `max_bytes` of messages and `max_messages` messages.
+    pub fn new(max_bytes: usize, max_messages: usize) -> Outbox {
+        Outbox {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                notify: Notify::new(),
+                max_bytes,
+                max_messages,
+            }),
+        }
+    }
+
+    /// Queues a message without blocking. On overflow the queue is dropped and the connection
+    /// is told to close; every later push is refused.
+    pub fn push(&self, msg: Utf8Bytes) -> Result<(), Overflow> {
+        let len = msg.len();
+        {
+            let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            if s.overflowed {
+                return Err(Overflow);
+            }
+            if s.queue.len() >= self.shared.max_messages || s.bytes + len > self.shared.max_bytes {
+                s.overflowed = true;
+                s.queue = VecDeque::new();
+                s.bytes = 0;
+                drop(s);
+                self.shared.notify.notify_one();
+                return Err(Overflow);
+            }
+            s.bytes += len;
+            s.queue.push_back(msg);
+        }
+        self.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Waits until there is something to send, then moves everything queued into `out`.
+    pub async fn next_batch(&self, out: &mut Vec<Utf8Bytes>) -> Batch {
+        loop {
+            if let Some(batch) = self.try_batch(out) {
+                return batch;
+            }
+            self.shared.notify.notified().await;
+        }
+    }
+
+    /// Moves everything queued into `out` without waiting; `None` when the queue is empty.
+    pub fn try_batch(&self, out: &mut Vec<Utf8Bytes>) -> Option<Batch> {
+        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.overflowed {
+            return Some(Batch::Overflowed);
+        }
+        if s.queue.is_empty() {
+            return None;
+        }
+        out.extend(s.queue.drain(..));
+        s.bytes = 0;
+        if s.queue.capacity() > 64 {
+            s.queue = VecDeque::new();
+        }
+        Some(Batch::Ready)
+    }
+
+    /// Whether the queue has overflowed.
+    pub fn overflowed(&self) -> bool {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .overflowed
+    }
+
+    /// Whether two handles share one queue.
+    pub fn same(&self, other: &Outbox) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: usize) -> Utf8Bytes {
+        Utf8Bytes::from("x".repeat(n))
+    }
+
+    #[tokio::test]
+    async fn drains_in_order() {
+        let o = Outbox::new(1000, 10);
+        o.push("a".into()).unwrap();
+        o.push("b".into()).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(o.next_batch(&mut out).await, Batch::Ready);
+        assert_eq!(out, vec![Utf8Bytes::from("a"), Utf8Bytes::from("b")]);
+        assert!(o.try_batch(&mut out).is_none());
+    }
+
+    #[test]
+    fn message_bound_overflows_and_frees_the_queue() {
+        let o = Outbox::new(1 << 20, 3);
+        for _ in 0..3 {
+            o.push(msg(1)).unwrap();
+        }
+        assert_eq!(o.push(msg(1)), Err(Overflow));
+        assert!(o.overflowed());
+        assert_eq!(o.push(msg(1)), Err(Overflow), "stays closed");
+        let mut out = Vec::new();
+        assert_eq!(o.try_batch(&mut out), Some(Batch::Overflowed));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn byte_bound_overflows() {
+        let o = Outbox::new(100, 1000);
+        o.push(msg(60)).unwrap();
+        assert_eq!(o.push(msg(41)), Err(Overflow));
+    }
+
+    #[test]
+    fn draining_makes_room_again() {
+        let o = Outbox::new(100, 2);
+        o.push(msg(50)).unwrap();
+        o.push(msg(50)).unwrap();
+        let mut out = Vec::new();
+        o.try_batch(&mut out);
+        o.push(msg(50)).unwrap();
+        o.push(msg(50)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiting_drain_wakes_on_push_and_on_overflow() {
+        let o = Outbox::new(10, 10);
+        let o2 = o.clone();
+        let t = tokio::spawn(async move {
+            let mut out = Vec::new();
+            o2.next_batch(&mut out).await
+        });
+        tokio::task::yield_now().await;
+        o.push(msg(20)).unwrap_err();
+        assert_eq!(t.await.unwrap(), Batch::Overflowed);
+    }
+}

@@ -1,0 +1,460 @@
+//! The node: its shared state, the HTTP router, the WebSocket upgrade, and graceful serving.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cortex_protocol::PublishEvent;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::api::{self, Accepted, ApiError};
+use crate::auth::{Claims, JwtVerifier, KeyError};
+use crate::broker::{Broker, MemoryBroker};
+use crate::config::Config;
+use crate::hub::{ConnId, Hub};
+use crate::idempotency::Idempotency;
+use crate::shutdown::Shutdown;
+use crate::{id, metrics, session};
+
+/// Unix time in seconds, from the system clock.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No key to verify tokens with.
+    #[error("no token verification key: set --jwt-secret, --jwt-public-key or --jwks-file")]
+    NoVerificationKey,
+    /// No publish key.
+    #[error("no publish key: set --publish-key")]
+    NoPublishKey,
+    /// A key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A connection refused at the door for a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitExceeded {
+    /// Too many connections for this user.
+    User,
+    /// Too many connections on this node.
+    Node,
+}
+
+/// Open connections, per user and per node.
+pub struct Connections {
+    per_user: Mutex<HashMap<(Arc<str>, Arc<str>), usize>>,
+    total: AtomicU64,
+    next: AtomicU64,
+    max_per_user: usize,
+    max_total: usize,
+}
+
+/// Holds one slot of the connection limits; frees it when dropped.
+pub struct ConnectionGuard {
+    node: Arc<Connections>,
+    user: (Arc<str>, Arc<str>),
+    conn: ConnId,
+}
+
+impl ConnectionGuard {
+    /// The connection's id on this node.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut m = self.node.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+        self.node.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connections {
+    fn new(max_per_user: usize, max_total: usize) -> Connections {
+        Connections {
+            per_user: Mutex::new(HashMap::new()),
+            total: AtomicU64::new(0),
+            next: AtomicU64::new(1),
+            max_per_user,
+            max_total,
+        }
+    }
+
+    /// Takes a slot for this token's user, or says which limit is full.
+    pub fn register(self: &Arc<Self>, claims: &Claims) -> Result<ConnectionGuard, LimitExceeded> {
+        let user = (Arc::from(claims.org.as_str()), Arc::from(claims.sub.as_str()));
+        let mut m = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        if self.total.load(Ordering::Relaxed) as usize >= self.max_total {
+            return Err(LimitExceeded::Node);
+        }
+        let n = m.entry(user.clone()).or_insert(0);
+        if *n >= self.max_per_user {
+            return Err(LimitExceeded::User);
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnectionGuard {
+            node: self.clone(),
+            user,
+            conn: self.next.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// How many connections are open.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed) as usize
+    }
+}
+
+/// Everything one node shares between its connections and its API.
+pub struct Node {
+    /// The configuration it was started with.
+    pub config: Config,
+    /// Verifies tokens.
+    pub verifier: JwtVerifier,
+    /// Delivers events.
+    pub broker: Arc<dyn Broker>,
+    /// This node's subscriptions.
+    pub hub: Arc<Hub>,
+    /// Open connections and their limits.
+    pub connections: Arc<Connections>,
+    /// Recent idempotency keys.
+    pub idempotency: Idempotency,
+    /// The drain signal and the tracked session tasks.
+    pub shutdown: Shutdown,
+    ws_config: WebSocketConfig,
+    node_prefix: u32,
+}
+
+impl Node {
+    /// Builds a node's state from its configuration (no listener: see [`Server`]).
+    pub fn new(config: Config) -> Result<Arc<Node>, StartError> {
+        if config.auth.keys.is_empty() {
+            return Err(StartError::NoVerificationKey);
+        }
+        if config.publish_keys.iter().all(|k| k.is_empty()) {
+            return Err(StartError::NoPublishKey);
+        }
+        let verifier = JwtVerifier::new(&config.auth)?;
+        let hub = Arc::new(Hub::new());
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone(), config.limits.channel_idle));
+        let l = &config.limits;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(l.ws_read_buffer)
+            .write_buffer_size(l.ws_write_buffer)
+            .max_write_buffer_size(l.outbox_bytes + l.max_frame_bytes + l.ws_write_buffer)
+            .max_message_size(Some(l.max_frame_bytes))
+            .max_frame_size(Some(l.max_frame_bytes));
+        Ok(Arc::new(Node {
+            connections: Arc::new(Connections::new(l.connections_per_user, l.connections_per_node)),
+            idempotency: Idempotency::new(l.idempotency_window, l.idempotency_capacity),
+            verifier,
+            broker,
+            hub,
+            shutdown: Shutdown::new(),
+            ws_config,
+            node_prefix: id::node_prefix(),
+            config,
+        }))
+    }
+
+    /// The public id of connection `conn`.
+    pub fn connection_id(&self, conn: ConnId) -> String {
+        id::connection_id(self.node_prefix, conn)
+    }
+
+    /// The WebSocket settings every connection uses.
+    pub fn ws_config(&self) -> WebSocketConfig {
+        self.ws_config
+    }
+
+    /// Publishes events in-process: the same validation and routing as `POST /api/events`.
+    pub async fn publish(&self, events: Vec<PublishEvent>) -> Result<Vec<Accepted>, ApiError> {
+        api::publish(self, events).await
+    }
+}
+
+/// The node's HTTP routes.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/api/ws", get(upgrade))
+        .route("/api/events", post(api::post_events))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(|| async { metrics::render() }))
+        .with_state(node)
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.shutdown.is_triggered() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if node.broker.ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "backplane unavailable").into_response()
+    }
+}
+
+fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": error, "message": message });
+    (status, axum::Json(body)).into_response()
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    matches!(name, "localhost" | "::1") || name.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refusals that come before any token work: Host and Origin.
+fn check_request(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
+    if node.config.loopback_host_only {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        if !is_loopback_host(host) {
+            metrics::refused("host");
+            return Err(json_error(StatusCode::FORBIDDEN, "forbidden_host", "Host must be a loopback name"));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let listed = node.config.allowed_origins.iter().any(|o| o == origin);
+        let open = node.config.allowed_origins.is_empty() && !node.config.refuse_unlisted_origins;
+        if !listed && !open {
+            metrics::refused("origin");
+            return Err(json_error(StatusCode::FORBIDDEN, "forbidden_origin", "this Origin is not allowed"));
+        }
+    }
+    Ok(())
+}
+
+/// The token of transport 1 (`?token=`) or 2 (`Authorization: Bearer`), if any.
+fn upgrade_token(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        return Some(v.strip_prefix("Bearer ").unwrap_or(v).trim().to_owned());
+    }
+    let query = req.uri().query()?;
+    form_token(query)
+}
+
+fn form_token(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "token").then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /api/ws`: checks, optional token verification, then the switch to WebSocket.
+async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+    if let Err(resp) = check_request(&node, req.headers()) {
+        return resp;
+    }
+    if node.shutdown.is_triggered() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down");
+    }
+    let h = req.headers();
+    let is_upgrade = req.method() == Method::GET
+        && header_has(h, header::CONNECTION, "upgrade")
+        && header_has(h, header::UPGRADE, "websocket");
+    if !is_upgrade {
+        return json_error(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "this endpoint speaks WebSocket");
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", "Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key");
+    };
+
+    let pre_auth = match upgrade_token(&req) {
+        None => None,
+        Some(token) => {
+            let claims = match node.verifier.verify(&token, unix_now()) {
+                Ok(c) => c,
+                Err(e) if e.is_expired() => {
+                    metrics::refused("token_expired");
+                    return json_error(StatusCode::UNAUTHORIZED, "token_expired", "the token has expired");
+                }
+                Err(_) => {
+                    metrics::refused("unauthorized");
+                    return json_error(StatusCode::UNAUTHORIZED, "unauthorized", "the token is missing or invalid");
+                }
+            };
+            match node.connections.register(&claims) {
+                Ok(guard) => Some((claims, guard)),
+                Err(_) => {
+                    metrics::refused("too_many_connections");
+                    return json_error(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", "too many connections");
+                }
+            }
+        }
+    };
+
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", "connection cannot be upgraded");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let task_node = node.clone();
+    node.shutdown.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let config = task_node.ws_config();
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        session::run(task_node, ws, pre_auth).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a header value"))
+        .body(Body::empty())
+        .expect("valid response")
+}
+
+fn header_has(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    h.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    node: Arc<Node>,
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Builds the node and binds its listener.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        metrics::install();
+        let addr = config.listen;
+        let node = Node::new(config)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Server { node, listener, addr })
+    }
+
+    /// The address actually bound (the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node, for in-process publishing and inspection.
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
+    /// Serves until `signal` resolves, then drains: stops accepting, closes every connection
+    /// with 1001, and returns once they are closed or the drain timeout passes.
+    pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let node = self.node;
+        let sweeper = {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tokio::select! {
+                        _ = node.shutdown.cancelled() => break,
+                        _ = tick.tick() => node.broker.sweep(),
+                    }
+                }
+            })
+        };
+        let trigger = node.shutdown.clone();
+        let app = router(node.clone());
+        let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = signal => trigger.trigger(),
+                _ = trigger.cancelled() => {}
+            }
+        });
+        // axum's graceful shutdown waits for open HTTP connections; upgraded sockets are ours and
+        // are drained through the shutdown tracker below.
+        let drain = node.config.drain_timeout;
+        let mut served = tokio::spawn(async move { serve.await });
+        let result = tokio::select! {
+            _ = node.shutdown.cancelled() => Ok(()),
+            r = &mut served => {
+                node.shutdown.trigger();
+                r.unwrap_or(Ok(()))
+            }
+        };
+        let _ = tokio::time::timeout(drain, node.shutdown.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), served).await;
+        sweeper.abort();
+        result
+    }
+}

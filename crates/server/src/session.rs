@@ -1,0 +1,442 @@
+//! One connection's state machine: authentication, commands, delivery, liveness, close.
+//!
+//! Generic over the byte stream, so tests drive it over an in-memory pipe with tokio's paused
+//! clock as well as over real sockets. Everything for one connection runs in one task: reading
+//! commands, draining the outbox into the socket, pings, the token's expiry and shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cortex_protocol::event::rfc3339_secs;
+use cortex_protocol::{
+    ChannelId, ChannelKind, ClientMessage, CloseCode, ErrorCode, Ref, ServerMessage, Since,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use crate::auth::{AuthError, Claims};
+use crate::broker::Subscribed;
+use crate::hub::{ChannelKey, ConnId, Subscriber};
+use crate::metrics;
+use crate::outbox::{Batch, Outbox};
+use crate::server::{ConnectionGuard, Node, unix_now};
+
+/// How long a close frame may take to go out before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// `bad_request`s a connection may make in a burst before it is closed with 1008.
+const BAD_COMMAND_BURST: f64 = 10.0;
+/// How fast that allowance comes back, per second.
+const BAD_COMMAND_REFILL: f64 = 1.0;
+
+/// Why a session ended, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// We closed it with this code.
+    Closed(CloseCode),
+    /// The client closed it, or the socket failed.
+    Gone,
+}
+
+/// A token bucket: `capacity` tokens, refilled at `per_sec`.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    capacity: f64,
+    per_sec: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(capacity: f64, per_sec: f64) -> Bucket {
+        Bucket {
+            tokens: capacity,
+            capacity,
+            per_sec,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.per_sec).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Runs a connection whose token, if it came with the upgrade, was verified already (`claims`).
+/// Returns how it ended.
+pub async fn run<S>(
+    node: Arc<Node>,
+    mut ws: WebSocketStream<S>,
+    claims: Option<(Claims, ConnectionGuard)>,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (claims, guard) = match claims {
+        Some(c) => c,
+        None => match authenticate(&node, &mut ws).await {
+            Ok(c) => c,
+            Err(code) => {
+                metrics::refused("auth_frame");
+                return close(&mut ws, code).await;
+            }
+        },
+    };
+    let conn = guard.conn();
+    metrics::connection_opened();
+    let mut session = Session::new(node, claims, conn);
+    let end = session.serve(&mut ws).await;
+    session.leave_all();
+    drop(guard);
+    metrics::connection_closed(match end {
+        End::Closed(c) => c.code(),
+        End::Gone => 1006,
+    });
+    end
+}
+
+/// Waits for the `auth` frame (CONTRACT.md section 2, transport 3).
+async fn authenticate<S>(
+    node: &Arc<Node>,
+    ws: &mut WebSocketStream<S>,
+) -> Result<(Claims, ConnectionGuard), CloseCode>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = Instant::now() + node.config.limits.auth_timeout;
+    loop {
+        let frame = tokio::select! {
+            _ = node.shutdown.cancelled() => return Err(CloseCode::GoingAway),
+            _ = sleep_until(deadline) => return Err(CloseCode::AuthTimeout),
+            f = ws.next() => f,
+        };
+        let text = match frame {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(_)) => return Err(CloseCode::Unauthorized),
+            Some(Err(WsError::Capacity(_))) => return Err(CloseCode::TooBig),
+            Some(Err(_)) | None => return Err(CloseCode::Normal),
+        };
+        let Ok(ClientMessage::Auth { token, .. }) = ClientMessage::decode(&text) else {
+            return Err(CloseCode::Unauthorized);
+        };
+        let claims = node.verifier.verify(&token, unix_now()).map_err(|e| {
+            if e.is_expired() {
+                CloseCode::TokenExpired
+            } else {
+                CloseCode::Unauthorized
+            }
+        })?;
+        let guard = node
+            .connections
+            .register(&claims)
+            .map_err(|_| CloseCode::TooManyConnections)?;
+        return Ok((claims, guard));
+    }
+}
+
+/// Sends a close frame (bounded in time) and reports the end.
+async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: WsCloseCode::from(code.code()),
+        reason: code.reason().into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if ws.close(Some(frame)).await.is_ok() {
+            // Wait for the client's close so the TCP connection ends cleanly.
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+    End::Closed(code)
+}
+
+struct Session {
+    node: Arc<Node>,
+    org: Arc<str>,
+    claims: Claims,
+    conn: ConnId,
+    outbox: Outbox,
+    subscriptions: HashMap<ChannelId, ChannelKey>,
+    expires: Instant,
+    commands: Bucket,
+    bad_commands: Bucket,
+}
+
+impl Session {
+    fn new(node: Arc<Node>, claims: Claims, conn: ConnId) -> Session {
+        let limits = &node.config.limits;
+        let outbox = Outbox::new(limits.outbox_bytes, limits.outbox_events);
+        let rate = f64::from(limits.commands_per_sec);
+        let expires = expiry_instant(&claims, node.verifier.leeway_secs());
+        Session {
+            org: Arc::from(claims.org.as_str()),
+            claims,
+            conn,
+            outbox,
+            subscriptions: HashMap::new(),
+            expires,
+            commands: Bucket::new(rate, rate),
+            bad_commands: Bucket::new(BAD_COMMAND_BURST, BAD_COMMAND_REFILL),
+            node,
+        }
+    }
+
+    fn reply(&self, msg: &ServerMessage) {
+        // A full outbox means the connection is closing with 4009; the reply is moot.
+        let _ = self.outbox.push(Utf8Bytes::from(msg.to_json()));
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>, channel: Option<&str>, r#ref: Option<Ref>) {
+        self.reply(&ServerMessage::Error {
+            code,
+            message: message.into(),
+            channel_id: channel.map(str::to_owned),
+            r#ref,
+        });
+    }
+
+    async fn serve<S>(&mut self, ws: &mut WebSocketStream<S>) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let limits = self.node.config.limits.clone();
+        self.reply(&ServerMessage::Connected {
+            connection_id: self.node.connection_id(self.conn),
+            user_id: self.claims.sub.clone(),
+            org_id: self.claims.org.clone(),
+            expires_at: rfc3339_secs(self.claims.exp),
+        });
+        let mut batch = Vec::new();
+        let mut last_seen = Instant::now();
+        let mut ping = tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.node.shutdown.cancelled() => return close(ws, CloseCode::GoingAway).await,
+                _ = sleep_until(self.expires) => return close(ws, CloseCode::TokenExpired).await,
+                b = self.outbox.next_batch(&mut batch) => {
+                    if b == Batch::Overflowed {
+                        return close(ws, CloseCode::SlowConsumer).await;
+                    }
+                    if let Some(end) = self.write(ws, &mut batch).await {
+                        return end;
+                    }
+                }
+                frame = ws.next() => {
+                    last_seen = Instant::now();
+                    match frame {
+                        Some(Ok(Message::Text(text))) => {
+                            if let Err(code) = self.command(&text).await {
+                                return close(ws, code).await;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            if !self.bad_commands.take() {
+                                return close(ws, CloseCode::Policy).await;
+                            }
+                            self.error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None, None);
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(_))) | None => return End::Gone,
+                        Some(Err(WsError::Capacity(_))) => return close(ws, CloseCode::TooBig).await,
+                        Some(Err(_)) => return End::Gone,
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() >= limits.idle_timeout {
+                        return close(ws, CloseCode::GoingAway).await;
+                    }
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a drained batch; a write that cannot finish is abandoned on shutdown or overflow.
+    async fn write<S>(&mut self, ws: &mut WebSocketStream<S>, batch: &mut Vec<Utf8Bytes>) -> Option<End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let write = async {
+            for msg in batch.drain(..) {
+                ws.feed(Message::Text(msg)).await?;
+            }
+            ws.flush().await
+        };
+        let shutdown = self.node.shutdown.clone();
+        let res = tokio::select! {
+            r = write => r,
+            _ = shutdown.cancelled() => return Some(End::Closed(CloseCode::GoingAway)),
+            _ = sleep_until(self.expires) => return Some(End::Closed(CloseCode::TokenExpired)),
+        };
+        batch.clear();
+        res.err().map(|_| End::Gone)
+    }
+
+    /// Handles one text frame. `Err` closes the connection with that code.
+    async fn command(&mut self, text: &str) -> Result<(), CloseCode> {
+        if !self.commands.take() {
+            return Err(CloseCode::RateLimited);
+        }
+        let msg = match ClientMessage::decode(text) {
+            Ok(m) => m,
+            Err(e) => {
+                if !self.bad_commands.take() {
+                    return Err(CloseCode::Policy);
+                }
+                self.error(ErrorCode::BadRequest, e.message, None, e.r#ref);
+                return Ok(());
+            }
+        };
+        match msg {
+            ClientMessage::Auth { r#ref, .. } => {
+                self.error(ErrorCode::BadRequest, "already authenticated; use refresh", None, r#ref);
+            }
+            ClientMessage::Ping { r#ref } => self.reply(&ServerMessage::Pong { r#ref }),
+            ClientMessage::Subscribe { channel_id, since, r#ref } => {
+                self.subscribe(&channel_id, since, r#ref).await;
+            }
+            ClientMessage::Unsubscribe { channel_id, r#ref } => self.unsubscribe(&channel_id, r#ref),
+            ClientMessage::Refresh { token, r#ref } => self.refresh(&token, r#ref),
+        }
+        Ok(())
+    }
+
+    /// Whether this connection's token may see `channel` (CONTRACT.md section 4).
+    fn allowed(&self, claims: &Claims, channel: &ChannelId) -> bool {
+        if channel.kind() == ChannelKind::Org && channel.id() != claims.org {
+            return false;
+        }
+        match &claims.channels {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| p.matches(channel)),
+        }
+    }
+
+    async fn subscribe(&mut self, raw: &str, since: Option<Since>, r#ref: Option<Ref>) {
+        let channel = match ChannelId::parse(raw) {
+            Ok(c) => c,
+            Err(e) => return self.error(ErrorCode::InvalidChannel, e.to_string(), Some(raw), r#ref),
+        };
+        if !self.allowed(&self.claims, &channel) {
+            return self.error(ErrorCode::Forbidden, "this token may not subscribe to that channel", Some(raw), r#ref);
+        }
+        let fresh = !self.subscriptions.contains_key(&channel);
+        if fresh && self.subscriptions.len() >= self.node.config.limits.max_subscriptions {
+            return self.error(
+                ErrorCode::TooManySubscriptions,
+                format!("at most {} subscriptions per connection", self.node.config.limits.max_subscriptions),
+                Some(raw),
+                r#ref,
+            );
+        }
+        let key = ChannelKey::new(self.org.clone(), channel.clone());
+        let sub = Subscriber {
+            conn: self.conn,
+            outbox: self.outbox.clone(),
+        };
+        let reply = |s: &Subscribed| {
+            Utf8Bytes::from(
+                ServerMessage::Subscribed {
+                    channel_id: channel.to_string(),
+                    offset: s.position.offset,
+                    epoch: s.position.epoch.to_string(),
+                    recovered: s.recovered,
+                    r#ref: r#ref.clone(),
+                }
+                .to_json(),
+            )
+        };
+        match self.node.broker.subscribe(&key, sub, since.as_ref(), &reply).await {
+            Ok(_) => {
+                if fresh {
+                    metrics::subscriptions(1.0);
+                    self.subscriptions.insert(channel, key);
+                }
+            }
+            Err(e) => self.error(ErrorCode::BadRequest, e.to_string(), Some(raw), r#ref.clone()),
+        }
+    }
+
+    fn unsubscribe(&mut self, raw: &str, r#ref: Option<Ref>) {
+        let channel = match ChannelId::parse(raw) {
+            Ok(c) => c,
+            Err(e) => return self.error(ErrorCode::InvalidChannel, e.to_string(), Some(raw), r#ref),
+        };
+        if let Some(key) = self.subscriptions.remove(&channel) {
+            self.node.broker.unsubscribe(&key, self.conn);
+            metrics::subscriptions(-1.0);
+        }
+        self.reply(&ServerMessage::Unsubscribed {
+            channel_id: channel.to_string(),
+            r#ref,
+        });
+    }
+
+    fn refresh(&mut self, token: &str, r#ref: Option<Ref>) {
+        let claims = match self.node.verifier.verify(token, unix_now()) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = match e {
+                    AuthError::Expired => "the new token has expired",
+                    _ => "the new token is not valid",
+                };
+                return self.error(ErrorCode::InvalidToken, why, None, r#ref);
+            }
+        };
+        if claims.sub != self.claims.sub || claims.org != self.claims.org {
+            return self.error(ErrorCode::TokenMismatch, "a refresh token must have the same sub and org", None, r#ref);
+        }
+        // A narrower allowlist ends the subscriptions it no longer allows.
+        let dropped: Vec<ChannelId> = self
+            .subscriptions
+            .keys()
+            .filter(|c| !self.allowed(&claims, c))
+            .cloned()
+            .collect();
+        for channel in dropped {
+            self.unsubscribe(channel.as_str(), None);
+        }
+        self.expires = expiry_instant(&claims, self.node.verifier.leeway_secs());
+        self.reply(&ServerMessage::Refreshed {
+            expires_at: rfc3339_secs(claims.exp),
+            r#ref,
+        });
+        self.claims = claims;
+    }
+
+    fn leave_all(&mut self) {
+        for (_, key) in self.subscriptions.drain() {
+            self.node.broker.unsubscribe(&key, self.conn);
+            metrics::subscriptions(-1.0);
+        }
+    }
+}
+
+/// When a token's connection must close: `exp` plus the leeway, on tokio's clock.
+fn expiry_instant(claims: &Claims, leeway: u64) -> Instant {
+    let left = claims.exp.saturating_add(leeway as i64).saturating_sub(unix_now());
+    // Far-future tokens: cap at a year so the Instant arithmetic cannot overflow.
+    let left = left.clamp(0, 365 * 24 * 3600) as u64;
+    Instant::now() + Duration::from_secs(left)
+}
