@@ -328,14 +328,16 @@ fn check_payload(
     now: OffsetDateTime,
 ) -> Result<(), EventError> {
     for &(field, kind) in ty.required() {
-        let value = payload.get(field).filter(|v| !v.is_null());
-        let Some(value) = value else {
+        let Some(value) = payload.get(field) else {
             if kind == Timestamp {
                 payload.insert(field.to_owned(), Value::String(rfc3339_millis(now)));
                 continue;
             }
             return Err(EventError::MissingField(field));
         };
+        if value.is_null() {
+            return Err(EventError::MissingField(field));
+        }
         let bad = |expected| Err(EventError::BadField { field, expected });
         match kind {
             Str if !value.is_string() => return bad("must be a string"),
@@ -343,7 +345,7 @@ fn check_payload(
             Object if !value.is_object() => return bad("must be an object"),
             Array if !value.is_array() => return bad("must be an array"),
             Timestamp => match value.as_str() {
-                Some(s) if OffsetDateTime::parse(s, &Rfc3339).is_ok() => {}
+                Some(s) if is_rfc3339(s) => {}
                 _ => return bad("must be an RFC 3339 timestamp"),
             },
             Progress => match value.as_f64() {
@@ -404,6 +406,12 @@ pub fn derive_channels(org_id: &str, payload: &Map<String, Value>) -> Vec<Channe
     out
 }
 
+/// Whether `s` is an RFC 3339 date-time. The `time` crate's parser lets any character separate
+/// date and time; RFC 3339 allows only `T` (or `t`).
+pub fn is_rfc3339(s: &str) -> bool {
+    matches!(s.as_bytes().get(10), Some(b'T' | b't')) && OffsetDateTime::parse(s, &Rfc3339).is_ok()
+}
+
 /// `2026-11-25T20:40:16.123Z`: UTC, millisecond precision.
 pub fn rfc3339_millis(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
@@ -420,8 +428,11 @@ pub fn rfc3339_millis(t: OffsetDateTime) -> String {
 }
 
 /// `2026-11-25T21:40:16Z` for a unix time in seconds (used for `expiresAt`).
+/// Times outside years 0000..=9999 are clamped to those bounds.
 pub fn rfc3339_secs(unix: i64) -> String {
-    match OffsetDateTime::from_unix_timestamp(unix) {
+    const MIN: i64 = -62_167_219_200; // 0000-01-01T00:00:00Z
+    const MAX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    match OffsetDateTime::from_unix_timestamp(unix.clamp(MIN, MAX)) {
         Ok(t) => {
             let s = rfc3339_millis(t);
             format!("{}Z", &s[..19])

@@ -33,6 +33,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const BAD_COMMAND_BURST: f64 = 10.0;
 /// How fast that allowance comes back, per second.
 const BAD_COMMAND_REFILL: f64 = 1.0;
+/// Commands over the rate a connection may send (each answered `rate_limited`) before it is
+/// closed with 4008; the allowance comes back at one per second.
+const RATE_STRIKES: f64 = 10.0;
 
 /// Why a session ended, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +180,7 @@ struct Session {
     subscriptions: HashMap<ChannelId, ChannelKey>,
     expires: Instant,
     commands: Bucket,
+    strikes: Bucket,
     bad_commands: Bucket,
 }
 
@@ -194,6 +198,7 @@ impl Session {
             subscriptions: HashMap::new(),
             expires,
             commands: Bucket::new(rate, rate),
+            strikes: Bucket::new(RATE_STRIKES, 1.0),
             bad_commands: Bucket::new(BAD_COMMAND_BURST, BAD_COMMAND_REFILL),
             node,
         }
@@ -296,7 +301,12 @@ impl Session {
     /// Handles one text frame. `Err` closes the connection with that code.
     async fn command(&mut self, text: &str) -> Result<(), CloseCode> {
         if !self.commands.take() {
-            return Err(CloseCode::RateLimited);
+            if !self.strikes.take() {
+                return Err(CloseCode::RateLimited);
+            }
+            let r#ref = ClientMessage::decode(text).ok().and_then(|m| m.r#ref().cloned());
+            self.error(ErrorCode::RateLimited, "too many commands; slow down", None, r#ref);
+            return Ok(());
         }
         let msg = match ClientMessage::decode(text) {
             Ok(m) => m,

@@ -181,13 +181,16 @@ fn remove(payload: &Value, field: &str) -> Value {
     payload
 }
 
+/// The payload's field names, sorted (whatever order serde_json's map keeps).
 fn fields(payload: &Value) -> Vec<String> {
-    payload
+    let mut names: Vec<String> = payload
         .as_object()
         .expect("catalogue payloads are objects")
         .keys()
         .cloned()
-        .collect()
+        .collect();
+    names.sort_unstable();
+    names
 }
 
 fn channel_names(event: &Event) -> Vec<&str> {
@@ -267,7 +270,6 @@ fn required_fields_are_exactly_the_contract_table() {
         let t = EventType::parse(name).expect("a catalogue name");
         let mut required: Vec<&str> = t.required().iter().map(|(f, _)| *f).collect();
         required.sort_unstable();
-        // serde_json's map keeps keys sorted.
         assert_eq!(required, fields(&payload), "{name}");
     }
 }
@@ -336,8 +338,6 @@ fn null_required_field_is_refused_for_every_type() {
 }
 
 #[test]
-#[ignore = "BUG: a null `timestamp` is treated as absent and filled in; CONTRACT section 7 refuses \
-            a `null` payload field with 400"]
 fn null_timestamp_is_refused_for_every_type() {
     for (name, payload, _) in catalogue() {
         let result = validate(body(name, set(&payload, "timestamp", Value::Null)));
@@ -478,8 +478,6 @@ fn timestamp_that_is_not_rfc3339_is_refused() {
 }
 
 #[test]
-#[ignore = "BUG: any single ASCII byte is accepted between date and time (time's Rfc3339 parser \
-            skips it unchecked), so \"2026-11-25x20:40:16Z\" passes and is delivered as sent"]
 fn timestamp_with_a_date_time_separator_other_than_t_is_refused() {
     for sent in [
         "2026-11-25x20:40:16Z",
@@ -979,9 +977,6 @@ fn rfc3339_secs_after_year_9999_is_the_last_second_of_9999() {
 }
 
 #[test]
-#[ignore = "BUG: before year 0 rfc3339_secs writes a negative year (\"-001-12-31T23:59:59Z\", \
-            not RFC 3339), garbles years below -999 by slicing at byte 19, and turns times \
-            before year -9999 into 9999-12-31T23:59:59Z"]
 fn rfc3339_secs_before_year_0_is_still_rfc3339_and_not_in_the_future() {
     for unix in [
         -62_167_219_201,
