@@ -2,4 +2,11 @@
 
 mod util;
 
+mod cli;
+mod delivery;
+mod ops;
+mod publish_api;
 mod smoke;
+mod tenancy;
+mod ws_commands;
+mod ws_connect;
