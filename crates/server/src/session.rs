@@ -450,3 +450,126 @@ fn expiry_instant(claims: &Claims, leeway: u64) -> Instant {
     let left = left.clamp(0, 365 * 24 * 3600) as u64;
     Instant::now() + Duration::from_secs(left)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session over an in-memory pipe, on tokio's paused clock: expiry, auth timeout and
+    //! idle timeout are tested without waiting for real time to pass.
+
+    use super::*;
+    use crate::auth::{KeySource, mint_hs256};
+    use crate::config::Config;
+    use tokio::io::DuplexStream;
+
+    const SECRET: &str = "session-test-secret";
+
+    fn node() -> Arc<Node> {
+        let mut c = Config::default();
+        c.auth.keys = vec![KeySource::Secret(SECRET.into())];
+        c.publish_keys = vec!["k".into()];
+        Node::new(c).expect("node")
+    }
+
+    async fn pair(node: &Arc<Node>) -> (WebSocketStream<DuplexStream>, tokio::task::JoinHandle<End>) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(a, tokio_tungstenite::tungstenite::protocol::Role::Server, Some(node.ws_config())).await;
+        let client = WebSocketStream::from_raw_socket(b, tokio_tungstenite::tungstenite::protocol::Role::Client, None).await;
+        let task = tokio::spawn(run(node.clone(), server, None));
+        (client, task)
+    }
+
+    async fn auth(client: &mut WebSocketStream<DuplexStream>, exp: i64) {
+        let token = mint_hs256(SECRET, "u_1", "o_1", exp, None);
+        let frame = serde_json::json!({"type": "auth", "token": token}).to_string();
+        client.send(Message::Text(frame.into())).await.unwrap();
+        let Some(Ok(Message::Text(t))) = client.next().await else { panic!("no connected") };
+        assert!(t.contains("\"connected\""), "{t}");
+    }
+
+    /// Reads until the close frame; returns its code and the virtual time it took.
+    async fn close_code(client: &mut WebSocketStream<DuplexStream>) -> Option<u16> {
+        while let Some(m) = client.next().await {
+            match m {
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_expiry_without_refresh_closes_with_4002_after_the_leeway() {
+        let node = node();
+        let (mut client, task) = pair(&node).await;
+        let start = Instant::now();
+        auth(&mut client, unix_now() + 60).await;
+        assert_eq!(close_code(&mut client).await, Some(4002));
+        let waited = start.elapsed();
+        // exp (60 s) plus the 30 s leeway, give or take the second the clock ticks in.
+        assert!(waited >= Duration::from_secs(89) && waited <= Duration::from_secs(91), "{waited:?}");
+        assert_eq!(task.await.unwrap(), End::Closed(CloseCode::TokenExpired));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_moves_the_expiry() {
+        let node = node();
+        let (mut client, _task) = pair(&node).await;
+        let start = Instant::now();
+        auth(&mut client, unix_now() + 60).await;
+        let token = mint_hs256(SECRET, "u_1", "o_1", unix_now() + 600, None);
+        let frame = serde_json::json!({"type": "refresh", "token": token}).to_string();
+        client.send(Message::Text(frame.into())).await.unwrap();
+        assert_eq!(close_code(&mut client).await, Some(4002));
+        assert!(start.elapsed() >= Duration::from_secs(629), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_auth_frame_closes_with_4003_after_the_auth_timeout() {
+        let node = node();
+        let (mut client, task) = pair(&node).await;
+        let start = Instant::now();
+        assert_eq!(close_code(&mut client).await, Some(4003));
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!(task.await.unwrap(), End::Closed(CloseCode::AuthTimeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_answers_pings_stays_and_a_silent_one_is_closed() {
+        let node = node();
+        // This client reads (so its library answers pings) for three minutes: still open.
+        let (mut client, _task) = pair(&node).await;
+        auth(&mut client, unix_now() + 3600).await;
+        let until = Instant::now() + Duration::from_secs(180);
+        let mut pings = 0;
+        while let Ok(m) = tokio::time::timeout_at(until, client.next()).await {
+            match m {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                other => panic!("only pings should arrive: {other:?}"),
+            }
+        }
+        assert_eq!(pings, 7, "one ping every 25 s");
+
+        // This one never reads again after `connected`: no pongs, so it is closed after the
+        // idle timeout, at the first ping tick past 60 s.
+        let (mut silent, task) = pair(&node).await;
+        auth(&mut silent, unix_now() + 3600).await;
+        let start = Instant::now();
+        let end = task.await.unwrap();
+        assert_eq!(end, End::Closed(CloseCode::GoingAway));
+        assert!(start.elapsed() >= Duration::from_secs(60) && start.elapsed() <= Duration::from_secs(77), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let mut b = Bucket::new(3.0, 1.0);
+            assert!(b.take() && b.take() && b.take());
+            assert!(!b.take());
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(b.take());
+            assert!(!b.take());
+        });
+    }
+}

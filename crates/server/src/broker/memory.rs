@@ -99,3 +99,92 @@ impl Broker for MemoryBroker {
             .sweep(Instant::now(), self.channel_idle, |k| self.hub.has_subscribers(k));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+    use cortex_protocol::{ChannelId, EventType};
+
+    fn prepared(org: &str, channels: &[&str]) -> PreparedEvent {
+        PreparedEvent {
+            id: crate::id::event_id(),
+            org: Arc::from(org),
+            event_type: EventType::TaskDeleted,
+            payload_json: r#"{"taskId":"t","timestamp":"2026-11-25T20:40:16Z"}"#.into(),
+            channels: channels.iter().map(|c| ChannelId::parse(c).unwrap()).collect(),
+        }
+    }
+
+    fn join(b: &MemoryBroker, org: &str, ch: &str, conn: ConnId) -> Outbox {
+        let outbox = Outbox::new(1 << 20, 1000);
+        let key = ChannelKey::new(Arc::from(org), ChannelId::parse(ch).unwrap());
+        let sub = Subscriber { conn, outbox: outbox.clone() };
+        let reply = |_: &Subscribed| Utf8Bytes::from_static("{}");
+        futures_util::FutureExt::now_or_never(b.subscribe(&key, sub, None, &reply)).unwrap().unwrap();
+        let mut v = Vec::new();
+        outbox.try_batch(&mut v);
+        outbox
+    }
+
+    fn drain(o: &Outbox) -> Vec<Utf8Bytes> {
+        let mut v = Vec::new();
+        o.try_batch(&mut v);
+        v
+    }
+
+    #[tokio::test]
+    async fn an_event_is_serialized_once_per_channel_and_its_bytes_shared() {
+        let b = MemoryBroker::new(Arc::new(Hub::new()), Duration::from_secs(300));
+        let outs: Vec<Outbox> = (0..3).map(|i| join(&b, "o", "task:t", i)).collect();
+        let counts = b.publish(&[prepared("o", &["task:t"])]).await.unwrap();
+        assert_eq!(counts, vec![3]);
+        let got: Vec<Utf8Bytes> = outs.iter().flat_map(drain).collect();
+        assert_eq!(got.len(), 3);
+        let ptr = got[0].as_str().as_ptr();
+        assert!(got.iter().all(|m| m.as_str().as_ptr() == ptr), "every connection shares one buffer");
+    }
+
+    #[tokio::test]
+    async fn offsets_count_per_channel_in_publish_order() {
+        let b = MemoryBroker::new(Arc::new(Hub::new()), Duration::from_secs(300));
+        let t = join(&b, "o", "task:t", 1);
+        let p = join(&b, "o", "project:p", 2);
+        let events: Vec<PreparedEvent> = (0..5)
+            .map(|i| prepared("o", if i % 2 == 0 { &["task:t", "project:p"] } else { &["task:t"] }))
+            .collect();
+        b.publish(&events).await.unwrap();
+        let offsets = |o: &Outbox| -> Vec<(u64, String)> {
+            drain(o)
+                .iter()
+                .map(|m| {
+                    let d: cortex_protocol::Delivery = serde_json::from_str(m.as_str()).unwrap();
+                    (d.offset, d.id)
+                })
+                .collect()
+        };
+        let t = offsets(&t);
+        let p = offsets(&p);
+        assert_eq!(t.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(p.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let ids: Vec<&String> = events.iter().map(|e| &e.id).collect();
+        assert_eq!(t.iter().map(|x| &x.1).collect::<Vec<_>>(), ids);
+        assert_eq!(p[1].1, events[2].id, "the same id on every channel");
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_never_blocks_the_publisher_and_others_still_receive() {
+        let b = MemoryBroker::new(Arc::new(Hub::new()), Duration::from_secs(300));
+        let key = ChannelKey::new(Arc::from("o"), ChannelId::parse("task:t").unwrap());
+        let small = Outbox::new(1 << 20, 2);
+        let reply = |_: &Subscribed| Utf8Bytes::from_static("{}");
+        let sub = Subscriber { conn: 1, outbox: small.clone() };
+        futures_util::FutureExt::now_or_never(b.subscribe(&key, sub, None, &reply)).unwrap().unwrap();
+        let big = join(&b, "o", "task:t", 2);
+        for _ in 0..10 {
+            b.publish(&[prepared("o", &["task:t"])]).await.unwrap();
+        }
+        assert!(small.overflowed());
+        assert_eq!(drain(&big).len(), 10);
+    }
+}

@@ -163,6 +163,25 @@ impl Client {
         Client { ws }
     }
 
+    /// Connects over a socket with a tiny receive buffer: a client that does not read fills it
+    /// at once, so the server's outbox for it grows.
+    pub async fn connect_tiny(url: &str) -> Client {
+        let addr: SocketAddr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = sock.connect(addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("websocket connects");
+        Client { ws }
+    }
+
     /// Connects with extra request headers; returns the HTTP error status on refusal.
     pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
         let mut req = url.into_client_request().unwrap();
