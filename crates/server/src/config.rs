@@ -68,8 +68,6 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// A connection that sends nothing (not even a pong) for this long is closed.
     pub idle_timeout: Duration,
-    /// How long the HTTP request that opens a WebSocket may take.
-    pub handshake_timeout: Duration,
     /// Largest publish body per event, bytes; bigger gets 413. A batch may be up to 100 times this.
     pub max_event_bytes: usize,
     /// How long an `idempotencyKey` is remembered.
@@ -98,7 +96,6 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
-            handshake_timeout: Duration::from_secs(10),
             max_event_bytes: 64 * 1024,
             idempotency_window: Duration::from_secs(300),
             idempotency_capacity: 100_000,

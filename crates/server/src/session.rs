@@ -157,9 +157,17 @@ async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    close_with(ws, code, code.reason()).await
+}
+
+/// Like [`close`], with a reason other than the code's own.
+async fn close_with<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &'static str) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let frame = CloseFrame {
         code: WsCloseCode::from(code.code()),
-        reason: code.reason().into(),
+        reason: reason.into(),
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         if ws.close(Some(frame)).await.is_ok() {
@@ -267,7 +275,7 @@ impl Session {
                 }
                 _ = ping.tick() => {
                     if last_seen.elapsed() >= limits.idle_timeout {
-                        return close(ws, CloseCode::GoingAway).await;
+                        return close_with(ws, CloseCode::GoingAway, "idle timeout").await;
                     }
                     if ws.send(Message::Ping(Default::default())).await.is_err() {
                         return End::Gone;
