@@ -207,9 +207,11 @@ pub async fn post_events(State(node): State<Arc<Node>>, headers: HeaderMap, body
     }
     let per_event = node.config.limits.max_event_bytes;
     let limit = per_event * MAX_BATCH + 1024;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::TooLarge(format!("a body holds at most {MAX_BATCH} events of {per_event} bytes")))?;
+    let read = tokio::time::timeout(node.config.limits.body_timeout, axum::body::to_bytes(body, limit));
+    let bytes = match read.await {
+        Err(_) => return Err(ApiError::BadBody("the body did not arrive in time".into())),
+        Ok(r) => r.map_err(|_| ApiError::TooLarge(format!("a body holds at most {MAX_BATCH} events of {per_event} bytes")))?,
+    };
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| ApiError::BadJson)?;
     let Value::Object(mut top) = value else {
         return Err(ApiError::BadBody("the body must be a JSON object".into()));

@@ -77,6 +77,15 @@ pub struct Limits {
     /// A channel with no subscriber and no event for this long is forgotten (its offset and
     /// epoch start over).
     pub channel_idle: Duration,
+    /// How long a client may take to send a request's head (the WebSocket handshake included);
+    /// past it the TCP connection is dropped (slowloris). Also ends idle HTTP keep-alives.
+    pub handshake_timeout: Duration,
+    /// Largest request head (request line and headers), bytes; bigger gets 431.
+    pub max_request_head_bytes: usize,
+    /// Longest request URL, bytes; longer gets 414 before any token work.
+    pub max_url_bytes: usize,
+    /// How long a publish request may take to send its body.
+    pub body_timeout: Duration,
     /// WebSocket read buffer per connection, bytes (tungstenite's default is 128 KiB).
     pub ws_read_buffer: usize,
     /// WebSocket write buffer per connection, bytes: writes are flushed past this.
@@ -100,6 +109,10 @@ impl Default for Limits {
             idempotency_window: Duration::from_secs(300),
             idempotency_capacity: 100_000,
             channel_idle: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
+            max_request_head_bytes: 16 * 1024,
+            max_url_bytes: 10 * 1024,
+            body_timeout: Duration::from_secs(10),
             ws_read_buffer: 4 * 1024,
             ws_write_buffer: 4 * 1024,
         }

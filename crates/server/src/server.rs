@@ -210,7 +210,11 @@ impl Node {
 
 /// The node's HTTP routes.
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
+    #[cfg(feature = "autobahn")]
+    let echo = Router::new().route("/autobahn/echo", get(autobahn_echo));
+    #[cfg(not(feature = "autobahn"))]
+    let echo = Router::new();
+    echo
         .route("/api/ws", get(upgrade))
         .route("/api/events", post(api::post_events))
         .route("/healthz", get(|| async { "ok" }))
@@ -313,28 +317,64 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `GET /api/ws`: checks, optional token verification, then the switch to WebSocket.
-async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
-    if let Err(resp) = check_request(&node, req.headers()) {
-        return resp;
+/// What a WebSocket upgrade request must carry, checked before any token work.
+fn check_upgrade(node: &Node, req: &Request) -> Result<HeaderValue, Response> {
+    check_request(node, req.headers())?;
+    if req.uri().to_string().len() > node.config.limits.max_url_bytes {
+        metrics::refused("url_too_long");
+        return Err(json_error(StatusCode::URI_TOO_LONG, "url_too_long", "the URL is too long"));
     }
     if node.shutdown.is_triggered() {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down");
+        return Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down"));
     }
     let h = req.headers();
     let is_upgrade = req.method() == Method::GET
         && header_has(h, header::CONNECTION, "upgrade")
         && header_has(h, header::UPGRADE, "websocket");
     if !is_upgrade {
-        return json_error(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "this endpoint speaks WebSocket");
+        return Err(json_error(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "this endpoint speaks WebSocket"));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return json_error(StatusCode::BAD_REQUEST, "bad_request", "Sec-WebSocket-Version must be 13");
+        return Err(json_error(StatusCode::BAD_REQUEST, "bad_request", "Sec-WebSocket-Version must be 13"));
     }
-    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return json_error(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key");
-    };
+    match h.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if !key.is_empty() => Ok(key.clone()),
+        _ => Err(json_error(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key")),
+    }
+}
 
+/// Answers 101 and runs `run` on the WebSocket once the connection is handed over. Every
+/// WebSocket endpoint goes through here, so all share one connection layer and one config.
+fn switch_protocols<F, Fut>(node: &Arc<Node>, mut req: Request, key: &HeaderValue, run: F) -> Response
+where
+    F: FnOnce(WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", "connection cannot be upgraded");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let config = node.ws_config();
+    node.shutdown.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        run(ws).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a header value"))
+        .body(Body::empty())
+        .expect("valid response")
+}
+
+/// `GET /api/ws`: checks, optional token verification, then the switch to WebSocket.
+async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
+    let key = match check_upgrade(&node, &req) {
+        Ok(k) => k,
+        Err(resp) => return resp,
+    };
     let pre_auth = match upgrade_token(&req) {
         None => None,
         Some(token) => {
@@ -358,25 +398,21 @@ async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
             }
         }
     };
-
-    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-        return json_error(StatusCode::BAD_REQUEST, "bad_request", "connection cannot be upgraded");
-    };
-    let accept = derive_accept_key(key.as_bytes());
     let task_node = node.clone();
-    node.shutdown.spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
-        let config = task_node.ws_config();
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    switch_protocols(&node, req, &key, move |ws| async move {
         session::run(task_node, ws, pre_auth).await;
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a header value"))
-        .body(Body::empty())
-        .expect("valid response")
+    })
+}
+
+/// `GET /autobahn/echo` (feature `autobahn`, tests only): echoes every message on exactly the
+/// connection layer and WebSocket settings of `/api/ws`, for the Autobahn TestSuite.
+#[cfg(feature = "autobahn")]
+async fn autobahn_echo(State(node): State<Arc<Node>>, req: Request) -> Response {
+    let key = match check_upgrade(&node, &req) {
+        Ok(k) => k,
+        Err(resp) => return resp,
+    };
+    switch_protocols(&node, req, &key, |ws| session::echo(ws))
 }
 
 fn header_has(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -433,28 +469,71 @@ impl Server {
                 }
             })
         };
-        let trigger = node.shutdown.clone();
-        let app = router(node.clone());
-        let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = signal => trigger.trigger(),
-                _ = trigger.cancelled() => {}
-            }
-        });
-        // axum's graceful shutdown waits for open HTTP connections; upgraded sockets are ours and
-        // are drained through the shutdown tracker below.
+        let served = tokio::spawn(accept_loop(self.listener, node.clone()));
+        tokio::select! {
+            _ = signal => node.shutdown.trigger(),
+            _ = node.shutdown.cancelled() => {}
+        }
         let drain = node.config.drain_timeout;
-        let mut served = tokio::spawn(async move { serve.await });
-        let result = tokio::select! {
-            _ = node.shutdown.cancelled() => Ok(()),
-            r = &mut served => {
-                node.shutdown.trigger();
-                r.unwrap_or(Ok(()))
-            }
-        };
         let _ = tokio::time::timeout(drain, node.shutdown.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), served).await;
         sweeper.abort();
-        result
+        Ok(())
+    }
+}
+
+/// Whether an accept error concerns only the one connection (the peer gave up), as opposed to
+/// the listener or the process (out of descriptors or memory).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+}
+
+/// Accepts until shutdown. Each TCP connection is served by hyper (HTTP/1.1 with upgrades) with
+/// a deadline for its request head and a cap on its size, so neither a slowloris nor a huge
+/// header reaches the handlers. Out of file descriptors, the loop pauses briefly instead of
+/// spinning; connections wait in the kernel's backlog until descriptors free up.
+async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
+    let limits = &node.config.limits;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .max_buf_size(limits.max_request_head_bytes.max(8192));
+    let app = router(node.clone());
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    loop {
+        let stream = tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _peer)) => stream,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    metrics::refused("accept_error");
+                    if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, "accept failed; pausing new connections");
+                        last_warning = Some(tokio::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut app = app.clone();
+            async move { tower::Service::call(&mut app, req.map(Body::new)).await }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let shutdown = node.shutdown.token();
+        let drain = node.config.drain_timeout;
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = tokio::time::timeout(drain, conn).await;
+        });
     }
 }

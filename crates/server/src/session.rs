@@ -451,6 +451,36 @@ impl Session {
     }
 }
 
+/// Echoes every message (feature `autobahn`, tests only): the WebSocket layer of `/api/ws`
+/// without the protocol on top, so the Autobahn TestSuite exercises exactly our settings. A
+/// message over the size limit closes with 1009, as on `/api/ws`.
+#[cfg(feature = "autobahn")]
+pub async fn echo<S>(mut ws: WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(frame) = ws.next().await {
+        match frame {
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                if ws.send(m).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Message::Close(_)) => {
+                // tungstenite answers the close itself; drain until the socket ends.
+                while let Some(Ok(_)) = ws.next().await {}
+                return;
+            }
+            Ok(_) => {}
+            Err(WsError::Capacity(_)) => {
+                close(&mut ws, CloseCode::TooBig).await;
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// When a token's connection must close: `exp` plus the leeway, on tokio's clock.
 fn expiry_instant(claims: &Claims, leeway: u64) -> Instant {
     let left = claims.exp.saturating_add(leeway as i64).saturating_sub(unix_now());
