@@ -66,8 +66,8 @@ pub enum ApiError {
         /// What is wrong with it.
         source: EventError,
     },
-    /// The backplane is unreachable (503 with `Retry-After`).
-    #[error("the backplane is unavailable; retry later")]
+    /// The backplane is unreachable, or the node is draining (503 with `Retry-After`).
+    #[error("the node cannot deliver now (backplane unavailable or draining); retry later")]
     Unavailable,
 }
 
@@ -111,7 +111,7 @@ pub async fn publish(node: &Node, bodies: Vec<PublishEvent>) -> Result<Vec<Accep
     if bodies.len() > MAX_BATCH {
         return Err(ApiError::BatchTooLarge);
     }
-    if !node.broker.ready() {
+    if !node.broker.ready() || node.shutdown.is_triggered() {
         return Err(ApiError::Unavailable);
     }
     let batch = bodies.len() > 1;

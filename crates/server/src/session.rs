@@ -243,7 +243,15 @@ impl Session {
         loop {
             tokio::select! {
                 biased;
-                _ = self.node.shutdown.cancelled() => return close(ws, CloseCode::GoingAway).await,
+                _ = self.node.shutdown.cancelled() => {
+                    // Deliver what was accepted before the drain began, then say goodbye.
+                    if self.outbox.try_batch(&mut batch) == Some(Batch::Ready)
+                        && let Some(end) = self.write(ws, &mut batch).await
+                    {
+                        return end;
+                    }
+                    return close(ws, CloseCode::GoingAway).await;
+                }
                 _ = sleep_until(self.expires) => return close(ws, CloseCode::TokenExpired).await,
                 b = self.outbox.next_batch(&mut batch) => {
                     if b == Batch::Overflowed {
@@ -296,10 +304,17 @@ impl Session {
             }
             ws.flush().await
         };
+        // A write that cannot finish (the client stopped reading) is abandoned when the drain
+        // deadline passes or the token expires; the outbox bound covers everything else.
         let shutdown = self.node.shutdown.clone();
+        let drain = self.node.config.drain_timeout;
+        let drained = async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+        };
         let res = tokio::select! {
             r = write => r,
-            _ = shutdown.cancelled() => return Some(End::Closed(CloseCode::GoingAway)),
+            _ = drained => return Some(End::Closed(CloseCode::GoingAway)),
             _ = sleep_until(self.expires) => return Some(End::Closed(CloseCode::TokenExpired)),
         };
         batch.clear();

@@ -10,3 +10,5 @@ mod smoke;
 mod tenancy;
 mod ws_commands;
 mod ws_connect;
+mod hardening;
+mod hostile;
