@@ -20,6 +20,7 @@
 //! - [`shutdown`]: the drain signal and task tracking.
 //! - [`metrics`]: Prometheus counters and gauges.
 //! - [`id`]: event, connection and epoch ids.
+//! - [`local`]: the zero-configuration desktop mode.
 
 pub mod api;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod history;
 pub mod hub;
 pub mod id;
+pub mod local;
 pub mod idempotency;
 pub mod metrics;
 pub mod outbox;
@@ -36,4 +38,6 @@ pub mod session;
 pub mod shutdown;
 
 pub use config::{Config, Limits};
-pub use server::{Node, Server, StartError};
+pub use api::{Accepted, ApiError};
+pub use cortex_protocol as protocol;
+pub use server::{Builder, Node, Server, ServerHandle, StartError};

@@ -1,4 +1,4 @@
-//! The `cortex-realtime` command: `serve`, `token`, `publish`.
+//! The `cortex-realtime` command: `serve`, `local`, `token`, `publish`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cortex_realtime::auth::{KeySource, mint_hs256};
 use cortex_realtime::server::unix_now;
-use cortex_realtime::{Config, Server, shutdown};
+use cortex_realtime::{Config, Server, local, shutdown};
 use serde::Deserialize;
 
 #[derive(Parser)]
@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the production server.
     Serve(Box<ServeArgs>),
+    /// Run a zero-configuration node on loopback for the desktop.
+    Local(LocalArgs),
     /// Mint an HS256 token (for development and tests).
     Token(TokenArgs),
     /// Publish one event through the HTTP API and print the answer.
@@ -170,6 +172,22 @@ impl ServeArgs {
 }
 
 #[derive(Args)]
+struct LocalArgs {
+    /// Port to listen on; 0 takes a free one [default: the saved port, else a free one].
+    #[arg(long)]
+    port: Option<u16>,
+    /// State directory [default: $XDG_CONFIG_HOME/cortex-realtime, else ~/.config/cortex-realtime].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Loopback address to bind; any other address is refused.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Browser Origin allowed to connect (repeat for several); every other origin gets 403.
+    #[arg(long)]
+    allowed_origin: Vec<String>,
+}
+
+#[derive(Args)]
 struct TokenArgs {
     /// HS256 secret to sign with.
     #[arg(long, env = "CORTEX_JWT_SECRET", hide_env_values = true)]
@@ -226,6 +244,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
+            Command::Local(args) => local(args).await,
             Command::Token(args) => token(args),
             Command::Publish(args) => publish(args).await,
         }
@@ -255,6 +274,29 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     tracing::info!(addr = %server.local_addr(), "serving");
     server.run(shutdown::signal()).await?;
     tracing::info!("drained; bye");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn local(args: LocalArgs) -> Result<ExitCode> {
+    let state_dir = match args.state_dir {
+        Some(d) => d,
+        None => local::default_state_dir().context("no state directory: set --state-dir, XDG_CONFIG_HOME or HOME")?,
+    };
+    let opts = local::LocalOptions {
+        port: args.port,
+        bind: args.bind,
+        allowed_origins: args.allowed_origin,
+        ..local::LocalOptions::new(state_dir)
+    };
+    let node = local::start(opts).await?;
+    println!("listening on {}", node.server.local_addr());
+    println!("url {}", node.state.url);
+    println!("state {}", node.state_file.display());
+    tracing::info!(url = %node.state.url, state = %node.state_file.display(), "local node ready");
+    tokio::select! {
+        _ = shutdown::signal() => {}
+    }
+    node.server.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 

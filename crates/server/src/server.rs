@@ -220,7 +220,21 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { metrics::render() }))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), guard_host))
         .with_state(node)
+}
+
+/// Every route: in `local` mode, a `Host` that is not a loopback name is refused, so a
+/// DNS-rebinding page cannot reach the node under its own host name.
+async fn guard_host(State(node): State<Arc<Node>>, req: Request, next: axum::middleware::Next) -> Response {
+    if node.config.loopback_host_only {
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        if !is_loopback_host(host) {
+            metrics::refused("host");
+            return json_error(StatusCode::FORBIDDEN, "forbidden_host", "Host must be a loopback name");
+        }
+    }
+    next.run(req).await
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
@@ -247,15 +261,9 @@ fn is_loopback_host(host: &str) -> bool {
     matches!(name, "localhost" | "::1") || name.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Refusals that come before any token work: Host and Origin.
+/// Refusals that come before any token work: the browser Origin (the Host is checked for every
+/// route by [`guard_host`]).
 fn check_request(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
-    if node.config.loopback_host_only {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        if !is_loopback_host(host) {
-            metrics::refused("host");
-            return Err(json_error(StatusCode::FORBIDDEN, "forbidden_host", "Host must be a loopback name"));
-        }
-    }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         let listed = node.config.allowed_origins.iter().any(|o| o == origin);
@@ -423,6 +431,104 @@ fn header_has(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     })
 }
 
+/// Builds a server from a [`Config`]: the entry point for embedding.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), cortex_realtime::StartError> {
+/// use cortex_realtime::Server;
+/// let server = Server::builder()
+///     .jwt_secret("a long random secret")
+///     .publish_key("a publish key")
+///     .start()
+///     .await?;
+/// println!("WebSocket at ws://{}/api/ws", server.local_addr());
+/// server.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    config: Config,
+}
+
+impl Builder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Builder {
+        self.config = config;
+        self
+    }
+
+    /// Where to listen (default `127.0.0.1:0`, a free loopback port).
+    pub fn listen(mut self, addr: SocketAddr) -> Builder {
+        self.config.listen = addr;
+        self
+    }
+
+    /// Adds an HS256 secret for verifying tokens.
+    pub fn jwt_secret(mut self, secret: impl Into<String>) -> Builder {
+        self.config.auth.keys.push(crate::auth::KeySource::Secret(secret.into()));
+        self
+    }
+
+    /// Adds a key for the HTTP publish API.
+    pub fn publish_key(mut self, key: impl Into<String>) -> Builder {
+        self.config.publish_keys.push(key.into());
+        self
+    }
+
+    /// Builds the node and binds the listener, without serving yet.
+    pub async fn bind(self) -> Result<Server, StartError> {
+        Server::bind(self.config).await
+    }
+
+    /// Binds and serves in the background; the handle publishes and shuts down.
+    pub async fn start(self) -> Result<ServerHandle, StartError> {
+        Ok(self.bind().await?.start())
+    }
+}
+
+/// A server running in the background (see [`Builder::start`]).
+pub struct ServerHandle {
+    node: Arc<Node>,
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServerHandle {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node, for inspection.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Publishes events in-process: the same validation, idempotency and routing as
+    /// `POST /api/events`, without an HTTP round trip.
+    pub async fn publish(&self, events: Vec<PublishEvent>) -> Result<Vec<Accepted>, ApiError> {
+        self.node.publish(events).await
+    }
+
+    /// Publishes one event in-process.
+    pub async fn publish_one(&self, event: PublishEvent) -> Result<Accepted, ApiError> {
+        let mut v = self.node.publish(vec![event]).await?;
+        Ok(v.pop().expect("one answer per event"))
+    }
+
+    /// Drains (every client gets 1001 after what was accepted) and waits for the end.
+    pub async fn shutdown(self) {
+        self.node.shutdown.trigger();
+        let _ = self.task.await;
+    }
+
+    /// Resolves when the server stops on its own (it only does on a fatal error or a
+    /// shutdown triggered through the node).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     node: Arc<Node>,
@@ -431,6 +537,19 @@ pub struct Server {
 }
 
 impl Server {
+    /// A builder, starting from the default configuration.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Serves in the background until [`ServerHandle::shutdown`].
+    pub fn start(self) -> ServerHandle {
+        let node = self.node.clone();
+        let addr = self.addr;
+        let task = tokio::spawn(self.run(std::future::pending()));
+        ServerHandle { node, addr, task }
+    }
+
     /// Builds the node and binds its listener.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         metrics::install();
