@@ -12,3 +12,4 @@ mod ws_commands;
 mod ws_connect;
 mod hardening;
 mod hostile;
+mod local;
