@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::auth::VerifierConfig;
+use crate::history::Retention;
 
 /// The configuration of one node. `Config::default()` is a working loopback node with the
 /// contract's limits, no keys (see [`crate::Server::builder`] for what must be set).
@@ -25,6 +26,9 @@ pub struct Config {
     pub loopback_host_only: bool,
     /// Limits and timeouts.
     pub limits: Limits,
+    /// How much per-channel history is kept for resuming clients (default: 100 events per
+    /// channel, 300 s, 64 MiB in all).
+    pub history: Retention,
     /// How long a drain may take after SIGTERM before the remaining connections are dropped.
     pub drain_timeout: Duration,
 }
@@ -39,6 +43,11 @@ impl Default for Config {
             refuse_unlisted_origins: false,
             loopback_host_only: false,
             limits: Limits::default(),
+            history: Retention {
+                per_channel: 100,
+                max_age: Duration::from_secs(300),
+                max_bytes: 64 * 1024 * 1024,
+            },
             drain_timeout: Duration::from_secs(10),
         }
     }

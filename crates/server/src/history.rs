@@ -1,18 +1,35 @@
-//! Per-channel positions: the offset of the latest event and the epoch it belongs to.
+//! Per-channel positions and bounded history (CONTRACT.md section 6).
 //!
-//! A channel's log is created on its first publish or subscribe with a fresh random epoch and
-//! offset 0; each event takes the next offset. A log with no subscriber and no event for
-//! `channel_idle` is forgotten, so this map is bounded by recent activity; a forgotten channel
-//! starts again with a new epoch, which tells resuming clients that continuity is lost.
+//! A channel's log holds its latest offset, its epoch, and the most recent events as delivered
+//! (the bytes every subscriber got), bounded three ways: a count per channel, an age, and a total
+//! memory cap across channels (split evenly over the shards). A log is created on a channel's
+//! first publish or subscribe with a fresh random epoch; a log with no subscriber and no event for
+//! `channel_idle` is forgotten, and the channel starts again at offset 1 in a new epoch, which is
+//! what tells resuming clients that continuity was lost. So is an in-memory node's restart.
+//!
+//! Resume is exact or nothing: `since` is recovered only when every event after it is still held.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::hub::ChannelKey;
 use crate::id;
 
 const SHARDS: usize = 64;
+
+/// History bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Events kept per channel.
+    pub per_channel: usize,
+    /// How long an event is kept.
+    pub max_age: Duration,
+    /// Bytes of history across all channels.
+    pub max_bytes: usize,
+}
 
 /// Where a channel stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,12 +40,18 @@ pub struct Position {
     pub epoch: Arc<str>,
 }
 
+struct Held {
+    offset: u64,
+    at: Instant,
+    bytes: Utf8Bytes,
+}
+
 /// One channel's log.
-#[derive(Debug)]
 pub struct ChannelLog {
     offset: u64,
     epoch: Arc<str>,
     touched: Instant,
+    events: VecDeque<Held>,
 }
 
 impl ChannelLog {
@@ -37,6 +60,7 @@ impl ChannelLog {
             offset: 0,
             epoch: Arc::from(id::epoch()),
             touched: now,
+            events: VecDeque::new(),
         }
     }
 
@@ -58,39 +82,140 @@ impl ChannelLog {
     pub fn epoch(&self) -> &Arc<str> {
         &self.epoch
     }
+
+    /// The events after `offset` in `epoch`, if every one of them is still held: `Some(empty)`
+    /// when `offset` is the latest, `None` when continuity cannot be proven.
+    pub fn since(&self, offset: u64, epoch: &str) -> Option<impl Iterator<Item = &Utf8Bytes>> {
+        if epoch != &*self.epoch || offset > self.offset {
+            return None;
+        }
+        let first_held = self.events.front().map_or(self.offset + 1, |h| h.offset);
+        if offset + 1 < first_held {
+            return None;
+        }
+        Some(self.events.iter().filter(move |h| h.offset > offset).map(|h| &h.bytes))
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.events.iter().map(|h| h.bytes.len()).sum()
+    }
+}
+
+struct Shard {
+    logs: HashMap<ChannelKey, ChannelLog>,
+    bytes: usize,
+    /// Held events in publish order across the shard's channels, for the memory cap. Entries
+    /// whose event was already dropped (by count or age) are skipped and compacted away.
+    order: VecDeque<(ChannelKey, u64)>,
+    held: usize,
+}
+
+impl Shard {
+    fn new() -> Shard {
+        Shard {
+            logs: HashMap::new(),
+            bytes: 0,
+            order: VecDeque::new(),
+            held: 0,
+        }
+    }
+
+    fn drop_front(&mut self, key: &ChannelKey, upto_offset: Option<u64>, older_than: Option<Instant>) {
+        let Some(log) = self.logs.get_mut(key) else { return };
+        while let Some(h) = log.events.front() {
+            let by_offset = upto_offset.is_some_and(|o| h.offset <= o);
+            let by_age = older_than.is_some_and(|t| h.at < t);
+            if !(by_offset || by_age) {
+                break;
+            }
+            let h = log.events.pop_front().expect("front exists");
+            self.bytes -= h.bytes.len();
+            self.held -= 1;
+        }
+    }
+
+    fn enforce_cap(&mut self, cap: usize) {
+        while self.bytes > cap {
+            let Some((key, offset)) = self.order.pop_front() else { break };
+            self.drop_front(&key, Some(offset), None);
+        }
+        if self.order.len() > 2 * self.held + 64 {
+            let logs = &self.logs;
+            self.order.retain(|(k, o)| {
+                logs.get(k)
+                    .and_then(|l| l.events.front())
+                    .is_some_and(|f| f.offset <= *o)
+            });
+        }
+    }
 }
 
 /// Every channel log of this node, sharded by channel.
 pub struct History {
-    shards: Box<[Mutex<HashMap<ChannelKey, ChannelLog>>]>,
-}
-
-impl Default for History {
-    fn default() -> Self {
-        History::new()
-    }
+    shards: Box<[Mutex<Shard>]>,
+    retention: Retention,
 }
 
 impl History {
     /// No channels yet.
-    pub fn new() -> History {
+    pub fn new(retention: Retention) -> History {
         History {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            retention,
         }
     }
 
-    /// Runs `f` on the channel's log (created if absent) under its shard lock. Publishing and
-    /// subscribing both go through here, which is what keeps a channel's order.
-    pub fn with_channel<R>(&self, key: &ChannelKey, now: Instant, f: impl FnOnce(&mut ChannelLog) -> R) -> R {
-        let mut shard = self.shards[key.shard(SHARDS)]
+    fn shard(&self, key: &ChannelKey) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[key.shard(SHARDS)]
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let log = match shard.get_mut(key) {
-            Some(log) => log,
-            None => shard.entry(key.clone()).or_insert_with(|| ChannelLog::new(now)),
-        };
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the channel's log (created if absent, events past their age dropped) under
+    /// its shard lock. Subscribing goes through here, which is what keeps a resume gapless.
+    pub fn with_channel<R>(&self, key: &ChannelKey, now: Instant, f: impl FnOnce(&mut ChannelLog) -> R) -> R {
+        let mut shard = self.shard(key);
+        if !shard.logs.contains_key(key) {
+            shard.logs.insert(key.clone(), ChannelLog::new(now));
+        }
+        shard.drop_front(key, None, now.checked_sub(self.retention.max_age));
+        let log = shard.logs.get_mut(key).expect("inserted above");
         log.touched = now;
         f(log)
+    }
+
+    /// Appends an event to the channel: `deliver(offset, epoch)` writes it (and fans it out)
+    /// under the shard lock; the bytes it returns are kept as history.
+    pub fn append<R>(
+        &self,
+        key: &ChannelKey,
+        now: Instant,
+        deliver: impl FnOnce(u64, &Arc<str>) -> (Utf8Bytes, R),
+    ) -> R {
+        let r = &self.retention;
+        let mut shard = self.shard(key);
+        if !shard.logs.contains_key(key) {
+            shard.logs.insert(key.clone(), ChannelLog::new(now));
+        }
+        shard.drop_front(key, None, now.checked_sub(r.max_age));
+        let log = shard.logs.get_mut(key).expect("inserted above");
+        log.touched = now;
+        let offset = log.next_offset();
+        let (bytes, out) = deliver(offset, &log.epoch);
+        if r.per_channel == 0 {
+            return out;
+        }
+        let len = bytes.len();
+        log.events.push_back(Held { offset, at: now, bytes });
+        let over = log.events.len().saturating_sub(r.per_channel);
+        shard.bytes += len;
+        shard.held += 1;
+        shard.order.push_back((key.clone(), offset));
+        if over > 0 {
+            shard.drop_front(key, Some(offset - r.per_channel as u64), None);
+        }
+        shard.enforce_cap(r.max_bytes / SHARDS);
+        out
     }
 
     /// Forgets channels untouched for `idle` for which `in_use` says no.
@@ -98,11 +223,19 @@ impl History {
         let mut removed = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            shard.retain(|k, log| {
+            let mut freed = (0, 0);
+            shard.logs.retain(|k, log| {
                 let keep = now.saturating_duration_since(log.touched) < idle || in_use(k);
-                removed += usize::from(!keep);
+                if !keep {
+                    freed.0 += log.held_bytes();
+                    freed.1 += log.events.len();
+                    removed += 1;
+                }
                 keep
             });
+            shard.bytes -= freed.0;
+            shard.held -= freed.1;
+            shard.enforce_cap(usize::MAX);
         }
         removed
     }
@@ -111,13 +244,21 @@ impl History {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).logs.len())
             .sum()
     }
 
     /// Whether no channel is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes of history held across channels.
+    pub fn bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).bytes)
+            .sum()
     }
 }
 
@@ -130,28 +271,105 @@ mod tests {
         ChannelKey::new(Arc::from("o"), ChannelId::parse(ch).unwrap())
     }
 
+    fn retention(per_channel: usize, max_bytes: usize) -> Retention {
+        Retention {
+            per_channel,
+            max_age: Duration::from_secs(300),
+            max_bytes,
+        }
+    }
+
+    fn publish(h: &History, k: &ChannelKey, now: Instant, body: &str) -> u64 {
+        h.append(k, now, |offset, _| (Utf8Bytes::from(format!("{offset}:{body}")), offset))
+    }
+
+    fn replay(h: &History, k: &ChannelKey, now: Instant, since: u64) -> Option<Vec<String>> {
+        h.with_channel(k, now, |log| {
+            let epoch = log.epoch().clone();
+            log.since(since, &epoch).map(|it| it.map(|b| b.to_string()).collect())
+        })
+    }
+
     #[test]
     fn offsets_count_from_one_per_channel() {
-        let h = History::new();
+        let h = History::new(retention(100, 1 << 20));
         let now = Instant::now();
         assert_eq!(h.with_channel(&key("task:a"), now, |l| l.position().offset), 0);
-        assert_eq!(h.with_channel(&key("task:a"), now, |l| l.next_offset()), 1);
-        assert_eq!(h.with_channel(&key("task:a"), now, |l| l.next_offset()), 2);
-        assert_eq!(h.with_channel(&key("task:b"), now, |l| l.next_offset()), 1);
+        assert_eq!(publish(&h, &key("task:a"), now, "x"), 1);
+        assert_eq!(publish(&h, &key("task:a"), now, "x"), 2);
+        assert_eq!(publish(&h, &key("task:b"), now, "x"), 1);
+    }
+
+    #[test]
+    fn replay_is_exact_or_nothing() {
+        let h = History::new(retention(3, 1 << 20));
+        let k = key("task:a");
+        let now = Instant::now();
+        for _ in 0..5 {
+            publish(&h, &k, now, "e");
+        }
+        // Held: 3, 4, 5.
+        assert_eq!(replay(&h, &k, now, 2).unwrap(), vec!["3:e", "4:e", "5:e"]);
+        assert_eq!(replay(&h, &k, now, 4).unwrap(), vec!["5:e"]);
+        assert_eq!(replay(&h, &k, now, 5).unwrap(), Vec::<String>::new(), "up to date");
+        assert_eq!(replay(&h, &k, now, 1), None, "event 2 is gone: no partial replay");
+        assert_eq!(replay(&h, &k, now, 6), None, "from the future");
+        let wrong_epoch = h.with_channel(&k, now, |l| l.since(5, "e_other").is_some());
+        assert!(!wrong_epoch);
+    }
+
+    #[test]
+    fn events_past_their_age_are_dropped() {
+        let h = History::new(retention(100, 1 << 20));
+        let k = key("task:a");
+        let t0 = Instant::now();
+        publish(&h, &k, t0, "old");
+        publish(&h, &k, t0 + Duration::from_secs(200), "new");
+        let later = t0 + Duration::from_secs(301);
+        assert_eq!(replay(&h, &k, later, 1).unwrap(), vec!["2:new"]);
+        assert_eq!(replay(&h, &k, later, 0), None);
+    }
+
+    #[test]
+    fn the_memory_cap_drops_the_oldest_events_first() {
+        // 64 shards; a cap of 64 * 100 bytes gives each shard 100 bytes.
+        let h = History::new(retention(1000, 64 * 100));
+        let k = key("task:a");
+        let now = Instant::now();
+        for _ in 0..50 {
+            publish(&h, &k, now, &"x".repeat(20));
+        }
+        assert!(h.bytes() <= 100, "{}", h.bytes());
+        let held = h.with_channel(&k, now, |l| l.events.len());
+        assert!(held >= 3, "{held}");
+        assert!(replay(&h, &k, now, 50 - held as u64).is_some());
+        assert!(replay(&h, &k, now, 49 - held as u64).is_none());
+    }
+
+    #[test]
+    fn bookkeeping_stays_bounded_when_count_trims_a_hot_channel() {
+        let h = History::new(retention(2, 1 << 30));
+        let k = key("task:a");
+        let now = Instant::now();
+        for _ in 0..10_000 {
+            publish(&h, &k, now, "e");
+        }
+        let shard = h.shard(&k);
+        assert_eq!(shard.held, 2);
+        assert!(shard.order.len() <= 2 * 2 + 65, "{}", shard.order.len());
     }
 
     #[test]
     fn idle_channels_are_forgotten_and_come_back_with_a_new_epoch() {
-        let h = History::new();
+        let h = History::new(retention(100, 1 << 20));
         let t0 = Instant::now();
-        let e1 = h.with_channel(&key("task:a"), t0, |l| {
-            l.next_offset();
-            l.epoch().clone()
-        });
+        publish(&h, &key("task:a"), t0, "x");
+        let e1 = h.with_channel(&key("task:a"), t0, |l| l.epoch().clone());
         h.with_channel(&key("task:b"), t0, |_| ());
         let later = t0 + Duration::from_secs(301);
         assert_eq!(h.sweep(later, Duration::from_secs(300), |k| k.channel.id() == "b"), 1);
         assert_eq!(h.len(), 1);
+        assert_eq!(h.bytes(), 0);
         let (off, e2) = h.with_channel(&key("task:a"), later, |l| (l.position().offset, l.epoch().clone()));
         assert_eq!(off, 0);
         assert_ne!(e1, e2);

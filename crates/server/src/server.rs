@@ -171,7 +171,8 @@ impl Node {
         }
         let verifier = JwtVerifier::new(&config.auth)?;
         let hub = Arc::new(Hub::new());
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone(), config.limits.channel_idle));
+        let broker: Arc<dyn Broker> =
+            Arc::new(MemoryBroker::new(hub.clone(), config.history, config.limits.channel_idle));
         let l = &config.limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(l.ws_read_buffer)

@@ -11,7 +11,7 @@ use futures_util::future::BoxFuture;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{Broker, BrokerError, PreparedEvent, ReplyFn, Subscribed};
-use crate::history::History;
+use crate::history::{History, Retention};
 use crate::hub::{ChannelKey, ConnId, Hub, Subscriber};
 use crate::metrics;
 
@@ -23,13 +23,19 @@ pub struct MemoryBroker {
 }
 
 impl MemoryBroker {
-    /// A broker delivering into `hub`; channels idle for `channel_idle` are forgotten.
-    pub fn new(hub: Arc<Hub>, channel_idle: Duration) -> MemoryBroker {
+    /// A broker delivering into `hub`, keeping `retention` of history; channels idle for
+    /// `channel_idle` are forgotten.
+    pub fn new(hub: Arc<Hub>, retention: Retention, channel_idle: Duration) -> MemoryBroker {
         MemoryBroker {
             hub,
-            history: History::new(),
+            history: History::new(retention),
             channel_idle,
         }
+    }
+
+    /// Bytes of history held.
+    pub fn history_bytes(&self) -> usize {
+        self.history.bytes()
     }
 
     fn publish_now(&self, events: &[PreparedEvent]) -> Vec<usize> {
@@ -40,20 +46,17 @@ impl MemoryBroker {
             let mut recipients = 0;
             for channel in &ev.channels {
                 let key = ChannelKey::new(ev.org.clone(), channel.clone());
-                recipients += self.history.with_channel(&key, now, |log| {
-                    let offset = log.next_offset();
-                    if !self.hub.has_subscribers(&key) {
-                        return 0;
-                    }
+                recipients += self.history.append(&key, now, |offset, epoch| {
                     let bytes = Utf8Bytes::from(write_delivery(
                         ev.event_type,
                         channel,
                         &ev.id,
                         offset,
-                        log.epoch(),
+                        epoch,
                         &ev.payload_json,
                     ));
-                    self.hub.fan_out(&key, &bytes, seen.as_mut())
+                    let n = self.hub.fan_out(&key, &bytes, seen.as_mut());
+                    (bytes, n)
                 });
             }
             metrics::delivered(recipients);
@@ -78,12 +81,16 @@ impl Broker for MemoryBroker {
     ) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
         let result = self.history.with_channel(key, Instant::now(), |log| {
             let position = log.position();
-            // No history is kept yet: continuity can be proven only when nothing was missed.
-            let recovered = since.map(|s| s.epoch == *position.epoch && s.offset == position.offset);
+            let replay = since.and_then(|s| log.since(s.offset, &s.epoch));
+            let recovered = since.map(|_| replay.is_some());
             let subscribed = Subscribed { position, recovered };
-            // The reply goes first, under the channel lock, so no event can overtake it. A full
-            // outbox refuses it; the connection is closing with 4009 anyway.
+            // The reply, then the replay, go first, under the channel lock: no live event can
+            // overtake them or fall between them. A full outbox refuses them; the connection is
+            // closing with 4009 anyway, and its client resumes again.
             let _ = sub.outbox.push(reply(&subscribed));
+            for bytes in replay.into_iter().flatten() {
+                let _ = sub.outbox.push(bytes.clone());
+            }
             self.hub.subscribe(key, sub);
             subscribed
         });
@@ -105,6 +112,11 @@ mod tests {
     use super::*;
     use crate::outbox::Outbox;
     use cortex_protocol::{ChannelId, EventType};
+
+    fn broker() -> MemoryBroker {
+        let retention = crate::config::Config::default().history;
+        MemoryBroker::new(Arc::new(Hub::new()), retention, Duration::from_secs(300))
+    }
 
     fn prepared(org: &str, channels: &[&str]) -> PreparedEvent {
         PreparedEvent {
@@ -135,7 +147,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_is_serialized_once_per_channel_and_its_bytes_shared() {
-        let b = MemoryBroker::new(Arc::new(Hub::new()), Duration::from_secs(300));
+        let b = broker();
         let outs: Vec<Outbox> = (0..3).map(|i| join(&b, "o", "task:t", i)).collect();
         let counts = b.publish(&[prepared("o", &["task:t"])]).await.unwrap();
         assert_eq!(counts, vec![3]);
@@ -147,7 +159,7 @@ mod tests {
 
     #[tokio::test]
     async fn offsets_count_per_channel_in_publish_order() {
-        let b = MemoryBroker::new(Arc::new(Hub::new()), Duration::from_secs(300));
+        let b = broker();
         let t = join(&b, "o", "task:t", 1);
         let p = join(&b, "o", "project:p", 2);
         let events: Vec<PreparedEvent> = (0..5)
@@ -174,7 +186,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_outbox_never_blocks_the_publisher_and_others_still_receive() {
-        let b = MemoryBroker::new(Arc::new(Hub::new()), Duration::from_secs(300));
+        let b = broker();
         let key = ChannelKey::new(Arc::from("o"), ChannelId::parse("task:t").unwrap());
         let small = Outbox::new(1 << 20, 2);
         let reply = |_: &Subscribed| Utf8Bytes::from_static("{}");

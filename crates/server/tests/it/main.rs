@@ -6,6 +6,7 @@ mod cli;
 mod delivery;
 mod ops;
 mod publish_api;
+mod resume;
 mod smoke;
 mod tenancy;
 mod ws_commands;
