@@ -189,7 +189,7 @@ fn authorized(node: &Node, headers: &HeaderMap) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::server::bearer)
     else {
         return false;
     };

@@ -51,9 +51,11 @@ pub struct Subscriber {
     pub outbox: Outbox,
 }
 
+type Shard = HashMap<ChannelKey, Vec<Subscriber>>;
+
 /// Channel -> subscribers, for this node only.
 pub struct Hub {
-    shards: Box<[Mutex<HashMap<ChannelKey, Vec<Subscriber>>>]>,
+    shards: Box<[Mutex<Shard>]>,
 }
 
 impl Default for Hub {
@@ -70,7 +72,7 @@ impl Hub {
         }
     }
 
-    fn shard(&self, key: &ChannelKey) -> MutexGuard<'_, HashMap<ChannelKey, Vec<Subscriber>>> {
+    fn shard(&self, key: &ChannelKey) -> MutexGuard<'_, Shard> {
         self.shards[key.shard(SHARDS)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())

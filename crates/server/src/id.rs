@@ -10,7 +10,7 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 pub fn event_id() -> String {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u128);
+        .map_or(0, |d| d.as_millis());
     let rnd: u128 = rand::rng().random::<u128>() & ((1u128 << 80) - 1);
     let mut v = (ms << 80) | rnd;
     let mut out = [0u8; 26];

@@ -261,6 +261,11 @@ fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The WebSocket library logs every frame at debug and trace, and frames carry tokens (the
+    // `auth` and `refresh` commands): never let those through, whatever RUST_LOG says.
+    let filter = ["tungstenite=info", "tokio_tungstenite=info"]
+        .iter()
+        .fold(filter, |f, d| f.add_directive(d.parse().expect("valid directive")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -270,9 +275,10 @@ fn init_tracing() {
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let config = args.merge_file()?.into_config()?;
     let server = Server::bind(config).await?;
+    let signal = shutdown::signal();
     println!("listening on {}", server.local_addr());
     tracing::info!(addr = %server.local_addr(), "serving");
-    server.run(shutdown::signal()).await?;
+    server.run(signal).await?;
     tracing::info!("drained; bye");
     Ok(ExitCode::SUCCESS)
 }
@@ -288,14 +294,13 @@ async fn local(args: LocalArgs) -> Result<ExitCode> {
         allowed_origins: args.allowed_origin,
         ..local::LocalOptions::new(state_dir)
     };
+    let signal = shutdown::signal();
     let node = local::start(opts).await?;
     println!("listening on {}", node.server.local_addr());
     println!("url {}", node.state.url);
     println!("state {}", node.state_file.display());
     tracing::info!(url = %node.state.url, state = %node.state_file.display(), "local node ready");
-    tokio::select! {
-        _ = shutdown::signal() => {}
-    }
+    signal.await;
     node.server.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

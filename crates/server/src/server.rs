@@ -67,9 +67,12 @@ pub enum LimitExceeded {
     Node,
 }
 
+/// A user: (org, sub).
+type UserKey = (Arc<str>, Arc<str>);
+
 /// Open connections, per user and per node.
 pub struct Connections {
-    per_user: Mutex<HashMap<(Arc<str>, Arc<str>), usize>>,
+    per_user: Mutex<HashMap<UserKey, usize>>,
     total: AtomicU64,
     next: AtomicU64,
     max_per_user: usize,
@@ -79,7 +82,7 @@ pub struct Connections {
 /// Holds one slot of the connection limits; frees it when dropped.
 pub struct ConnectionGuard {
     node: Arc<Connections>,
-    user: (Arc<str>, Arc<str>),
+    user: UserKey,
     conn: ConnId,
 }
 
@@ -248,6 +251,15 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
+/// A request refused before the upgrade: status, `error` code, message.
+struct Refusal(StatusCode, &'static str, &'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        json_error(self.0, self.1, self.2)
+    }
+}
+
 fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
     let body = serde_json::json!({ "error": error, "message": message });
     (status, axum::Json(body)).into_response()
@@ -264,14 +276,14 @@ fn is_loopback_host(host: &str) -> bool {
 
 /// Refusals that come before any token work: the browser Origin (the Host is checked for every
 /// route by [`guard_host`]).
-fn check_request(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
+fn check_request(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         let listed = node.config.allowed_origins.iter().any(|o| o == origin);
         let open = node.config.allowed_origins.is_empty() && !node.config.refuse_unlisted_origins;
         if !listed && !open {
             metrics::refused("origin");
-            return Err(json_error(StatusCode::FORBIDDEN, "forbidden_origin", "this Origin is not allowed"));
+            return Err(Refusal(StatusCode::FORBIDDEN, "forbidden_origin", "this Origin is not allowed"));
         }
     }
     Ok(())
@@ -281,10 +293,17 @@ fn check_request(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
 fn upgrade_token(req: &Request) -> Option<String> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         let v = v.to_str().ok()?;
-        return Some(v.strip_prefix("Bearer ").unwrap_or(v).trim().to_owned());
+        return Some(bearer(v).unwrap_or(v).to_owned());
     }
     let query = req.uri().query()?;
     form_token(query)
+}
+
+/// The credentials of an `Authorization: Bearer ...` value (the scheme is case-insensitive,
+/// RFC 9110 section 11.1).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 fn form_token(query: &str) -> Option<String> {
@@ -327,28 +346,28 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// What a WebSocket upgrade request must carry, checked before any token work.
-fn check_upgrade(node: &Node, req: &Request) -> Result<HeaderValue, Response> {
+fn check_upgrade(node: &Node, req: &Request) -> Result<HeaderValue, Refusal> {
     check_request(node, req.headers())?;
     if req.uri().to_string().len() > node.config.limits.max_url_bytes {
         metrics::refused("url_too_long");
-        return Err(json_error(StatusCode::URI_TOO_LONG, "url_too_long", "the URL is too long"));
+        return Err(Refusal(StatusCode::URI_TOO_LONG, "url_too_long", "the URL is too long"));
     }
     if node.shutdown.is_triggered() {
-        return Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down"));
+        return Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down"));
     }
     let h = req.headers();
     let is_upgrade = req.method() == Method::GET
         && header_has(h, header::CONNECTION, "upgrade")
         && header_has(h, header::UPGRADE, "websocket");
     if !is_upgrade {
-        return Err(json_error(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "this endpoint speaks WebSocket"));
+        return Err(Refusal(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "this endpoint speaks WebSocket"));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return Err(json_error(StatusCode::BAD_REQUEST, "bad_request", "Sec-WebSocket-Version must be 13"));
+        return Err(Refusal(StatusCode::BAD_REQUEST, "bad_request", "Sec-WebSocket-Version must be 13"));
     }
     match h.get(header::SEC_WEBSOCKET_KEY) {
         Some(key) if !key.is_empty() => Ok(key.clone()),
-        _ => Err(json_error(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key")),
+        _ => Err(Refusal(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key")),
     }
 }
 
@@ -382,7 +401,7 @@ where
 async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
     let key = match check_upgrade(&node, &req) {
         Ok(k) => k,
-        Err(resp) => return resp,
+        Err(refusal) => return refusal.into_response(),
     };
     let pre_auth = match upgrade_token(&req) {
         None => None,
@@ -419,7 +438,7 @@ async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
 async fn autobahn_echo(State(node): State<Arc<Node>>, req: Request) -> Response {
     let key = match check_upgrade(&node, &req) {
         Ok(k) => k,
-        Err(resp) => return resp,
+        Err(refusal) => return refusal.into_response(),
     };
     switch_protocols(&node, req, &key, |ws| session::echo(ws))
 }

@@ -1,1 +1,690 @@
-//! placeholder
+//! The `cortex-realtime` binary (CONTRACT.md section 10): `serve`, `token` and `publish`, run as
+//! child processes with an empty environment, always on 127.0.0.1:0, killed when a test ends.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cortex_realtime::auth::mint_hs256;
+use cortex_realtime::server::unix_now;
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+/// How long `serve` may take to drain by default.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Starts `serve` with `args` and `env`, and reads its `listening on` line.
+async fn serve(args: &[&str], env: &[(&str, &str)]) -> (Proc, SocketAddr) {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    let mut p = Proc::spawn(&all, env);
+    let addr = p.listening().await;
+    (p, addr)
+}
+
+/// A token signed with `secret`, valid for an hour.
+fn token_signed(secret: &str, sub: &str, org: &str) -> String {
+    mint_hs256(secret, sub, org, unix_now() + 3600, None)
+}
+
+/// Connects to `addr` with the token in the query string; the HTTP status on refusal.
+async fn connect(addr: SocketAddr, token: &str) -> Result<Client, u16> {
+    let mut c = Client::connect_with(&format!("ws://{addr}/api/ws?token={token}"), &[]).await?;
+    let m = c.recv().await;
+    assert_eq!(m["type"], "connected", "{m}");
+    Ok(c)
+}
+
+/// Publishes a valid event to `addr` with `key`; the HTTP status.
+async fn publish_status(addr: SocketAddr, key: &str) -> u16 {
+    publish_to(
+        &format!("http://{addr}/api/events"),
+        key,
+        event("o_1", &["task:t_9"], 1),
+    )
+    .await
+    .0
+}
+
+/// Subscribes `c` to `n` distinct channels and returns the reply to one more.
+async fn subscribe_past(c: &mut Client, n: usize) -> Value {
+    for i in 0..n {
+        let r = c.subscribe(&format!("task:t_{i}")).await;
+        assert_eq!(r["type"], "subscribed", "subscription {i}: {r}");
+    }
+    c.subscribe("task:one_more").await
+}
+
+async fn stop(mut p: Proc) -> Proc {
+    p.sigterm_caught().await;
+    p.terminate();
+    let status = p.wait_exit(DRAIN).await;
+    assert!(status.success(), "exit {status:?}; stderr:\n{}", p.stderr());
+    p
+}
+
+// ---- serve: refusing to start ----
+
+#[tokio::test]
+async fn serve_without_a_verification_key_refuses_to_start_and_names_the_missing_key() {
+    for (args, env) in [
+        (
+            vec!["serve", "--listen", "127.0.0.1:0", "--publish-key", "k"],
+            vec![],
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--publish-key",
+                "k",
+                "--jwt-secret",
+                "",
+            ],
+            vec![],
+        ),
+        (
+            vec!["serve"],
+            vec![
+                ("CORTEX_LISTEN", "127.0.0.1:0"),
+                ("CORTEX_PUBLISH_KEY", "k"),
+            ],
+        ),
+    ] {
+        let p = run_bin(&args, &env).await;
+        let status = p.status();
+        assert!(!status.success(), "{args:?} must not start");
+        let err = p.stderr();
+        assert!(
+            err.contains("jwt-secret") && err.contains("jwt-public-key") && err.contains("jwks"),
+            "stderr names the missing verification key: {err}"
+        );
+        assert!(!p.stdout().contains("listening on"), "{}", p.stdout());
+    }
+}
+
+#[tokio::test]
+async fn serve_without_a_publish_key_refuses_to_start_and_names_publish_key() {
+    for (args, env) in [
+        (
+            vec!["serve", "--listen", "127.0.0.1:0", "--jwt-secret", "s"],
+            vec![],
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--jwt-secret",
+                "s",
+                "--publish-key",
+                "",
+            ],
+            vec![],
+        ),
+        (
+            vec!["serve", "--listen", "127.0.0.1:0"],
+            vec![("CORTEX_JWT_SECRET", "s"), ("CORTEX_PUBLISH_KEY", "")],
+        ),
+    ] {
+        let p = run_bin(&args, &env).await;
+        assert!(!p.status().success(), "{args:?} must not start");
+        let err = p.stderr();
+        assert!(
+            err.contains("publish-key"),
+            "stderr names publish-key: {err}"
+        );
+        assert!(!p.stdout().contains("listening on"), "{}", p.stdout());
+    }
+}
+
+#[tokio::test]
+async fn serve_with_a_config_file_holding_an_unknown_key_refuses_to_start_and_names_it() {
+    let path = temp_path("unknown.toml");
+    std::fs::write(
+        &path,
+        "jwt_secret = \"s\"\npublish_key = [\"k\"]\nlisten = \"127.0.0.1:0\"\nmax_subscriptionz = 3\n",
+    )
+    .unwrap();
+    let p = run_bin(&["serve", "--config", path.to_str().unwrap()], &[]).await;
+    assert!(!p.status().success());
+    assert!(p.stderr().contains("max_subscriptionz"), "{}", p.stderr());
+    let _ = std::fs::remove_file(path);
+}
+
+// ---- serve: starting, configuration, draining ----
+
+#[tokio::test]
+async fn serve_prints_one_listening_line_with_the_real_port_and_answers_healthz() {
+    let (p, addr) = serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            "s",
+            "--publish-key",
+            "k",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0, "the real port, not 0");
+    let (status, body) = get(&format!("http://{addr}/healthz")).await;
+    assert_eq!(status, 200, "{body}");
+    let p = stop(p).await;
+    assert_eq!(
+        p.stdout_lines(),
+        vec![format!("listening on {addr}")],
+        "exactly one stdout line"
+    );
+}
+
+#[tokio::test]
+async fn serve_reads_every_setting_from_cortex_environment_variables() {
+    let (p, addr) = serve(
+        &[],
+        &[
+            ("CORTEX_JWT_SECRET", "env-secret"),
+            ("CORTEX_PUBLISH_KEY", "k1,k2"),
+            ("CORTEX_LISTEN", "127.0.0.1:0"),
+            ("CORTEX_MAX_SUBSCRIPTIONS", "2"),
+        ],
+    )
+    .await;
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_eq!(publish_status(addr, "k1").await, 202, "the first key");
+    assert_eq!(publish_status(addr, "k2").await, 202, "the second key");
+    assert_eq!(
+        publish_status(addr, "k1,k2").await,
+        401,
+        "the list is split, not one key"
+    );
+    assert_eq!(publish_status(addr, "k3").await, 401);
+
+    let mut c = connect(addr, &token_signed("env-secret", "u_1", "o_1"))
+        .await
+        .expect("a token signed with CORTEX_JWT_SECRET is accepted");
+    assert_eq!(
+        connect(addr, &token_signed("other", "u_1", "o_1"))
+            .await
+            .err(),
+        Some(401)
+    );
+    let r = subscribe_past(&mut c, 2).await;
+    assert_eq!(
+        r["code"], "too_many_subscriptions",
+        "CORTEX_MAX_SUBSCRIPTIONS=2: {r}"
+    );
+    drop(c);
+    stop(p).await;
+}
+
+#[tokio::test]
+async fn serve_reads_its_settings_from_a_toml_config_file() {
+    let path = temp_path("cortex.toml");
+    std::fs::write(
+        &path,
+        r#"
+listen = "127.0.0.1:0"
+jwt_secret = "file-secret"
+publish_key = ["fk1", "fk2"]
+max_subscriptions = 2
+"#,
+    )
+    .unwrap();
+    let (p, addr) = serve(&["--config", path.to_str().unwrap()], &[]).await;
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0);
+    assert_eq!(publish_status(addr, "fk1").await, 202);
+    assert_eq!(publish_status(addr, "fk2").await, 202);
+    assert_eq!(publish_status(addr, "nope").await, 401);
+    let mut c = connect(addr, &token_signed("file-secret", "u_1", "o_1"))
+        .await
+        .expect("the file's secret verifies tokens");
+    let r = subscribe_past(&mut c, 2).await;
+    assert_eq!(r["code"], "too_many_subscriptions", "{r}");
+    drop(c);
+    stop(p).await;
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn flags_override_the_config_file() {
+    let path = temp_path("override.toml");
+    std::fs::write(
+        &path,
+        r#"
+listen = "127.0.0.1:1"
+jwt_secret = "file-secret"
+publish_key = ["file-key"]
+max_subscriptions = 1
+"#,
+    )
+    .unwrap();
+    let (p, addr) = serve(
+        &[
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            "flag-secret",
+            "--publish-key",
+            "flag-key",
+            "--max-subscriptions",
+            "3",
+        ],
+        &[],
+    )
+    .await;
+    assert_ne!(addr.port(), 1, "--listen overrides the file's listen");
+    assert_eq!(publish_status(addr, "flag-key").await, 202);
+    assert_eq!(
+        publish_status(addr, "file-key").await,
+        401,
+        "--publish-key replaces the file's keys"
+    );
+    assert_eq!(
+        connect(addr, &token_signed("file-secret", "u_1", "o_1"))
+            .await
+            .err(),
+        Some(401)
+    );
+    let mut c = connect(addr, &token_signed("flag-secret", "u_1", "o_1"))
+        .await
+        .expect("--jwt-secret overrides the file's secret");
+    let r = subscribe_past(&mut c, 3).await;
+    assert_eq!(
+        r["code"], "too_many_subscriptions",
+        "--max-subscriptions 3: {r}"
+    );
+    drop(c);
+    stop(p).await;
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn environment_variables_override_the_config_file() {
+    let path = temp_path("env-over-file.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\njwt_secret = \"file-secret\"\npublish_key = [\"file-key\"]\n",
+    )
+    .unwrap();
+    let (p, addr) = serve(
+        &["--config", path.to_str().unwrap()],
+        &[
+            ("CORTEX_PUBLISH_KEY", "env-key"),
+            ("CORTEX_JWT_SECRET", "env-secret"),
+        ],
+    )
+    .await;
+    assert_eq!(publish_status(addr, "env-key").await, 202);
+    assert_eq!(publish_status(addr, "file-key").await, 401);
+    assert!(
+        connect(addr, &token_signed("env-secret", "u_1", "o_1"))
+            .await
+            .is_ok()
+    );
+    stop(p).await;
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_connection_with_1001_and_exits_0_within_the_drain_timeout() {
+    let (p, addr) = serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            SECRET,
+            "--publish-key",
+            PUBLISH_KEY,
+        ],
+        &[],
+    )
+    .await;
+    let url = format!("ws://{addr}/api/ws");
+    let t = token("u_1", "o_1");
+    // One client per way of authenticating, each subscribed.
+    let mut by_query = connect(addr, &t).await.unwrap();
+    let bearer = format!("Bearer {t}");
+    let mut by_header = Client::connect_with(&url, &[("authorization", bearer.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(by_header.recv().await["type"], "connected");
+    let mut by_frame = Client::connect(&url).await;
+    by_frame.send(json!({"type": "auth", "token": t})).await;
+    assert_eq!(by_frame.recv().await["type"], "connected");
+    for c in [&mut by_query, &mut by_header, &mut by_frame] {
+        assert_eq!(c.subscribe("task:t_9").await["type"], "subscribed");
+    }
+    // A client that has not authenticated yet, and one that stops reading.
+    let mut unauthenticated = Client::connect(&url).await;
+    let mut not_reading = connect(addr, &t).await.unwrap();
+
+    let mut p = p;
+    p.sigterm_caught().await;
+    let started = Instant::now();
+    p.terminate();
+    for (name, c) in [
+        ("query", &mut by_query),
+        ("header", &mut by_header),
+        ("frame", &mut by_frame),
+        ("unauthenticated", &mut unauthenticated),
+    ] {
+        assert_eq!(c.closed().await, Some(1001), "{name} client");
+    }
+    let status = p.wait_exit(DRAIN).await;
+    assert!(status.success(), "exit {status:?}; stderr:\n{}", p.stderr());
+    assert!(
+        started.elapsed() < DRAIN,
+        "drained in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        not_reading.closed().await,
+        Some(1001),
+        "the close frame was sent to it too"
+    );
+    assert_eq!(
+        p.stdout_lines().len(),
+        1,
+        "only the listening line: {:?}",
+        p.stdout_lines()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_with_no_connections_exits_0_at_once() {
+    let (p, _addr) = serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            "s",
+            "--publish-key",
+            "k",
+        ],
+        &[],
+    )
+    .await;
+    p.sigterm_caught().await;
+    let started = Instant::now();
+    stop(p).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn sigterm_right_after_the_listening_line_drains_and_exits_0() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for _ in 0..30 {
+        let mut p = Proc::spawn(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--jwt-secret",
+                "s",
+                "--publish-key",
+                "k",
+            ],
+            &[],
+        );
+        p.listening_blocking();
+        p.terminate();
+        let status = rt.block_on(p.wait_exit(DRAIN));
+        assert!(
+            status.success(),
+            "a SIGTERM after `listening on` must drain: {status:?}"
+        );
+    }
+}
+
+// ---- token ----
+
+#[tokio::test]
+async fn token_prints_a_jwt_the_server_accepts_with_its_channel_allowlist() {
+    let p = run_bin(
+        &[
+            "token",
+            "--jwt-secret",
+            SECRET,
+            "--sub",
+            "u_cli",
+            "--org",
+            "o_cli",
+            "--ttl",
+            "1h",
+            "--channel",
+            "agent:*",
+        ],
+        &[],
+    )
+    .await;
+    assert!(p.status().success(), "{}", p.stderr());
+    let lines = p.stdout_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let jwt = lines[0].trim();
+    assert_eq!(jwt.split('.').count(), 3, "a JWT: {jwt}");
+
+    let s = TestServer::start().await;
+    let mut c = s.client_with_token(jwt).await;
+    let r = c.subscribe("agent:x").await;
+    assert_eq!(r["type"], "subscribed", "{r}");
+    let r = c.subscribe("task:y").await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{r}"
+    );
+
+    // The claims: sub, org, and an expiry an hour out.
+    let mut again = Client::connect(&s.ws_url()).await;
+    again.send(json!({"type": "auth", "token": jwt})).await;
+    let connected = again.recv().await;
+    assert_eq!(connected["userId"], "u_cli");
+    assert_eq!(connected["orgId"], "o_cli");
+    let expires = time::OffsetDateTime::parse(
+        connected["expiresAt"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let ttl = expires - time::OffsetDateTime::now_utc();
+    assert!(
+        ttl > time::Duration::minutes(59) && ttl <= time::Duration::minutes(60),
+        "{ttl}"
+    );
+    drop((c, again));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_without_channels_allows_every_channel_of_its_org_and_bad_arguments_fail() {
+    let p = run_bin(
+        &["token", "--jwt-secret", SECRET, "--sub", "u", "--org", "o"],
+        &[],
+    )
+    .await;
+    assert!(p.status().success(), "{}", p.stderr());
+    let s = TestServer::start().await;
+    let mut c = s.client_with_token(p.stdout().trim()).await;
+    assert_eq!(c.subscribe("task:y").await["type"], "subscribed");
+    assert_eq!(c.subscribe("org:o").await["type"], "subscribed");
+    assert_eq!(c.subscribe("org:other").await["code"], "forbidden");
+    drop(c);
+    s.shutdown().await;
+
+    for args in [
+        vec![
+            "token",
+            "--jwt-secret",
+            SECRET,
+            "--sub",
+            "u",
+            "--org",
+            "o",
+            "--ttl",
+            "soon",
+        ],
+        vec![
+            "token",
+            "--jwt-secret",
+            SECRET,
+            "--sub",
+            "u",
+            "--org",
+            "o",
+            "--channel",
+            "nope",
+        ],
+        vec!["token", "--sub", "u", "--org", "o"],
+    ] {
+        let p = run_bin(&args, &[]).await;
+        assert!(!p.status().success(), "{args:?}");
+        assert!(
+            p.stdout().trim().is_empty(),
+            "no token printed: {}",
+            p.stdout()
+        );
+    }
+}
+
+// ---- publish ----
+
+fn publish_args<'a>(url: &'a str, key: &'a str, ty: &'a str, payload: &'a str) -> Vec<&'a str> {
+    vec![
+        "publish",
+        "--url",
+        url,
+        "--publish-key",
+        key,
+        "--org",
+        "o_1",
+        "--type",
+        ty,
+        "--payload",
+        payload,
+    ]
+}
+
+#[tokio::test]
+async fn publish_prints_the_202_answer_exits_0_and_the_event_is_delivered() {
+    let s = TestServer::start().await;
+    let mut c = s.client("u_1", "o_1").await;
+    c.subscribe("task:t_9").await;
+    let url = format!("http://{}", s.addr);
+    let payload = r#"{"taskId":"t_9","oldStatus":"todo","newStatus":"done","extra":{"k":[1,2]}}"#;
+    let p = run_bin(
+        &publish_args(&url, PUBLISH_KEY, "task.status_changed", payload),
+        &[],
+    )
+    .await;
+    assert!(p.status().success(), "stderr: {}", p.stderr());
+    let answer: Value = serde_json::from_str(p.stdout().trim()).expect("the answer is JSON");
+    assert!(
+        answer["id"].as_str().unwrap().starts_with("evt_"),
+        "{answer}"
+    );
+    assert_eq!(answer["channels"], json!(["task:t_9", "org:o_1"]));
+    assert_eq!(answer["recipients"], 1);
+    let ev = c.recv().await;
+    assert_eq!(ev["id"], answer["id"]);
+    assert_eq!(ev["type"], "task.status_changed");
+    assert_eq!(ev["payload"]["extra"], json!({"k": [1, 2]}));
+
+    // A trailing slash on --url, explicit --channel and --idempotency-key.
+    let url_slash = format!("{url}/");
+    let mut args = publish_args(
+        &url_slash,
+        PUBLISH_KEY,
+        "task.deleted",
+        r#"{"taskId":"t_1"}"#,
+    );
+    args.extend(["--channel", "task:t_9", "--idempotency-key", "cli-1"]);
+    let first = run_bin(&args, &[]).await;
+    assert!(first.status().success(), "{}", first.stderr());
+    let first: Value = serde_json::from_str(first.stdout().trim()).unwrap();
+    assert_eq!(first["channels"], json!(["task:t_9"]));
+    assert_eq!(c.recv().await["id"], first["id"]);
+    let again = run_bin(&args, &[]).await;
+    assert!(again.status().success());
+    let again: Value = serde_json::from_str(again.stdout().trim()).unwrap();
+    assert_eq!(
+        again["id"], first["id"],
+        "the repeat is answered with the first id"
+    );
+    c.silent_for(Duration::from_millis(100)).await;
+    drop(c);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn publish_of_a_refused_event_prints_the_400_answer_and_exits_non_zero() {
+    let s = TestServer::start().await;
+    let mut c = s.client("u_1", "o_1").await;
+    c.subscribe("org:o_1").await;
+    let url = format!("http://{}", s.addr);
+    for (ty, payload, code) in [
+        (
+            "chief.task.progress",
+            r#"{"taskId":"t_1","progress":101,"message":"m"}"#,
+            "invalid_payload",
+        ),
+        ("task.exploded", r#"{"taskId":"t_1"}"#, "unknown_type"),
+        ("task.deleted", r#"{}"#, "invalid_payload"),
+    ] {
+        let p = run_bin(&publish_args(&url, PUBLISH_KEY, ty, payload), &[]).await;
+        assert!(!p.status().success(), "{ty} {payload}");
+        let answer: Value = serde_json::from_str(p.stdout().trim()).expect("the answer is JSON");
+        assert_eq!(answer["error"], code, "{answer}");
+        assert!(answer["message"].is_string(), "{answer}");
+    }
+    c.silent_for(Duration::from_millis(100)).await;
+    drop(c);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn publish_with_a_wrong_key_an_unreachable_url_or_bad_payload_json_exits_non_zero() {
+    let s = TestServer::start().await;
+    let url = format!("http://{}", s.addr);
+    let payload = r#"{"taskId":"t_1"}"#;
+    let p = run_bin(
+        &publish_args(&url, "wrong-key", "task.deleted", payload),
+        &[],
+    )
+    .await;
+    assert!(!p.status().success());
+    let answer: Value = serde_json::from_str(p.stdout().trim()).expect("the 401 answer is printed");
+    assert_eq!(answer["error"], "unauthorized");
+
+    let p = run_bin(
+        &publish_args(&url, PUBLISH_KEY, "task.deleted", "{not json"),
+        &[],
+    )
+    .await;
+    assert!(!p.status().success());
+    s.shutdown().await;
+
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let p = run_bin(
+        &publish_args(&closed, PUBLISH_KEY, "task.deleted", payload),
+        &[],
+    )
+    .await;
+    assert!(!p.status().success(), "nothing listens there");
+    assert!(!p.stderr().is_empty());
+}
