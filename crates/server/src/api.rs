@@ -210,7 +210,11 @@ pub async fn post_events(State(node): State<Arc<Node>>, headers: HeaderMap, body
     let read = tokio::time::timeout(node.config.limits.body_timeout, axum::body::to_bytes(body, limit));
     let bytes = match read.await {
         Err(_) => return Err(ApiError::BadBody("the body did not arrive in time".into())),
-        Ok(r) => r.map_err(|_| ApiError::TooLarge(format!("a body holds at most {MAX_BATCH} events of {per_event} bytes")))?,
+        Ok(Err(e)) if over_limit(&e) => {
+            return Err(ApiError::TooLarge(format!("a body holds at most {MAX_BATCH} events of {per_event} bytes")));
+        }
+        Ok(Err(_)) => return Err(ApiError::BadBody("the body could not be read (cut short or malformed)".into())),
+        Ok(Ok(b)) => b,
     };
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| ApiError::BadJson)?;
     let Value::Object(mut top) = value else {
@@ -250,6 +254,18 @@ pub async fn post_events(State(node): State<Arc<Node>>, headers: HeaderMap, body
         serde_json::to_value(&accepted[0]).expect("serializable")
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Whether a body read failed because the body passed the size limit.
+fn over_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn parse_body(v: Value, index: Option<usize>) -> Result<PublishEvent, ApiError> {

@@ -108,6 +108,11 @@ impl Outbox {
         Some(Batch::Ready)
     }
 
+    /// Resolves at the next push or overflow (a wake-up, not a guarantee of either).
+    pub async fn changed(&self) {
+        self.shared.notify.notified().await;
+    }
+
     /// Whether the queue has overflowed.
     pub fn overflowed(&self) -> bool {
         self.shared

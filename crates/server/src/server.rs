@@ -251,12 +251,21 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
+/// The refusal of an unsupported WebSocket version.
+const VERSION_13: &str = "Sec-WebSocket-Version must be 13";
+
 /// A request refused before the upgrade: status, `error` code, message.
 struct Refusal(StatusCode, &'static str, &'static str);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        json_error(self.0, self.1, self.2)
+        let mut resp = json_error(self.0, self.1, self.2);
+        if self.2 == VERSION_13 {
+            // RFC 6455 4.4: name the versions we speak.
+            resp.headers_mut()
+                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        resp
     }
 }
 
@@ -292,7 +301,8 @@ fn check_request(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
 /// The token of transport 1 (`?token=`) or 2 (`Authorization: Bearer`), if any.
 fn upgrade_token(req: &Request) -> Option<String> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
+        // A header that is not visible ASCII is a bad token, not an absent one.
+        let Ok(v) = v.to_str() else { return Some(String::new()) };
         return Some(bearer(v).unwrap_or(v).to_owned());
     }
     let query = req.uri().query()?;
@@ -363,11 +373,15 @@ fn check_upgrade(node: &Node, req: &Request) -> Result<HeaderValue, Refusal> {
         return Err(Refusal(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "this endpoint speaks WebSocket"));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return Err(Refusal(StatusCode::BAD_REQUEST, "bad_request", "Sec-WebSocket-Version must be 13"));
+        return Err(Refusal(StatusCode::BAD_REQUEST, "bad_request", VERSION_13));
     }
+    // RFC 6455 4.2.1: the key is base64 of 16 bytes.
+    use base64::Engine as _;
     match h.get(header::SEC_WEBSOCKET_KEY) {
-        Some(key) if !key.is_empty() => Ok(key.clone()),
-        _ => Err(Refusal(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key")),
+        Some(key) if base64::engine::general_purpose::STANDARD.decode(key.as_bytes()).is_ok_and(|k| k.len() == 16) => {
+            Ok(key.clone())
+        }
+        _ => Err(Refusal(StatusCode::BAD_REQUEST, "bad_request", "Sec-WebSocket-Key must be base64 of 16 bytes")),
     }
 }
 

@@ -179,6 +179,26 @@ where
     End::Closed(code)
 }
 
+/// How a blocked write ends the session.
+enum Stop {
+    /// Send this close frame (bounded by the close grace).
+    Close(CloseCode, &'static str),
+    /// Drop the socket as it is.
+    Abandon(End),
+}
+
+impl Stop {
+    async fn run<S>(self, ws: &mut WebSocketStream<S>) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match self {
+            Stop::Close(code, reason) => close_with(ws, code, reason).await,
+            Stop::Abandon(end) => end,
+        }
+    }
+}
+
 struct Session {
     node: Arc<Node>,
     org: Arc<str>,
@@ -246,9 +266,9 @@ impl Session {
                 _ = self.node.shutdown.cancelled() => {
                     // Deliver what was accepted before the drain began, then say goodbye.
                     if self.outbox.try_batch(&mut batch) == Some(Batch::Ready)
-                        && let Some(end) = self.write(ws, &mut batch).await
+                        && let Err(stop) = self.write(ws, &mut batch).await
                     {
-                        return end;
+                        return stop.run(ws).await;
                     }
                     return close(ws, CloseCode::GoingAway).await;
                 }
@@ -257,8 +277,8 @@ impl Session {
                     if b == Batch::Overflowed {
                         return close(ws, CloseCode::SlowConsumer).await;
                     }
-                    if let Some(end) = self.write(ws, &mut batch).await {
-                        return end;
+                    if let Err(stop) = self.write(ws, &mut batch).await {
+                        return stop.run(ws).await;
                     }
                 }
                 frame = ws.next() => {
@@ -276,7 +296,16 @@ impl Session {
                             self.error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None, None);
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                        Some(Ok(Message::Close(_))) | None => return End::Gone,
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite queued the answer to the client's close: send it.
+                            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                                let _ = ws.flush().await;
+                                while let Some(Ok(_)) = ws.next().await {}
+                            })
+                            .await;
+                            return End::Gone;
+                        }
+                        None => return End::Gone,
                         Some(Err(WsError::Capacity(_))) => return close(ws, CloseCode::TooBig).await,
                         Some(Err(_)) => return End::Gone,
                     }
@@ -293,8 +322,12 @@ impl Session {
         }
     }
 
-    /// Writes a drained batch; a write that cannot finish is abandoned on shutdown or overflow.
-    async fn write<S>(&mut self, ws: &mut WebSocketStream<S>, batch: &mut Vec<Utf8Bytes>) -> Option<End>
+    /// Writes a drained batch. A write that cannot finish (the client stopped reading) is
+    /// abandoned when the outbox overflows (4009), when no byte was taken for the idle timeout
+    /// (the client is gone), when the token expires (4002), or at the drain deadline (1001);
+    /// `Err` says how to close. Frames are whole in tungstenite's buffer, so a close frame can
+    /// still follow.
+    async fn write<S>(&mut self, ws: &mut WebSocketStream<S>, batch: &mut Vec<Utf8Bytes>) -> Result<(), Stop>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -304,21 +337,28 @@ impl Session {
             }
             ws.flush().await
         };
-        // A write that cannot finish (the client stopped reading) is abandoned when the drain
-        // deadline passes or the token expires; the outbox bound covers everything else.
         let shutdown = self.node.shutdown.clone();
         let drain = self.node.config.drain_timeout;
         let drained = async move {
             shutdown.cancelled().await;
             tokio::time::sleep(drain).await;
         };
+        let outbox = &self.outbox;
+        let overflowed = async {
+            while !outbox.overflowed() {
+                outbox.changed().await;
+            }
+        };
+        let stalled = tokio::time::sleep(self.node.config.limits.idle_timeout);
         let res = tokio::select! {
             r = write => r,
-            _ = drained => return Some(End::Closed(CloseCode::GoingAway)),
-            _ = sleep_until(self.expires) => return Some(End::Closed(CloseCode::TokenExpired)),
+            _ = overflowed => return Err(Stop::Close(CloseCode::SlowConsumer, CloseCode::SlowConsumer.reason())),
+            _ = stalled => return Err(Stop::Close(CloseCode::GoingAway, "idle timeout")),
+            _ = sleep_until(self.expires) => return Err(Stop::Close(CloseCode::TokenExpired, CloseCode::TokenExpired.reason())),
+            _ = drained => return Err(Stop::Abandon(End::Closed(CloseCode::GoingAway))),
         };
         batch.clear();
-        res.err().map(|_| End::Gone)
+        res.map_err(|_| Stop::Abandon(End::Gone))
     }
 
     /// Handles one text frame. `Err` closes the connection with that code.
