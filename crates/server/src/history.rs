@@ -218,6 +218,18 @@ impl History {
         out
     }
 
+    /// Forgets the channel now if it never had an event and `in_use` says no: a subscribe to a
+    /// quiet channel then leaves nothing behind once its last subscriber leaves.
+    pub fn forget_if_empty(&self, key: &ChannelKey, in_use: impl Fn(&ChannelKey) -> bool) -> bool {
+        let mut shard = self.shard(key);
+        let empty = shard.logs.get(key).is_some_and(|l| l.offset == 0 && l.events.is_empty());
+        if empty && !in_use(key) {
+            shard.logs.remove(key);
+            return true;
+        }
+        false
+    }
+
     /// Forgets channels untouched for `idle` for which `in_use` says no.
     pub fn sweep(&self, now: Instant, idle: Duration, in_use: impl Fn(&ChannelKey) -> bool) -> usize {
         let mut removed = 0;

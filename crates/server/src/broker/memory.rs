@@ -98,7 +98,9 @@ impl Broker for MemoryBroker {
     }
 
     fn unsubscribe(&self, key: &ChannelKey, conn: ConnId) {
-        self.hub.unsubscribe(key, conn);
+        if self.hub.unsubscribe(key, conn) && !self.hub.has_subscribers(key) {
+            self.history.forget_if_empty(key, |k| self.hub.has_subscribers(k));
+        }
     }
 
     fn sweep(&self) {
@@ -182,6 +184,26 @@ mod tests {
         let ids: Vec<&String> = events.iter().map(|e| &e.id).collect();
         assert_eq!(t.iter().map(|x| &x.1).collect::<Vec<_>>(), ids);
         assert_eq!(p[1].1, events[2].id, "the same id on every channel");
+    }
+
+    #[tokio::test]
+    async fn quiet_channels_leave_nothing_behind_when_their_last_subscriber_leaves() {
+        let b = broker();
+        for i in 0..1000 {
+            join(&b, "o", &format!("task:t{i}"), 1);
+        }
+        assert_eq!(b.history.len(), 1000);
+        for i in 0..1000 {
+            let key = ChannelKey::new(Arc::from("o"), ChannelId::parse(&format!("task:t{i}")).unwrap());
+            b.unsubscribe(&key, 1);
+        }
+        assert_eq!(b.history.len(), 0);
+        // A channel with events keeps its offsets and history.
+        join(&b, "o", "task:busy", 1);
+        b.publish(&[prepared("o", &["task:busy"])]).await.unwrap();
+        let key = ChannelKey::new(Arc::from("o"), ChannelId::parse("task:busy").unwrap());
+        b.unsubscribe(&key, 1);
+        assert_eq!(b.history.len(), 1);
     }
 
     #[tokio::test]
