@@ -222,8 +222,21 @@ mod tests {
     #[test]
     fn refuses_what_the_grammar_refuses() {
         for bad in [
-            "", ":", "agent", "agent:", "agent:-x", "agent:.x", "agent:_x", "Agent:x", "user:x",
-            "agent:a b", "agent:a:b", "agent:é", "agent:a/b", " agent:a", "agent:a\n",
+            "",
+            ":",
+            "agent",
+            "agent:",
+            "agent:-x",
+            "agent:.x",
+            "agent:_x",
+            "Agent:x",
+            "user:x",
+            "agent:a b",
+            "agent:a:b",
+            "agent:é",
+            "agent:a/b",
+            " agent:a",
+            "agent:a\n",
         ] {
             assert!(ChannelId::parse(bad).is_err(), "{bad:?} should be refused");
         }

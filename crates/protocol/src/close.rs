@@ -112,8 +112,14 @@ mod tests {
 
     #[test]
     fn only_bad_tokens_stop_the_client() {
-        assert_eq!(CloseCode::Unauthorized.reconnect(), Reconnect::StopAndAskForToken);
-        assert_eq!(CloseCode::TokenExpired.reconnect(), Reconnect::AfterNewToken);
+        assert_eq!(
+            CloseCode::Unauthorized.reconnect(),
+            Reconnect::StopAndAskForToken
+        );
+        assert_eq!(
+            CloseCode::TokenExpired.reconnect(),
+            Reconnect::AfterNewToken
+        );
         assert_eq!(CloseCode::SlowConsumer.reconnect(), Reconnect::WithBackoff);
         assert_eq!(CloseCode::Normal.reconnect(), Reconnect::Never);
     }

@@ -160,11 +160,9 @@ impl EventType {
                 ("timestamp", Timestamp),
             ],
             EventType::TaskDeleted => &[("taskId", Str), ("timestamp", Timestamp)],
-            EventType::ChiefPlanCreated => &[
-                ("planId", Str),
-                ("tasks", Array),
-                ("timestamp", Timestamp),
-            ],
+            EventType::ChiefPlanCreated => {
+                &[("planId", Str), ("tasks", Array), ("timestamp", Timestamp)]
+            }
             EventType::ChiefTaskAssigned => &[
                 ("taskId", Str),
                 ("agentName", Str),
@@ -176,11 +174,9 @@ impl EventType {
                 ("message", Str),
                 ("timestamp", Timestamp),
             ],
-            EventType::SwarmPhaseStarted => &[
-                ("swarmId", Str),
-                ("phase", Str),
-                ("timestamp", Timestamp),
-            ],
+            EventType::SwarmPhaseStarted => {
+                &[("swarmId", Str), ("phase", Str), ("timestamp", Timestamp)]
+            }
             EventType::SwarmPhaseCompleted => &[
                 ("swarmId", Str),
                 ("phase", Str),

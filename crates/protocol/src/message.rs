@@ -281,14 +281,32 @@ mod tests {
             m,
             ClientMessage::Subscribe {
                 channel_id: "task:t_9".into(),
-                since: Some(Since { offset: 41, epoch: "e_1".into() }),
+                since: Some(Since {
+                    offset: 41,
+                    epoch: "e_1".into()
+                }),
                 r#ref: Some(Ref::Num(7.into())),
             }
         );
-        assert!(matches!(ClientMessage::decode(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping { r#ref: None })));
-        assert!(matches!(ClientMessage::decode(r#"{"type":"auth","token":"x"}"#), Ok(ClientMessage::Auth { .. })));
-        assert!(matches!(ClientMessage::decode(r#"{"type":"refresh","token":"x","ref":"a"}"#), Ok(ClientMessage::Refresh { r#ref: Some(Ref::Str(_)), .. })));
-        assert!(matches!(ClientMessage::decode(r#"{"type":"unsubscribe","channelId":"x"}"#), Ok(ClientMessage::Unsubscribe { .. })));
+        assert!(matches!(
+            ClientMessage::decode(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping { r#ref: None })
+        ));
+        assert!(matches!(
+            ClientMessage::decode(r#"{"type":"auth","token":"x"}"#),
+            Ok(ClientMessage::Auth { .. })
+        ));
+        assert!(matches!(
+            ClientMessage::decode(r#"{"type":"refresh","token":"x","ref":"a"}"#),
+            Ok(ClientMessage::Refresh {
+                r#ref: Some(Ref::Str(_)),
+                ..
+            })
+        ));
+        assert!(matches!(
+            ClientMessage::decode(r#"{"type":"unsubscribe","channelId":"x"}"#),
+            Ok(ClientMessage::Unsubscribe { .. })
+        ));
     }
 
     #[test]
@@ -302,7 +320,10 @@ mod tests {
             (r#"{"type":5}"#, false),
             (r#"{"type":"subscribe","ref":"r"}"#, true),
             (r#"{"type":"subscribe","channelId":5,"ref":"r"}"#, true),
-            (r#"{"type":"subscribe","channelId":"a:b","since":{"offset":-1,"epoch":"e"}}"#, false),
+            (
+                r#"{"type":"subscribe","channelId":"a:b","since":{"offset":-1,"epoch":"e"}}"#,
+                false,
+            ),
         ] {
             let e = ClientMessage::decode(frame).unwrap_err();
             assert_eq!(e.r#ref.is_some(), has_ref, "{frame}");
@@ -312,7 +333,10 @@ mod tests {
 
     #[test]
     fn errors_never_echo_string_values() {
-        let e = ClientMessage::decode(r#"{"type":"subscribe","channelId":"x","token":"SECRET.TOKEN.VALUE"}"#).unwrap_err();
+        let e = ClientMessage::decode(
+            r#"{"type":"subscribe","channelId":"x","token":"SECRET.TOKEN.VALUE"}"#,
+        )
+        .unwrap_err();
         assert!(!e.message.contains("SECRET"), "{}", e.message);
         let e = ClientMessage::decode(r#"{"type":"ping","oops":"SECRET.TOKEN"}"#).unwrap_err();
         assert!(!e.message.contains("SECRET"), "{}", e.message);
@@ -327,13 +351,19 @@ mod tests {
             recovered: None,
             r#ref: None,
         };
-        assert_eq!(m.to_json(), r#"{"type":"subscribed","channelId":"task:t_9","offset":41,"epoch":"e_b71c"}"#);
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"subscribed","channelId":"task:t_9","offset":41,"epoch":"e_b71c"}"#
+        );
         let e = ServerMessage::Error {
             code: ErrorCode::TooManySubscriptions,
             message: "m".into(),
             channel_id: None,
             r#ref: Some(Ref::Num(7.into())),
         };
-        assert_eq!(e.to_json(), r#"{"type":"error","code":"too_many_subscriptions","message":"m","ref":7}"#);
+        assert_eq!(
+            e.to_json(),
+            r#"{"type":"error","code":"too_many_subscriptions","message":"m","ref":7}"#
+        );
     }
 }

@@ -44,7 +44,10 @@ async fn run_demo() -> Result<Vec<Value>, Box<dyn std::error::Error>> {
 
     // 3. The host publishes the agent's lifecycle in-process: no HTTP, same validation.
     let lifecycle = [
-        ("agent.spawned", json!({"agentId": "a_1", "agentName": "coder", "taskId": "t_1"})),
+        (
+            "agent.spawned",
+            json!({"agentId": "a_1", "agentName": "coder", "taskId": "t_1"}),
+        ),
         (
             "agent.status",
             json!({"agentId": "a_1", "agentName": "coder", "status": "blocked", "message": "waiting for review"}),
@@ -90,9 +93,15 @@ mod tests {
         let events = super::run_demo().await.expect("the demo runs");
         let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(types, ["agent.spawned", "agent.status", "agent.completed"]);
-        let offsets: Vec<u64> = events.iter().map(|e| e["offset"].as_u64().unwrap()).collect();
+        let offsets: Vec<u64> = events
+            .iter()
+            .map(|e| e["offset"].as_u64().unwrap())
+            .collect();
         assert_eq!(offsets, [1, 2, 3]);
         assert!(events.iter().all(|e| e["channelId"] == "agent:coder"));
-        assert!(events[0]["payload"]["timestamp"].is_string(), "timestamp filled in");
+        assert!(
+            events[0]["payload"]["timestamp"].is_string(),
+            "timestamp filled in"
+        );
     }
 }

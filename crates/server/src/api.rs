@@ -201,19 +201,32 @@ fn authorized(node: &Node, headers: &HeaderMap) -> bool {
 }
 
 /// `POST /api/events`.
-pub async fn post_events(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn post_events(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     if !authorized(&node, &headers) {
         return Err(ApiError::Unauthorized);
     }
     let per_event = node.config.limits.max_event_bytes;
     let limit = per_event * MAX_BATCH + 1024;
-    let read = tokio::time::timeout(node.config.limits.body_timeout, axum::body::to_bytes(body, limit));
+    let read = tokio::time::timeout(
+        node.config.limits.body_timeout,
+        axum::body::to_bytes(body, limit),
+    );
     let bytes = match read.await {
         Err(_) => return Err(ApiError::BadBody("the body did not arrive in time".into())),
         Ok(Err(e)) if over_limit(&e) => {
-            return Err(ApiError::TooLarge(format!("a body holds at most {MAX_BATCH} events of {per_event} bytes")));
+            return Err(ApiError::TooLarge(format!(
+                "a body holds at most {MAX_BATCH} events of {per_event} bytes"
+            )));
         }
-        Ok(Err(_)) => return Err(ApiError::BadBody("the body could not be read (cut short or malformed)".into())),
+        Ok(Err(_)) => {
+            return Err(ApiError::BadBody(
+                "the body could not be read (cut short or malformed)".into(),
+            ));
+        }
         Ok(Ok(b)) => b,
     };
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| ApiError::BadJson)?;
@@ -236,14 +249,18 @@ pub async fn post_events(State(node): State<Arc<Node>>, headers: HeaderMap, body
         let mut bodies = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             if serde_json::to_vec(&item).map_or(0, |v| v.len()) > per_event {
-                return Err(ApiError::TooLarge(format!("event {i} is over {per_event} bytes")));
+                return Err(ApiError::TooLarge(format!(
+                    "event {i} is over {per_event} bytes"
+                )));
             }
             bodies.push(parse_body(item, Some(i))?);
         }
         (bodies, true)
     } else {
         if bytes.len() > per_event {
-            return Err(ApiError::TooLarge(format!("an event is at most {per_event} bytes")));
+            return Err(ApiError::TooLarge(format!(
+                "an event is at most {per_event} bytes"
+            )));
         }
         (vec![parse_body(Value::Object(top), None)?], false)
     };

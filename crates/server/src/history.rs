@@ -93,7 +93,12 @@ impl ChannelLog {
         if offset + 1 < first_held {
             return None;
         }
-        Some(self.events.iter().filter(move |h| h.offset > offset).map(|h| &h.bytes))
+        Some(
+            self.events
+                .iter()
+                .filter(move |h| h.offset > offset)
+                .map(|h| &h.bytes),
+        )
     }
 
     fn held_bytes(&self) -> usize {
@@ -120,8 +125,15 @@ impl Shard {
         }
     }
 
-    fn drop_front(&mut self, key: &ChannelKey, upto_offset: Option<u64>, older_than: Option<Instant>) {
-        let Some(log) = self.logs.get_mut(key) else { return };
+    fn drop_front(
+        &mut self,
+        key: &ChannelKey,
+        upto_offset: Option<u64>,
+        older_than: Option<Instant>,
+    ) {
+        let Some(log) = self.logs.get_mut(key) else {
+            return;
+        };
         while let Some(h) = log.events.front() {
             let by_offset = upto_offset.is_some_and(|o| h.offset <= o);
             let by_age = older_than.is_some_and(|t| h.at < t);
@@ -136,7 +148,9 @@ impl Shard {
 
     fn enforce_cap(&mut self, cap: usize) {
         while self.bytes > cap {
-            let Some((key, offset)) = self.order.pop_front() else { break };
+            let Some((key, offset)) = self.order.pop_front() else {
+                break;
+            };
             self.drop_front(&key, Some(offset), None);
         }
         if self.order.len() > 2 * self.held + 64 {
@@ -173,7 +187,12 @@ impl History {
 
     /// Runs `f` on the channel's log (created if absent, events past their age dropped) under
     /// its shard lock. Subscribing goes through here, which is what keeps a resume gapless.
-    pub fn with_channel<R>(&self, key: &ChannelKey, now: Instant, f: impl FnOnce(&mut ChannelLog) -> R) -> R {
+    pub fn with_channel<R>(
+        &self,
+        key: &ChannelKey,
+        now: Instant,
+        f: impl FnOnce(&mut ChannelLog) -> R,
+    ) -> R {
         let mut shard = self.shard(key);
         if !shard.logs.contains_key(key) {
             shard.logs.insert(key.clone(), ChannelLog::new(now));
@@ -206,7 +225,11 @@ impl History {
             return out;
         }
         let len = bytes.len();
-        log.events.push_back(Held { offset, at: now, bytes });
+        log.events.push_back(Held {
+            offset,
+            at: now,
+            bytes,
+        });
         let over = log.events.len().saturating_sub(r.per_channel);
         shard.bytes += len;
         shard.held += 1;
@@ -222,7 +245,10 @@ impl History {
     /// quiet channel then leaves nothing behind once its last subscriber leaves.
     pub fn forget_if_empty(&self, key: &ChannelKey, in_use: impl Fn(&ChannelKey) -> bool) -> bool {
         let mut shard = self.shard(key);
-        let empty = shard.logs.get(key).is_some_and(|l| l.offset == 0 && l.events.is_empty());
+        let empty = shard
+            .logs
+            .get(key)
+            .is_some_and(|l| l.offset == 0 && l.events.is_empty());
         if empty && !in_use(key) {
             shard.logs.remove(key);
             return true;
@@ -231,7 +257,12 @@ impl History {
     }
 
     /// Forgets channels untouched for `idle` for which `in_use` says no.
-    pub fn sweep(&self, now: Instant, idle: Duration, in_use: impl Fn(&ChannelKey) -> bool) -> usize {
+    pub fn sweep(
+        &self,
+        now: Instant,
+        idle: Duration,
+        in_use: impl Fn(&ChannelKey) -> bool,
+    ) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
@@ -292,13 +323,16 @@ mod tests {
     }
 
     fn publish(h: &History, k: &ChannelKey, now: Instant, body: &str) -> u64 {
-        h.append(k, now, |offset, _| (Utf8Bytes::from(format!("{offset}:{body}")), offset))
+        h.append(k, now, |offset, _| {
+            (Utf8Bytes::from(format!("{offset}:{body}")), offset)
+        })
     }
 
     fn replay(h: &History, k: &ChannelKey, now: Instant, since: u64) -> Option<Vec<String>> {
         h.with_channel(k, now, |log| {
             let epoch = log.epoch().clone();
-            log.since(since, &epoch).map(|it| it.map(|b| b.to_string()).collect())
+            log.since(since, &epoch)
+                .map(|it| it.map(|b| b.to_string()).collect())
         })
     }
 
@@ -306,7 +340,10 @@ mod tests {
     fn offsets_count_from_one_per_channel() {
         let h = History::new(retention(100, 1 << 20));
         let now = Instant::now();
-        assert_eq!(h.with_channel(&key("task:a"), now, |l| l.position().offset), 0);
+        assert_eq!(
+            h.with_channel(&key("task:a"), now, |l| l.position().offset),
+            0
+        );
         assert_eq!(publish(&h, &key("task:a"), now, "x"), 1);
         assert_eq!(publish(&h, &key("task:a"), now, "x"), 2);
         assert_eq!(publish(&h, &key("task:b"), now, "x"), 1);
@@ -323,8 +360,16 @@ mod tests {
         // Held: 3, 4, 5.
         assert_eq!(replay(&h, &k, now, 2).unwrap(), vec!["3:e", "4:e", "5:e"]);
         assert_eq!(replay(&h, &k, now, 4).unwrap(), vec!["5:e"]);
-        assert_eq!(replay(&h, &k, now, 5).unwrap(), Vec::<String>::new(), "up to date");
-        assert_eq!(replay(&h, &k, now, 1), None, "event 2 is gone: no partial replay");
+        assert_eq!(
+            replay(&h, &k, now, 5).unwrap(),
+            Vec::<String>::new(),
+            "up to date"
+        );
+        assert_eq!(
+            replay(&h, &k, now, 1),
+            None,
+            "event 2 is gone: no partial replay"
+        );
         assert_eq!(replay(&h, &k, now, 6), None, "from the future");
         let wrong_epoch = h.with_channel(&k, now, |l| l.since(5, "e_other").is_some());
         assert!(!wrong_epoch);
@@ -379,10 +424,15 @@ mod tests {
         let e1 = h.with_channel(&key("task:a"), t0, |l| l.epoch().clone());
         h.with_channel(&key("task:b"), t0, |_| ());
         let later = t0 + Duration::from_secs(301);
-        assert_eq!(h.sweep(later, Duration::from_secs(300), |k| k.channel.id() == "b"), 1);
+        assert_eq!(
+            h.sweep(later, Duration::from_secs(300), |k| k.channel.id() == "b"),
+            1
+        );
         assert_eq!(h.len(), 1);
         assert_eq!(h.bytes(), 0);
-        let (off, e2) = h.with_channel(&key("task:a"), later, |l| (l.position().offset, l.epoch().clone()));
+        let (off, e2) = h.with_channel(&key("task:a"), later, |l| {
+            (l.position().offset, l.epoch().clone())
+        });
         assert_eq!(off, 0);
         assert_ne!(e1, e2);
     }

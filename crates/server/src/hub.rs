@@ -112,7 +112,12 @@ impl Hub {
     /// Pushes `msg` to every subscriber of `key`. Returns how many outboxes took it; when `seen`
     /// is given, counts only connections not already in it (an event on several channels).
     /// A full outbox is marked overflowed and its connection closes itself with 4009.
-    pub fn fan_out(&self, key: &ChannelKey, msg: &Utf8Bytes, seen: Option<&mut HashSet<ConnId>>) -> usize {
+    pub fn fan_out(
+        &self,
+        key: &ChannelKey,
+        msg: &Utf8Bytes,
+        seen: Option<&mut HashSet<ConnId>>,
+    ) -> usize {
         let shard = self.shard(key);
         let Some(list) = shard.get(key) else {
             return 0;
@@ -158,7 +163,13 @@ mod tests {
 
     fn sub(conn: ConnId) -> (Subscriber, Outbox) {
         let outbox = Outbox::new(1 << 20, 100);
-        (Subscriber { conn, outbox: outbox.clone() }, outbox)
+        (
+            Subscriber {
+                conn,
+                outbox: outbox.clone(),
+            },
+            outbox,
+        )
     }
 
     fn drained(o: &Outbox) -> Vec<Utf8Bytes> {
@@ -179,7 +190,10 @@ mod tests {
         assert_eq!(hub.fan_out(&key("o1", "agent:x"), &"m".into(), None), 2);
         assert_eq!(drained(&ao).len(), 1);
         assert_eq!(drained(&bo).len(), 1);
-        assert!(drained(&co).is_empty(), "another org's channel of the same name");
+        assert!(
+            drained(&co).is_empty(),
+            "another org's channel of the same name"
+        );
     }
 
     #[test]

@@ -42,7 +42,13 @@ impl Idempotency {
 
     /// Claims `key` for `answer`: `None` when the key is new (it is now held), or the first
     /// answer when it was seen within the window.
-    pub fn claim(&self, org: &Arc<str>, key: &str, answer: FirstAnswer, now: Instant) -> Option<FirstAnswer> {
+    pub fn claim(
+        &self,
+        org: &Arc<str>,
+        key: &str,
+        answer: FirstAnswer,
+        now: Instant,
+    ) -> Option<FirstAnswer> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         self.expire(&mut inner, now);
         let k: Key = (org.clone(), key.to_owned());
@@ -50,7 +56,9 @@ impl Idempotency {
             return Some(first.clone());
         }
         while inner.seen.len() >= self.capacity {
-            let Some((_, old)) = inner.order.pop_front() else { break };
+            let Some((_, old)) = inner.order.pop_front() else {
+                break;
+            };
             inner.seen.remove(&old);
         }
         inner.seen.insert(k.clone(), (now, answer));
@@ -79,7 +87,11 @@ impl Idempotency {
 
     /// How many keys are held.
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).seen.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seen
+            .len()
     }
 
     /// Whether no key is held.
@@ -93,7 +105,10 @@ mod tests {
     use super::*;
 
     fn ans(id: &str) -> FirstAnswer {
-        FirstAnswer { id: id.into(), channels: vec![] }
+        FirstAnswer {
+            id: id.into(),
+            channels: vec![],
+        }
     }
 
     #[test]
@@ -106,7 +121,11 @@ mod tests {
         assert_eq!(d.claim(&o1, "k", ans("b"), t), Some(ans("a")));
         assert_eq!(d.claim(&o2, "k", ans("c"), t), None, "keys are per org");
         let later = t + Duration::from_secs(301);
-        assert_eq!(d.claim(&o1, "k", ans("d"), later), None, "the window passed");
+        assert_eq!(
+            d.claim(&o1, "k", ans("d"), later),
+            None,
+            "the window passed"
+        );
     }
 
     #[test]
@@ -118,8 +137,14 @@ mod tests {
             d.claim(&o, &i.to_string(), ans("x"), t);
         }
         assert_eq!(d.len(), 10);
-        assert!(d.claim(&o, "999", ans("y"), t).is_some(), "the newest are kept");
-        assert!(d.claim(&o, "0", ans("y"), t).is_none(), "the oldest were forgotten");
+        assert!(
+            d.claim(&o, "999", ans("y"), t).is_some(),
+            "the newest are kept"
+        );
+        assert!(
+            d.claim(&o, "0", ans("y"), t).is_none(),
+            "the oldest were forgotten"
+        );
     }
 
     #[test]

@@ -29,15 +29,15 @@ pub mod config;
 pub mod history;
 pub mod hub;
 pub mod id;
-pub mod local;
 pub mod idempotency;
+pub mod local;
 pub mod metrics;
 pub mod outbox;
 pub mod server;
 pub mod session;
 pub mod shutdown;
 
-pub use config::{Config, Limits};
 pub use api::{Accepted, ApiError};
+pub use config::{Config, Limits};
 pub use cortex_protocol as protocol;
 pub use server::{Builder, Node, Server, ServerHandle, StartError};

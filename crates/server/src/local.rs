@@ -115,13 +115,19 @@ pub fn default_state_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".config")))?;
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        })?;
     Some(base.join("cortex-realtime"))
 }
 
 fn random_hex(bytes: usize) -> String {
     let mut rng = rand::rng();
-    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }
 
 fn port_of(url: &str) -> Option<u16> {
@@ -134,29 +140,48 @@ fn port_of(url: &str) -> Option<u16> {
 fn token_exp(token: &str) -> Option<i64> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("exp")?.as_i64()
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_i64()
 }
 
 fn fresh_token(secret: &str) -> String {
-    mint_hs256(secret, LOCAL_USER, LOCAL_ORG, unix_now() + TOKEN_TTL.as_secs() as i64, None)
+    mint_hs256(
+        secret,
+        LOCAL_USER,
+        LOCAL_ORG,
+        unix_now() + TOKEN_TTL.as_secs() as i64,
+        None,
+    )
 }
 
 /// Reads the state file, if there is one.
 pub fn read_state(path: &Path) -> Result<Option<LocalState>, LocalError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| LocalError::Corrupt {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| LocalError::Corrupt {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(LocalError::State { path: path.to_owned(), source }),
+        Err(source) => Err(LocalError::State {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
 /// Writes the state file atomically with mode 0600 (the directory 0700).
 pub fn write_state(path: &Path, state: &LocalState) -> Result<(), LocalError> {
-    let err = |source| LocalError::State { path: path.to_owned(), source };
+    let err = |source| LocalError::State {
+        path: path.to_owned(),
+        source,
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -170,7 +195,8 @@ pub fn write_state(path: &Path, state: &LocalState) -> Result<(), LocalError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(&tmp).map_err(err)?;
     #[cfg(unix)]
-    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(err)?;
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(err)?;
     let text = serde_json::to_string_pretty(state).expect("state serializes");
     f.write_all(text.as_bytes()).map_err(err)?;
     f.sync_all().map_err(err)?;
@@ -196,8 +222,12 @@ pub async fn start(opts: LocalOptions) -> Result<Local, LocalError> {
     }
     let state_file = opts.state_dir.join(STATE_FILE);
     let saved = read_state(&state_file)?;
-    let secret = saved.as_ref().map_or_else(|| random_hex(32), |s| s.jwt_secret.clone());
-    let publish_key = saved.as_ref().map_or_else(|| random_hex(24), |s| s.publish_key.clone());
+    let secret = saved
+        .as_ref()
+        .map_or_else(|| random_hex(32), |s| s.jwt_secret.clone());
+    let publish_key = saved
+        .as_ref()
+        .map_or_else(|| random_hex(24), |s| s.publish_key.clone());
     if secret.is_empty() || publish_key.is_empty() {
         return Err(LocalError::Corrupt {
             path: state_file,
@@ -231,7 +261,10 @@ pub async fn start(opts: LocalOptions) -> Result<Local, LocalError> {
     };
     let token = saved
         .as_ref()
-        .filter(|s| token_exp(&s.token).is_some_and(|exp| exp - unix_now() > TOKEN_RENEW_BEFORE.as_secs() as i64))
+        .filter(|s| {
+            token_exp(&s.token)
+                .is_some_and(|exp| exp - unix_now() > TOKEN_RENEW_BEFORE.as_secs() as i64)
+        })
         .map_or_else(|| fresh_token(&secret), |s| s.token.clone());
     let state = LocalState {
         url: format!("ws://{host}:{}/api/ws", addr.port()),
@@ -244,8 +277,16 @@ pub async fn start(opts: LocalOptions) -> Result<Local, LocalError> {
         write_state(&state_file, &state)?;
     }
     let server = server.start();
-    spawn_renewal(server.node().shutdown.clone(), state_file.clone(), state.clone());
-    Ok(Local { server, state, state_file })
+    spawn_renewal(
+        server.node().shutdown.clone(),
+        state_file.clone(),
+        state.clone(),
+    );
+    Ok(Local {
+        server,
+        state,
+        state_file,
+    })
 }
 
 /// Renews the file's token while the node runs (checked hourly).
@@ -296,6 +337,9 @@ mod tests {
             token: "TOKEN".into(),
         };
         let d = format!("{s:?}");
-        assert!(!d.contains("SECRET") && !d.contains("KEY") && !d.contains("TOKEN"), "{d}");
+        assert!(
+            !d.contains("SECRET") && !d.contains("KEY") && !d.contains("TOKEN"),
+            "{d}"
+        );
     }
 }

@@ -15,7 +15,9 @@ pub fn install() {
         let handle = recorder.handle();
         // Fails only when another recorder is installed already (an embedding host's): then the
         // host's recorder gets our metrics and `/metrics` says so.
-        ::metrics::set_global_recorder(recorder).ok().map(|()| handle)
+        ::metrics::set_global_recorder(recorder)
+            .ok()
+            .map(|()| handle)
     });
 }
 

@@ -119,7 +119,10 @@ impl Connections {
 
     /// Takes a slot for this token's user, or says which limit is full.
     pub fn register(self: &Arc<Self>, claims: &Claims) -> Result<ConnectionGuard, LimitExceeded> {
-        let user = (Arc::from(claims.org.as_str()), Arc::from(claims.sub.as_str()));
+        let user = (
+            Arc::from(claims.org.as_str()),
+            Arc::from(claims.sub.as_str()),
+        );
         let mut m = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
         if self.total.load(Ordering::Relaxed) as usize >= self.max_total {
             return Err(LimitExceeded::Node);
@@ -174,8 +177,11 @@ impl Node {
         }
         let verifier = JwtVerifier::new(&config.auth)?;
         let hub = Arc::new(Hub::new());
-        let broker: Arc<dyn Broker> =
-            Arc::new(MemoryBroker::new(hub.clone(), config.history, config.limits.channel_idle));
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
+            hub.clone(),
+            config.history,
+            config.limits.channel_idle,
+        ));
         let l = &config.limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(l.ws_read_buffer)
@@ -184,7 +190,10 @@ impl Node {
             .max_message_size(Some(l.max_frame_bytes))
             .max_frame_size(Some(l.max_frame_bytes));
         Ok(Arc::new(Node {
-            connections: Arc::new(Connections::new(l.connections_per_user, l.connections_per_node)),
+            connections: Arc::new(Connections::new(
+                l.connections_per_user,
+                l.connections_per_node,
+            )),
             idempotency: Idempotency::new(l.idempotency_window, l.idempotency_capacity),
             verifier,
             broker,
@@ -218,24 +227,38 @@ pub fn router(node: Arc<Node>) -> Router {
     let echo = Router::new().route("/autobahn/echo", get(autobahn_echo));
     #[cfg(not(feature = "autobahn"))]
     let echo = Router::new();
-    echo
-        .route("/api/ws", get(upgrade))
+    echo.route("/api/ws", get(upgrade))
         .route("/api/events", post(api::post_events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { metrics::render() }))
-        .layer(axum::middleware::from_fn_with_state(node.clone(), guard_host))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            guard_host,
+        ))
         .with_state(node)
 }
 
 /// Every route: in `local` mode, a `Host` that is not a loopback name is refused, so a
 /// DNS-rebinding page cannot reach the node under its own host name.
-async fn guard_host(State(node): State<Arc<Node>>, req: Request, next: axum::middleware::Next) -> Response {
+async fn guard_host(
+    State(node): State<Arc<Node>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
     if node.config.loopback_host_only {
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
         if !is_loopback_host(host) {
             metrics::refused("host");
-            return json_error(StatusCode::FORBIDDEN, "forbidden_host", "Host must be a loopback name");
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                "Host must be a loopback name",
+            );
         }
     }
     next.run(req).await
@@ -262,8 +285,10 @@ impl IntoResponse for Refusal {
         let mut resp = json_error(self.0, self.1, self.2);
         if self.2 == VERSION_13 {
             // RFC 6455 4.4: name the versions we speak.
-            resp.headers_mut()
-                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
         }
         resp
     }
@@ -280,7 +305,10 @@ fn is_loopback_host(host: &str) -> bool {
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
-    matches!(name, "localhost" | "::1") || name.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    matches!(name, "localhost" | "::1")
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Refusals that come before any token work: the browser Origin (the Host is checked for every
@@ -292,7 +320,11 @@ fn check_request(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
         let open = node.config.allowed_origins.is_empty() && !node.config.refuse_unlisted_origins;
         if !listed && !open {
             metrics::refused("origin");
-            return Err(Refusal(StatusCode::FORBIDDEN, "forbidden_origin", "this Origin is not allowed"));
+            return Err(Refusal(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                "this Origin is not allowed",
+            ));
         }
     }
     Ok(())
@@ -302,7 +334,9 @@ fn check_request(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
 fn upgrade_token(req: &Request) -> Option<String> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         // A header that is not visible ASCII is a bad token, not an absent one.
-        let Ok(v) = v.to_str() else { return Some(String::new()) };
+        let Ok(v) = v.to_str() else {
+            return Some(String::new());
+        };
         return Some(bearer(v).unwrap_or(v).to_owned());
     }
     let query = req.uri().query()?;
@@ -360,17 +394,29 @@ fn check_upgrade(node: &Node, req: &Request) -> Result<HeaderValue, Refusal> {
     check_request(node, req.headers())?;
     if req.uri().to_string().len() > node.config.limits.max_url_bytes {
         metrics::refused("url_too_long");
-        return Err(Refusal(StatusCode::URI_TOO_LONG, "url_too_long", "the URL is too long"));
+        return Err(Refusal(
+            StatusCode::URI_TOO_LONG,
+            "url_too_long",
+            "the URL is too long",
+        ));
     }
     if node.shutdown.is_triggered() {
-        return Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down"));
+        return Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the server is shutting down",
+        ));
     }
     let h = req.headers();
     let is_upgrade = req.method() == Method::GET
         && header_has(h, header::CONNECTION, "upgrade")
         && header_has(h, header::UPGRADE, "websocket");
     if !is_upgrade {
-        return Err(Refusal(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "this endpoint speaks WebSocket"));
+        return Err(Refusal(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this endpoint speaks WebSocket",
+        ));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         return Err(Refusal(StatusCode::BAD_REQUEST, "bad_request", VERSION_13));
@@ -378,35 +424,59 @@ fn check_upgrade(node: &Node, req: &Request) -> Result<HeaderValue, Refusal> {
     // RFC 6455 4.2.1: the key is base64 of 16 bytes.
     use base64::Engine as _;
     match h.get(header::SEC_WEBSOCKET_KEY) {
-        Some(key) if base64::engine::general_purpose::STANDARD.decode(key.as_bytes()).is_ok_and(|k| k.len() == 16) => {
+        Some(key)
+            if base64::engine::general_purpose::STANDARD
+                .decode(key.as_bytes())
+                .is_ok_and(|k| k.len() == 16) =>
+        {
             Ok(key.clone())
         }
-        _ => Err(Refusal(StatusCode::BAD_REQUEST, "bad_request", "Sec-WebSocket-Key must be base64 of 16 bytes")),
+        _ => Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "Sec-WebSocket-Key must be base64 of 16 bytes",
+        )),
     }
 }
 
 /// Answers 101 and runs `run` on the WebSocket once the connection is handed over. Every
 /// WebSocket endpoint goes through here, so all share one connection layer and one config.
-fn switch_protocols<F, Fut>(node: &Arc<Node>, mut req: Request, key: &HeaderValue, run: F) -> Response
+fn switch_protocols<F, Fut>(
+    node: &Arc<Node>,
+    mut req: Request,
+    key: &HeaderValue,
+    run: F,
+) -> Response
 where
     F: FnOnce(WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-        return json_error(StatusCode::BAD_REQUEST, "bad_request", "connection cannot be upgraded");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "connection cannot be upgraded",
+        );
     };
     let accept = derive_accept_key(key.as_bytes());
     let config = node.ws_config();
     node.shutdown.spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
         run(ws).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a header value"))
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).expect("base64 is a header value"),
+        )
         .body(Body::empty())
         .expect("valid response")
 }
@@ -424,18 +494,30 @@ async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
                 Ok(c) => c,
                 Err(e) if e.is_expired() => {
                     metrics::refused("token_expired");
-                    return json_error(StatusCode::UNAUTHORIZED, "token_expired", "the token has expired");
+                    return json_error(
+                        StatusCode::UNAUTHORIZED,
+                        "token_expired",
+                        "the token has expired",
+                    );
                 }
                 Err(_) => {
                     metrics::refused("unauthorized");
-                    return json_error(StatusCode::UNAUTHORIZED, "unauthorized", "the token is missing or invalid");
+                    return json_error(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "the token is missing or invalid",
+                    );
                 }
             };
             match node.connections.register(&claims) {
                 Ok(guard) => Some((claims, guard)),
                 Err(_) => {
                     metrics::refused("too_many_connections");
-                    return json_error(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", "too many connections");
+                    return json_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_connections",
+                        "too many connections",
+                    );
                 }
             }
         }
@@ -499,7 +581,10 @@ impl Builder {
 
     /// Adds an HS256 secret for verifying tokens.
     pub fn jwt_secret(mut self, secret: impl Into<String>) -> Builder {
-        self.config.auth.keys.push(crate::auth::KeySource::Secret(secret.into()));
+        self.config
+            .auth
+            .keys
+            .push(crate::auth::KeySource::Secret(secret.into()));
         self
     }
 
@@ -592,8 +677,14 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-        Ok(Server { node, listener, addr })
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Server {
+            node,
+            listener,
+            addr,
+        })
     }
 
     /// The address actually bound (the real port when port 0 was asked for).
@@ -608,7 +699,10 @@ impl Server {
 
     /// Serves until `signal` resolves, then drains: stops accepting, closes every connection
     /// with 1001, and returns once they are closed or the drain timeout passes.
-    pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let node = self.node;
         let sweeper = {
             let node = node.clone();
@@ -639,7 +733,10 @@ impl Server {
 /// the listener or the process (out of descriptors or memory).
 fn is_connection_error(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 /// Accepts until shutdown. Each TCP connection is served by hyper (HTTP/1.1 with upgrades) with
@@ -673,11 +770,14 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let mut app = app.clone();
-            async move { tower::Service::call(&mut app, req.map(Body::new)).await }
-        });
-        let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut app = app.clone();
+                async move { tower::Service::call(&mut app, req.map(Body::new)).await }
+            });
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         let shutdown = node.shutdown.token();
         let drain = node.config.drain_timeout;
         tokio::spawn(async move {

@@ -237,7 +237,13 @@ impl Session {
         let _ = self.outbox.push(Utf8Bytes::from(msg.to_json()));
     }
 
-    fn error(&self, code: ErrorCode, message: impl Into<String>, channel: Option<&str>, r#ref: Option<Ref>) {
+    fn error(
+        &self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        channel: Option<&str>,
+        r#ref: Option<Ref>,
+    ) {
         self.reply(&ServerMessage::Error {
             code,
             message: message.into(),
@@ -259,7 +265,8 @@ impl Session {
         });
         let mut batch = Vec::new();
         let mut last_seen = Instant::now();
-        let mut ping = tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
         loop {
             tokio::select! {
                 biased;
@@ -327,7 +334,11 @@ impl Session {
     /// (the client is gone), when the token expires (4002), or at the drain deadline (1001);
     /// `Err` says how to close. Frames are whole in tungstenite's buffer, so a close frame can
     /// still follow.
-    async fn write<S>(&mut self, ws: &mut WebSocketStream<S>, batch: &mut Vec<Utf8Bytes>) -> Result<(), Stop>
+    async fn write<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        batch: &mut Vec<Utf8Bytes>,
+    ) -> Result<(), Stop>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -367,8 +378,15 @@ impl Session {
             if !self.strikes.take() {
                 return Err(CloseCode::RateLimited);
             }
-            let r#ref = ClientMessage::decode(text).ok().and_then(|m| m.r#ref().cloned());
-            self.error(ErrorCode::RateLimited, "too many commands; slow down", None, r#ref);
+            let r#ref = ClientMessage::decode(text)
+                .ok()
+                .and_then(|m| m.r#ref().cloned());
+            self.error(
+                ErrorCode::RateLimited,
+                "too many commands; slow down",
+                None,
+                r#ref,
+            );
             return Ok(());
         }
         let msg = match ClientMessage::decode(text) {
@@ -383,13 +401,24 @@ impl Session {
         };
         match msg {
             ClientMessage::Auth { r#ref, .. } => {
-                self.error(ErrorCode::BadRequest, "already authenticated; use refresh", None, r#ref);
+                self.error(
+                    ErrorCode::BadRequest,
+                    "already authenticated; use refresh",
+                    None,
+                    r#ref,
+                );
             }
             ClientMessage::Ping { r#ref } => self.reply(&ServerMessage::Pong { r#ref }),
-            ClientMessage::Subscribe { channel_id, since, r#ref } => {
+            ClientMessage::Subscribe {
+                channel_id,
+                since,
+                r#ref,
+            } => {
                 self.subscribe(&channel_id, since, r#ref).await;
             }
-            ClientMessage::Unsubscribe { channel_id, r#ref } => self.unsubscribe(&channel_id, r#ref),
+            ClientMessage::Unsubscribe { channel_id, r#ref } => {
+                self.unsubscribe(&channel_id, r#ref)
+            }
             ClientMessage::Refresh { token, r#ref } => self.refresh(&token, r#ref),
         }
         Ok(())
@@ -409,16 +438,26 @@ impl Session {
     async fn subscribe(&mut self, raw: &str, since: Option<Since>, r#ref: Option<Ref>) {
         let channel = match ChannelId::parse(raw) {
             Ok(c) => c,
-            Err(e) => return self.error(ErrorCode::InvalidChannel, e.to_string(), Some(raw), r#ref),
+            Err(e) => {
+                return self.error(ErrorCode::InvalidChannel, e.to_string(), Some(raw), r#ref);
+            }
         };
         if !self.allowed(&self.claims, &channel) {
-            return self.error(ErrorCode::Forbidden, "this token may not subscribe to that channel", Some(raw), r#ref);
+            return self.error(
+                ErrorCode::Forbidden,
+                "this token may not subscribe to that channel",
+                Some(raw),
+                r#ref,
+            );
         }
         let fresh = !self.subscriptions.contains_key(&channel);
         if fresh && self.subscriptions.len() >= self.node.config.limits.max_subscriptions {
             return self.error(
                 ErrorCode::TooManySubscriptions,
-                format!("at most {} subscriptions per connection", self.node.config.limits.max_subscriptions),
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.node.config.limits.max_subscriptions
+                ),
                 Some(raw),
                 r#ref,
             );
@@ -440,21 +479,33 @@ impl Session {
                 .to_json(),
             )
         };
-        match self.node.broker.subscribe(&key, sub, since.as_ref(), &reply).await {
+        match self
+            .node
+            .broker
+            .subscribe(&key, sub, since.as_ref(), &reply)
+            .await
+        {
             Ok(_) => {
                 if fresh {
                     metrics::subscriptions(1.0);
                     self.subscriptions.insert(channel, key);
                 }
             }
-            Err(e) => self.error(ErrorCode::BadRequest, e.to_string(), Some(raw), r#ref.clone()),
+            Err(e) => self.error(
+                ErrorCode::BadRequest,
+                e.to_string(),
+                Some(raw),
+                r#ref.clone(),
+            ),
         }
     }
 
     fn unsubscribe(&mut self, raw: &str, r#ref: Option<Ref>) {
         let channel = match ChannelId::parse(raw) {
             Ok(c) => c,
-            Err(e) => return self.error(ErrorCode::InvalidChannel, e.to_string(), Some(raw), r#ref),
+            Err(e) => {
+                return self.error(ErrorCode::InvalidChannel, e.to_string(), Some(raw), r#ref);
+            }
         };
         if let Some(key) = self.subscriptions.remove(&channel) {
             self.node.broker.unsubscribe(&key, self.conn);
@@ -478,7 +529,12 @@ impl Session {
             }
         };
         if claims.sub != self.claims.sub || claims.org != self.claims.org {
-            return self.error(ErrorCode::TokenMismatch, "a refresh token must have the same sub and org", None, r#ref);
+            return self.error(
+                ErrorCode::TokenMismatch,
+                "a refresh token must have the same sub and org",
+                None,
+                r#ref,
+            );
         }
         // A narrower allowlist ends the subscriptions it no longer allows.
         let dropped: Vec<ChannelId> = self
@@ -538,7 +594,10 @@ where
 
 /// When a token's connection must close: `exp` plus the leeway, on tokio's clock.
 fn expiry_instant(claims: &Claims, leeway: u64) -> Instant {
-    let left = claims.exp.saturating_add(leeway as i64).saturating_sub(unix_now());
+    let left = claims
+        .exp
+        .saturating_add(leeway as i64)
+        .saturating_sub(unix_now());
     // Far-future tokens: cap at a year so the Instant arithmetic cannot overflow.
     let left = left.clamp(0, 365 * 24 * 3600) as u64;
     Instant::now() + Duration::from_secs(left)
@@ -563,10 +622,22 @@ mod tests {
         Node::new(c).expect("node")
     }
 
-    async fn pair(node: &Arc<Node>) -> (WebSocketStream<DuplexStream>, tokio::task::JoinHandle<End>) {
+    async fn pair(
+        node: &Arc<Node>,
+    ) -> (WebSocketStream<DuplexStream>, tokio::task::JoinHandle<End>) {
         let (a, b) = tokio::io::duplex(64 * 1024);
-        let server = WebSocketStream::from_raw_socket(a, tokio_tungstenite::tungstenite::protocol::Role::Server, Some(node.ws_config())).await;
-        let client = WebSocketStream::from_raw_socket(b, tokio_tungstenite::tungstenite::protocol::Role::Client, None).await;
+        let server = WebSocketStream::from_raw_socket(
+            a,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(node.ws_config()),
+        )
+        .await;
+        let client = WebSocketStream::from_raw_socket(
+            b,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
         let task = tokio::spawn(run(node.clone(), server, None));
         (client, task)
     }
@@ -575,7 +646,9 @@ mod tests {
         let token = mint_hs256(SECRET, "u_1", "o_1", exp, None);
         let frame = serde_json::json!({"type": "auth", "token": token}).to_string();
         client.send(Message::Text(frame.into())).await.unwrap();
-        let Some(Ok(Message::Text(t))) = client.next().await else { panic!("no connected") };
+        let Some(Ok(Message::Text(t))) = client.next().await else {
+            panic!("no connected")
+        };
         assert!(t.contains("\"connected\""), "{t}");
     }
 
@@ -600,7 +673,10 @@ mod tests {
         assert_eq!(close_code(&mut client).await, Some(4002));
         let waited = start.elapsed();
         // exp (60 s) plus the 30 s leeway, give or take the second the clock ticks in.
-        assert!(waited >= Duration::from_secs(89) && waited <= Duration::from_secs(91), "{waited:?}");
+        assert!(
+            waited >= Duration::from_secs(89) && waited <= Duration::from_secs(91),
+            "{waited:?}"
+        );
         assert_eq!(task.await.unwrap(), End::Closed(CloseCode::TokenExpired));
     }
 
@@ -614,7 +690,11 @@ mod tests {
         let frame = serde_json::json!({"type": "refresh", "token": token}).to_string();
         client.send(Message::Text(frame.into())).await.unwrap();
         assert_eq!(close_code(&mut client).await, Some(4002));
-        assert!(start.elapsed() >= Duration::from_secs(629), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_secs(629),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -650,12 +730,21 @@ mod tests {
         let start = Instant::now();
         let end = task.await.unwrap();
         assert_eq!(end, End::Closed(CloseCode::GoingAway));
-        assert!(start.elapsed() >= Duration::from_secs(60) && start.elapsed() <= Duration::from_secs(77), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_secs(60)
+                && start.elapsed() <= Duration::from_secs(77),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]
     fn bucket_allows_a_burst_then_the_rate() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
         rt.block_on(async {
             let mut b = Bucket::new(3.0, 1.0);
             assert!(b.take() && b.take() && b.take());

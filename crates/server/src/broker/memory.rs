@@ -67,7 +67,10 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn publish<'a>(&'a self, events: &'a [PreparedEvent]) -> BoxFuture<'a, Result<Vec<usize>, BrokerError>> {
+    fn publish<'a>(
+        &'a self,
+        events: &'a [PreparedEvent],
+    ) -> BoxFuture<'a, Result<Vec<usize>, BrokerError>> {
         let counts = self.publish_now(events);
         Box::pin(async move { Ok(counts) })
     }
@@ -83,7 +86,10 @@ impl Broker for MemoryBroker {
             let position = log.position();
             let replay = since.and_then(|s| log.since(s.offset, &s.epoch));
             let recovered = since.map(|_| replay.is_some());
-            let subscribed = Subscribed { position, recovered };
+            let subscribed = Subscribed {
+                position,
+                recovered,
+            };
             // The reply, then the replay, go first, under the channel lock: no live event can
             // overtake them or fall between them. A full outbox refuses them; the connection is
             // closing with 4009 anyway, and its client resumes again.
@@ -99,13 +105,15 @@ impl Broker for MemoryBroker {
 
     fn unsubscribe(&self, key: &ChannelKey, conn: ConnId) {
         if self.hub.unsubscribe(key, conn) && !self.hub.has_subscribers(key) {
-            self.history.forget_if_empty(key, |k| self.hub.has_subscribers(k));
+            self.history
+                .forget_if_empty(key, |k| self.hub.has_subscribers(k));
         }
     }
 
     fn sweep(&self) {
-        self.history
-            .sweep(Instant::now(), self.channel_idle, |k| self.hub.has_subscribers(k));
+        self.history.sweep(Instant::now(), self.channel_idle, |k| {
+            self.hub.has_subscribers(k)
+        });
     }
 }
 
@@ -126,16 +134,24 @@ mod tests {
             org: Arc::from(org),
             event_type: EventType::TaskDeleted,
             payload_json: r#"{"taskId":"t","timestamp":"2026-11-25T20:40:16Z"}"#.into(),
-            channels: channels.iter().map(|c| ChannelId::parse(c).unwrap()).collect(),
+            channels: channels
+                .iter()
+                .map(|c| ChannelId::parse(c).unwrap())
+                .collect(),
         }
     }
 
     fn join(b: &MemoryBroker, org: &str, ch: &str, conn: ConnId) -> Outbox {
         let outbox = Outbox::new(1 << 20, 1000);
         let key = ChannelKey::new(Arc::from(org), ChannelId::parse(ch).unwrap());
-        let sub = Subscriber { conn, outbox: outbox.clone() };
+        let sub = Subscriber {
+            conn,
+            outbox: outbox.clone(),
+        };
         let reply = |_: &Subscribed| Utf8Bytes::from_static("{}");
-        futures_util::FutureExt::now_or_never(b.subscribe(&key, sub, None, &reply)).unwrap().unwrap();
+        futures_util::FutureExt::now_or_never(b.subscribe(&key, sub, None, &reply))
+            .unwrap()
+            .unwrap();
         let mut v = Vec::new();
         outbox.try_batch(&mut v);
         outbox
@@ -156,7 +172,10 @@ mod tests {
         let got: Vec<Utf8Bytes> = outs.iter().flat_map(drain).collect();
         assert_eq!(got.len(), 3);
         let ptr = got[0].as_str().as_ptr();
-        assert!(got.iter().all(|m| m.as_str().as_ptr() == ptr), "every connection shares one buffer");
+        assert!(
+            got.iter().all(|m| m.as_str().as_ptr() == ptr),
+            "every connection shares one buffer"
+        );
     }
 
     #[tokio::test]
@@ -165,7 +184,16 @@ mod tests {
         let t = join(&b, "o", "task:t", 1);
         let p = join(&b, "o", "project:p", 2);
         let events: Vec<PreparedEvent> = (0..5)
-            .map(|i| prepared("o", if i % 2 == 0 { &["task:t", "project:p"] } else { &["task:t"] }))
+            .map(|i| {
+                prepared(
+                    "o",
+                    if i % 2 == 0 {
+                        &["task:t", "project:p"]
+                    } else {
+                        &["task:t"]
+                    },
+                )
+            })
             .collect();
         b.publish(&events).await.unwrap();
         let offsets = |o: &Outbox| -> Vec<(u64, String)> {
@@ -179,7 +207,10 @@ mod tests {
         };
         let t = offsets(&t);
         let p = offsets(&p);
-        assert_eq!(t.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            t.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
         assert_eq!(p.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3]);
         let ids: Vec<&String> = events.iter().map(|e| &e.id).collect();
         assert_eq!(t.iter().map(|x| &x.1).collect::<Vec<_>>(), ids);
@@ -194,7 +225,10 @@ mod tests {
         }
         assert_eq!(b.history.len(), 1000);
         for i in 0..1000 {
-            let key = ChannelKey::new(Arc::from("o"), ChannelId::parse(&format!("task:t{i}")).unwrap());
+            let key = ChannelKey::new(
+                Arc::from("o"),
+                ChannelId::parse(&format!("task:t{i}")).unwrap(),
+            );
             b.unsubscribe(&key, 1);
         }
         assert_eq!(b.history.len(), 0);
@@ -212,8 +246,13 @@ mod tests {
         let key = ChannelKey::new(Arc::from("o"), ChannelId::parse("task:t").unwrap());
         let small = Outbox::new(1 << 20, 2);
         let reply = |_: &Subscribed| Utf8Bytes::from_static("{}");
-        let sub = Subscriber { conn: 1, outbox: small.clone() };
-        futures_util::FutureExt::now_or_never(b.subscribe(&key, sub, None, &reply)).unwrap().unwrap();
+        let sub = Subscriber {
+            conn: 1,
+            outbox: small.clone(),
+        };
+        futures_util::FutureExt::now_or_never(b.subscribe(&key, sub, None, &reply))
+            .unwrap()
+            .unwrap();
         let big = join(&b, "o", "task:t", 2);
         for _ in 0..10 {
             b.publish(&[prepared("o", &["task:t"])]).await.unwrap();

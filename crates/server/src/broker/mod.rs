@@ -57,7 +57,10 @@ pub type ReplyFn<'a> = &'a (dyn Fn(&Subscribed) -> Utf8Bytes + Sync);
 pub trait Broker: Send + Sync + 'static {
     /// Publishes events in order; returns, per event, how many connections of this node it
     /// was delivered to.
-    fn publish<'a>(&'a self, events: &'a [PreparedEvent]) -> BoxFuture<'a, Result<Vec<usize>, BrokerError>>;
+    fn publish<'a>(
+        &'a self,
+        events: &'a [PreparedEvent],
+    ) -> BoxFuture<'a, Result<Vec<usize>, BrokerError>>;
 
     /// Subscribes `sub` to `key`, queueing `reply(..)` into its outbox before any event of the
     /// channel that follows.

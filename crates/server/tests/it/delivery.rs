@@ -20,7 +20,12 @@ async fn concurrent_publishers_give_every_subscriber_the_same_contiguous_order()
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
-                let (st, _) = publish_to(&url, PUBLISH_KEY, event("o_1", &["project:p_1"], w * 1000 + i)).await;
+                let (st, _) = publish_to(
+                    &url,
+                    PUBLISH_KEY,
+                    event("o_1", &["project:p_1"], w * 1000 + i),
+                )
+                .await;
                 assert_eq!(st, 202);
             }
         }));
@@ -34,7 +39,10 @@ async fn concurrent_publishers_give_every_subscriber_the_same_contiguous_order()
             let ev = c.recv().await;
             assert_eq!(ev["epoch"], epoch);
             assert!(ev["id"].as_str().unwrap().starts_with("evt_"));
-            seen[i].push((ev["offset"].as_u64().unwrap(), ev["payload"]["n"].as_u64().unwrap()));
+            seen[i].push((
+                ev["offset"].as_u64().unwrap(),
+                ev["payload"]["n"].as_u64().unwrap(),
+            ));
         }
     }
     let offsets: Vec<u64> = seen[0].iter().map(|x| x.0).collect();
@@ -42,8 +50,15 @@ async fn concurrent_publishers_give_every_subscriber_the_same_contiguous_order()
     assert_eq!(seen[0], seen[1], "both subscribers see one order");
     // Each publisher's own events keep their order.
     for w in 0..4 {
-        let mine: Vec<u64> = seen[0].iter().map(|x| x.1).filter(|n| n / 1000 == w).collect();
-        assert!(mine.windows(2).all(|p| p[0] < p[1]), "publisher {w}: {mine:?}");
+        let mine: Vec<u64> = seen[0]
+            .iter()
+            .map(|x| x.1)
+            .filter(|n| n / 1000 == w)
+            .collect();
+        assert!(
+            mine.windows(2).all(|p| p[0] < p[1]),
+            "publisher {w}: {mine:?}"
+        );
     }
 }
 
@@ -71,7 +86,8 @@ async fn a_client_that_never_reads_is_closed_with_4009_and_never_slows_publishin
     cfg.limits.outbox_bytes = 64 * 1024;
     let s = TestServer::with(cfg).await;
     let mut slow = Client::connect_tiny(&s.ws_url()).await;
-    slow.send(json!({"type":"auth","token":token("u_slow","o_1")})).await;
+    slow.send(json!({"type":"auth","token":token("u_slow","o_1")}))
+        .await;
     assert_eq!(slow.recv().await["type"], "connected");
     slow.subscribe("org:o_1").await;
     let mut fast = s.client("u_fast", "o_1").await;

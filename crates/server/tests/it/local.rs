@@ -45,7 +45,10 @@ fn start_local(state_dir: &Path, extra: &[&str]) -> Result<LocalNode, String> {
             let url = lines.next().unwrap().unwrap();
             assert_eq!(url, format!("url ws://{addr}/api/ws"));
             let state = lines.next().unwrap().unwrap();
-            assert_eq!(state, format!("state {}", state_dir.join("local.json").display()));
+            assert_eq!(
+                state,
+                format!("state {}", state_dir.join("local.json").display())
+            );
             Ok(LocalNode { child, addr })
         }
         _ => {
@@ -73,7 +76,9 @@ fn raw_status(addr: &str, request: &str) -> u16 {
 }
 
 fn upgrade_request(host: &str, origin: Option<&str>, token: &str) -> String {
-    let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
     format!(
         "GET /api/ws?token={token} HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -89,7 +94,10 @@ async fn first_start_writes_a_private_state_file_whose_token_and_key_work() {
     assert_eq!(mode, 0o600, "local.json is private to the user");
     let state = read_state(&dir);
     assert_eq!(state.url, format!("ws://{}/api/ws", node.addr));
-    assert_eq!(state.publish_url, format!("http://{}/api/events", node.addr));
+    assert_eq!(
+        state.publish_url,
+        format!("http://{}/api/events", node.addr)
+    );
     assert!(node.addr.starts_with("127.0.0.1:"));
     assert!(state.jwt_secret.len() >= 32 && state.publish_key.len() >= 32);
 
@@ -137,14 +145,22 @@ async fn a_token_near_expiry_is_renewed_at_start() {
     let dir = tempdir();
     drop(start_local(&dir, &[]).unwrap());
     let mut state = read_state(&dir);
-    state.token = mint_hs256(&state.jwt_secret, "local-user", "local", unix_now() + 60, None);
+    state.token = mint_hs256(
+        &state.jwt_secret,
+        "local-user",
+        "local",
+        unix_now() + 60,
+        None,
+    );
     let old = state.token.clone();
     cortex_realtime::local::write_state(&dir.join("local.json"), &state).unwrap();
     let _node = start_local(&dir, &[]).unwrap();
     let renewed = read_state(&dir);
     assert_ne!(renewed.token, old);
     let exp = cortex_realtime::auth::JwtVerifier::new(&cortex_realtime::auth::VerifierConfig {
-        keys: vec![cortex_realtime::auth::KeySource::Secret(renewed.jwt_secret.clone())],
+        keys: vec![cortex_realtime::auth::KeySource::Secret(
+            renewed.jwt_secret.clone(),
+        )],
         ..Default::default()
     })
     .unwrap()
@@ -161,7 +177,10 @@ fn a_non_loopback_address_is_refused() {
         let err = start_local(&dir, &["--bind", addr]).err().expect("refused");
         assert!(err.contains("loopback"), "{err}");
     }
-    assert!(!dir.join("local.json").exists(), "nothing written for a refused start");
+    assert!(
+        !dir.join("local.json").exists(),
+        "nothing written for a refused start"
+    );
 }
 
 #[tokio::test]
@@ -172,27 +191,64 @@ async fn browser_origins_foreign_hosts_and_missing_tokens_are_refused() {
     let a = node.addr.as_str();
     let host = a;
     // Another site in the user's browser: 403 before the upgrade.
-    assert_eq!(raw_status(a, &upgrade_request(host, Some("https://evil.example"), &state.token)), 403);
+    assert_eq!(
+        raw_status(
+            a,
+            &upgrade_request(host, Some("https://evil.example"), &state.token)
+        ),
+        403
+    );
     // The allowed dev server origin, and a non-browser client, are let in.
-    assert_eq!(raw_status(a, &upgrade_request(host, Some("http://localhost:5173"), &state.token)), 101);
-    assert_eq!(raw_status(a, &upgrade_request(host, None, &state.token)), 101);
+    assert_eq!(
+        raw_status(
+            a,
+            &upgrade_request(host, Some("http://localhost:5173"), &state.token)
+        ),
+        101
+    );
+    assert_eq!(
+        raw_status(a, &upgrade_request(host, None, &state.token)),
+        101
+    );
     // DNS rebinding: the page's own host name pointed at 127.0.0.1.
-    assert_eq!(raw_status(a, &upgrade_request("evil.example:80", None, &state.token)), 403);
+    assert_eq!(
+        raw_status(a, &upgrade_request("evil.example:80", None, &state.token)),
+        403
+    );
     let publish = format!(
         "POST /api/events HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {}\r\nContent-Length: 2\r\n\r\n{{}}",
         state.publish_key
     );
     assert_eq!(raw_status(a, &publish), 403);
-    assert_eq!(raw_status(a, "GET /metrics HTTP/1.1\r\nHost: rebind.example\r\n\r\n"), 403);
-    assert_eq!(raw_status(a, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"), 200);
+    assert_eq!(
+        raw_status(a, "GET /metrics HTTP/1.1\r\nHost: rebind.example\r\n\r\n"),
+        403
+    );
+    assert_eq!(
+        raw_status(a, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+        200
+    );
     // A token is required, as in serve.
-    assert_eq!(raw_status(a, &upgrade_request(host, None, "not-a-token")), 401);
-    let forged = mint_hs256("another-secret", "local-user", "local", unix_now() + 60, None);
+    assert_eq!(
+        raw_status(a, &upgrade_request(host, None, "not-a-token")),
+        401
+    );
+    let forged = mint_hs256(
+        "another-secret",
+        "local-user",
+        "local",
+        unix_now() + 60,
+        None,
+    );
     assert_eq!(raw_status(a, &upgrade_request(host, None, &forged)), 401);
 }
 
 fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("cortex-local-{}-{}", std::process::id(), rand_suffix()));
+    let d = std::env::temp_dir().join(format!(
+        "cortex-local-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d.join("state")
 }

@@ -4,6 +4,9 @@ mod util;
 
 mod cli;
 mod delivery;
+mod hardening;
+mod hostile;
+mod local;
 mod ops;
 mod publish_api;
 mod resume;
@@ -11,6 +14,3 @@ mod smoke;
 mod tenancy;
 mod ws_commands;
 mod ws_connect;
-mod hardening;
-mod hostile;
-mod local;

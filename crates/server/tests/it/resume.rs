@@ -5,7 +5,12 @@ use serde_json::json;
 
 use crate::util::*;
 
-async fn subscribe_since(c: &mut Client, channel: &str, offset: u64, epoch: &str) -> serde_json::Value {
+async fn subscribe_since(
+    c: &mut Client,
+    channel: &str,
+    offset: u64,
+    epoch: &str,
+) -> serde_json::Value {
     c.send(json!({"type":"subscribe","channelId":channel,"since":{"offset":offset,"epoch":epoch}}))
         .await;
     c.recv().await
@@ -15,7 +20,10 @@ async fn subscribe_since(c: &mut Client, channel: &str, offset: u64, epoch: &str
 async fn a_resume_replays_exactly_the_missed_events_then_goes_live() {
     let s = TestServer::start().await;
     let mut c = s.client("u", "o_1").await;
-    let epoch = c.subscribe("task:t_1").await["epoch"].as_str().unwrap().to_owned();
+    let epoch = c.subscribe("task:t_1").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for n in 1..=10 {
         s.publish(event("o_1", &["task:t_1"], n)).await;
     }
@@ -48,12 +56,19 @@ async fn continuity_that_cannot_be_proven_is_recovered_false_with_no_partial_rep
     cfg.history.per_channel = 5;
     let s = TestServer::with(cfg).await;
     let mut c = s.client("u", "o_1").await;
-    let epoch = c.subscribe("task:t_1").await["epoch"].as_str().unwrap().to_owned();
+    let epoch = c.subscribe("task:t_1").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for n in 1..=20 {
         s.publish(event("o_1", &["task:t_1"], n)).await;
     }
     let mut d = s.client("u2", "o_1").await;
-    for (offset, ep) in [(3, epoch.as_str()), (10, "e_000000000000"), (25, epoch.as_str())] {
+    for (offset, ep) in [
+        (3, epoch.as_str()),
+        (10, "e_000000000000"),
+        (25, epoch.as_str()),
+    ] {
         let sub = subscribe_since(&mut d, "task:t_1", offset, ep).await;
         assert_eq!(sub["recovered"], false, "since {offset} {ep}");
         assert_eq!(sub["offset"], 20);
@@ -73,7 +88,10 @@ async fn continuity_that_cannot_be_proven_is_recovered_false_with_no_partial_rep
 async fn resuming_while_events_keep_flowing_leaves_no_gap_and_no_duplicate() {
     let s = TestServer::start().await;
     let mut c = s.client("u", "o_1").await;
-    let epoch = c.subscribe("project:p_1").await["epoch"].as_str().unwrap().to_owned();
+    let epoch = c.subscribe("project:p_1").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let url = s.http("/api/events");
     let publisher = tokio::spawn(async move {
         for n in 1..=300u64 {
@@ -112,7 +130,10 @@ async fn resuming_while_events_keep_flowing_leaves_no_gap_and_no_duplicate() {
 async fn a_restarted_in_memory_node_has_a_new_epoch_and_recovers_nothing() {
     let s = TestServer::start().await;
     let mut c = s.client("u", "o_1").await;
-    let epoch = c.subscribe("task:t_1").await["epoch"].as_str().unwrap().to_owned();
+    let epoch = c.subscribe("task:t_1").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     s.publish(event("o_1", &["task:t_1"], 1)).await;
     c.recv().await;
     s.shutdown().await;

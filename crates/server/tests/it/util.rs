@@ -121,7 +121,10 @@ pub async fn publish_to(url: &str, key: &str, body: Value) -> (u16, Value) {
         .expect("publish request");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// A token for `sub` in `org`, valid for an hour.
@@ -186,10 +189,8 @@ impl Client {
     pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
         let mut req = url.into_client_request().unwrap();
         for (k, v) in headers {
-            req.headers_mut().insert(
-                http_name(k),
-                v.parse().expect("header value"),
-            );
+            req.headers_mut()
+                .insert(http_name(k), v.parse().expect("header value"));
         }
         match connect_async(req).await {
             Ok((ws, _)) => Ok(Client { ws }),
@@ -199,11 +200,17 @@ impl Client {
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string().into())).await.expect("send");
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_text(&mut self, s: &str) {
-        self.ws.send(Message::Text(s.to_owned().into())).await.expect("send");
+        self.ws
+            .send(Message::Text(s.to_owned().into()))
+            .await
+            .expect("send");
     }
 
     /// The next JSON message (skipping pings); panics on close or timeout.
@@ -221,8 +228,12 @@ impl Client {
                 .await
                 .expect("a frame within the wait");
             match m {
-                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).expect("JSON frame")),
-                Some(Ok(Message::Close(f))) => return Err(Ended::Closed(f.map(|f: CloseFrame| u16::from(f.code)))),
+                Some(Ok(Message::Text(t))) => {
+                    return Ok(serde_json::from_str(&t).expect("JSON frame"));
+                }
+                Some(Ok(Message::Close(f))) => {
+                    return Err(Ended::Closed(f.map(|f: CloseFrame| u16::from(f.code))));
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Err(Ended::Gone),
             }
@@ -248,7 +259,8 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {
-        self.send(json!({"type":"subscribe","channelId":channel})).await;
+        self.send(json!({"type":"subscribe","channelId":channel}))
+            .await;
         self.recv().await
     }
 }
