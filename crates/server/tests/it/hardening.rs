@@ -266,27 +266,36 @@ async fn subscriber(url: &str, sub: &str, org: &str, channel: &str) -> Client {
 /// A reading subscriber's record: (payload `n`, offset, when it arrived), in arrival order.
 type Arrivals = Vec<(u64, u64, Instant)>;
 
-/// Reads `total` events on a task; `received` counts them as they come. The task gives the
-/// client back, still connected.
+/// Reads events on a task until it has as many as `published` says (`u64::MAX` while
+/// publishing goes on); `received` counts them as they come. The task gives the client back,
+/// still connected.
 fn read_events(
     mut c: Client,
-    total: u64,
+    published: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<(Client, Arrivals)> {
     tokio::spawn(async move {
-        let mut got = Vec::with_capacity(total as usize);
-        while (got.len() as u64) < total {
-            let frame = tokio::time::timeout(WAIT, c.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("the reader stalled after {} events", got.len()));
+        let mut got = Vec::new();
+        let mut progress = Instant::now();
+        while (got.len() as u64) < published.load(Ordering::SeqCst) {
+            // Short waits, so the end of publishing is noticed between frames.
+            let Ok(frame) = tokio::time::timeout(Duration::from_millis(50), c.ws.next()).await
+            else {
+                assert!(
+                    progress.elapsed() < WAIT,
+                    "the reader stalled after {} events",
+                    got.len()
+                );
+                continue;
+            };
             match frame {
                 Some(Ok(Message::Text(t))) => {
-                    let at = Instant::now();
+                    progress = Instant::now();
                     let v: Value = serde_json::from_str(&t).unwrap();
                     got.push((
                         v["payload"]["n"].as_u64().expect("an event"),
                         v["offset"].as_u64().expect("an offset"),
-                        at,
+                        progress,
                     ));
                     received.store(got.len() as u64, Ordering::Relaxed);
                 }
@@ -301,38 +310,84 @@ fn read_events(
     })
 }
 
-/// How a run publishes: `total` events, `batch` to a request, never more than `window` ahead of
-/// the reading subscriber (whose own queue so stays far under its bound).
+/// How a run publishes: at most `max` events, `batch` to a request, never more than `window`
+/// ahead of the reading subscriber (whose own queue so stays far under its bound).
 struct Pace {
-    total: u64,
+    max: u64,
     batch: u64,
     window: u64,
 }
 
-/// Publishes events of `content` bytes to `channel` of `org` as `pace` says; returns each one's
-/// send time. `each(n)` runs before the request that starts with event `n`.
+/// A reading subscriber of `channel` in `org` on a task, and what it needs to measure it.
+struct Reader {
+    task: tokio::task::JoinHandle<(Client, Arrivals)>,
+    published: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+}
+
+impl Reader {
+    async fn start(url: &str, org: &str, channel: &str) -> Reader {
+        let c = subscriber(url, "u_reader", org, channel).await;
+        let published = Arc::new(AtomicU64::new(u64::MAX));
+        let received = Arc::new(AtomicU64::new(0));
+        let task = read_events(c, published.clone(), received.clone());
+        Reader {
+            task,
+            published,
+            received,
+        }
+    }
+
+    /// Waits for every event `sent` says was published; checks they came once, in order and
+    /// without gaps, and returns their latencies (publish to receive), sorted, and the client.
+    async fn latencies(self, sent: &[Instant]) -> (Client, Vec<Duration>) {
+        self.published.store(sent.len() as u64, Ordering::SeqCst);
+        let (c, got) = self.task.await.expect("the reader");
+        let ns: Vec<u64> = got.iter().map(|g| g.0).collect();
+        assert_eq!(
+            ns,
+            (0..sent.len() as u64).collect::<Vec<_>>(),
+            "every event, in order"
+        );
+        let offsets: Vec<u64> = got.iter().map(|g| g.1).collect();
+        assert_eq!(
+            offsets,
+            (1..=sent.len() as u64).collect::<Vec<_>>(),
+            "no gaps"
+        );
+        let mut l: Vec<Duration> = got.iter().map(|g| g.2 - sent[g.0 as usize]).collect();
+        l.sort();
+        (c, l)
+    }
+}
+
+/// Publishes events of `content` bytes to `channel` of `org` as `pace` says, paced by `reader`;
+/// returns each one's send time. `each(n)` runs before the request that starts with event `n`;
+/// when it answers `false`, publishing stops there.
 async fn publish_paced<F, Fut>(
     p: &Publisher,
     (org, channel): (&str, &str),
     content: &str,
     pace: Pace,
-    received: &AtomicU64,
+    reader: &Reader,
     mut each: F,
 ) -> Vec<Instant>
 where
     F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = bool>,
 {
-    let mut sent = Vec::with_capacity(pace.total as usize);
+    let mut sent = Vec::new();
     let mut n = 0;
-    while n < pace.total {
+    while n < pace.max {
         let deadline = Instant::now() + WAIT;
-        while n.saturating_sub(received.load(Ordering::Relaxed)) > pace.window {
+        while n.saturating_sub(reader.received.load(Ordering::Relaxed)) > pace.window {
             assert!(Instant::now() < deadline, "the reader fell behind at {n}");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        each(n).await;
-        let end = (n + pace.batch).min(pace.total);
+        if !each(n).await {
+            break;
+        }
+        let end = (n + pace.batch).min(pace.max);
         let body = if pace.batch == 1 {
             chat(org, channel, n, content)
         } else {
@@ -345,26 +400,6 @@ where
         n = end;
     }
     sent
-}
-
-/// Checks a reader got every event once, in order and without gaps; returns its latencies
-/// (publish to receive), sorted.
-fn latencies(got: &Arrivals, sent: &[Instant]) -> Vec<Duration> {
-    let ns: Vec<u64> = got.iter().map(|g| g.0).collect();
-    assert_eq!(
-        ns,
-        (0..sent.len() as u64).collect::<Vec<_>>(),
-        "every event, in order"
-    );
-    let offsets: Vec<u64> = got.iter().map(|g| g.1).collect();
-    assert_eq!(
-        offsets,
-        (1..=sent.len() as u64).collect::<Vec<_>>(),
-        "no gaps"
-    );
-    let mut l: Vec<Duration> = got.iter().map(|g| g.2 - sent[g.0 as usize]).collect();
-    l.sort();
-    l
 }
 
 fn summary(l: &[Duration]) -> String {
@@ -380,7 +415,8 @@ fn summary(l: &[Duration]) -> String {
 
 /// Reads what a non-reading client was sent, now that it reads: a contiguous prefix of the
 /// channel's events (it resumes from its last offset), then the end of the connection.
-/// Returns the close code, `None` when the connection ended without a close frame.
+/// Returns the last offset and the close code, `None` when the connection ended without a
+/// close frame.
 async fn read_to_end(c: &mut Client) -> (u64, Option<u16>) {
     let mut last = 0;
     loop {
@@ -396,46 +432,58 @@ async fn read_to_end(c: &mut Client) -> (u64, Option<u16>) {
     }
 }
 
+/// Polls the server's metrics until `want` 4009 closes and `open` connections, within 3 s.
+async fn closed_with_4009(s: &Served, want: f64, open: f64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let closed = s.metric(CLOSED_4009).await;
+        let now_open = s.metric("cortex_connections").await;
+        if closed == want && now_open == open {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "non-reading subscribers not closed: 4009 closes {closed} (want {want}), \
+             connections {now_open} (want {open})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The server's count of connections it closed with 4009.
+const CLOSED_4009: &str = "cortex_closes_total{code=\"4009\"}";
+
 /// One subscriber that never reads (tiny receive buffer) and one that reads, on one channel of
 /// the real binary with the contract's bounds (1,000 events, 1 MiB). Publishes events of
-/// `content` bytes as `pace` says; the first `fits` of them fit under both bounds.
+/// `content` bytes as `pace` says, until the server has closed the slow one; the first `fits`
+/// of them fit under both bounds.
 async fn slow_subscriber_is_closed_with_4009(content: usize, fits: u64, pace: Pace) {
-    const CLOSED: &str = "cortex_closes_total{code=\"4009\"}";
     let _heavy = HEAVY.lock().await;
     let s = Served::start(&[]).await;
     let (org, channel) = ("o_slow", "project:p_busy");
     let mut slow = non_reader(&s.ws_url(), "u_slow", org, channel).await;
-    let fast = subscriber(&s.ws_url(), "u_fast", org, channel).await;
-    let total = pace.total;
-    let received = Arc::new(AtomicU64::new(0));
-    let reader = read_events(fast, total, received.clone());
+    let reader = Reader::start(&s.ws_url(), org, channel).await;
     let p = Publisher::new(s.events_url());
     let content = "x".repeat(content);
-    let closed_after = AtomicU64::new(u64::MAX);
-    let (s_ref, closed_ref) = (&s, &closed_after);
+    let s_ref = &s;
     let sent = publish_paced(
         &p,
         (org, channel),
         &content,
         pace,
-        &received,
+        &reader,
         |n| async move {
-            if n <= fits || closed_ref.load(Ordering::Relaxed) == u64::MAX {
-                let closed = s_ref.metric(CLOSED).await;
-                // At most `fits` events exist: no queue can have passed its bound yet.
-                assert!(
-                    n > fits || closed == 0.0,
-                    "closed with 4009 after only {n} events"
-                );
-                if closed > 0.0 {
-                    closed_ref.store(n, Ordering::Relaxed);
-                }
-            }
+            let closed = s_ref.metric(CLOSED_4009).await;
+            // At most `fits` events exist: no queue can have passed its bound yet.
+            assert!(
+                n > fits || closed == 0.0,
+                "closed with 4009 after only {n} events"
+            );
+            closed == 0.0
         },
     )
     .await;
-    let (_fast, got) = reader.await.unwrap();
-    let l = latencies(&got, &sent);
+    let (_reader, l) = reader.latencies(&sent).await;
     eprintln!(
         "slow consumer ({} B content): reader {}",
         content.len(),
@@ -443,28 +491,15 @@ async fn slow_subscriber_is_closed_with_4009(content: usize, fits: u64, pace: Pa
     );
     assert!(l[l.len() - 1] < Duration::from_secs(1), "{}", summary(&l));
 
-    // The server closes the slow one by itself, while it still reads nothing.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let closed = s.metric(CLOSED).await;
-        let open = s.metric("cortex_connections").await;
-        if closed == 1.0 && open == 1.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "3 s after {total} events the non-reading subscriber is not closed: \
-             4009 closes {closed}, connections {open}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The server closed the slow one by itself, while it still read nothing.
+    closed_with_4009(&s, 1.0, 1.0).await;
     // When it reads again it finds a prefix of the channel and the end. The 4009 frame itself
     // reaches it only if it fitted in the socket's buffers before the close grace ran out.
     let (last, code) = read_to_end(&mut slow).await;
     eprintln!(
         "slow consumer: 4009 seen after {} events published; the non-reader then read offsets \
          1..={last} and {code:?}",
-        closed_after.load(Ordering::Relaxed)
+        sent.len()
     );
     assert!(matches!(code, Some(4009) | None), "{code:?}");
 }
@@ -473,9 +508,9 @@ async fn slow_subscriber_is_closed_with_4009(content: usize, fits: u64, pace: Pa
 async fn a_subscriber_that_never_reads_is_closed_with_4009_once_past_1000_events() {
     // ~850-byte deliveries: 1,001 of them are under 1 MiB, so the event bound trips first.
     // Before the server's queue grows at all, the kernel's send buffer takes up to 4 MB
-    // (net.ipv4.tcp_wmem) and the writer a batch: 15,000 events are 13 MB.
+    // (net.ipv4.tcp_wmem) and the writer a batch: some 6,000 events; at most 15,000 (13 MB).
     let pace = Pace {
-        total: 15_000,
+        max: 15_000,
         batch: 100,
         window: 500,
     };
@@ -485,10 +520,11 @@ async fn a_subscriber_that_never_reads_is_closed_with_4009_once_past_1000_events
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_is_closed_with_4009_once_past_1_mib() {
     // 32 KB deliveries: 30 of them are under 1 MiB and the 33rd passes it, long before 1,000.
-    // Past the kernel's send buffer (up to 4 MB) and the writer's batch: 600 events are 19 MB.
+    // Past the kernel's send buffer (up to 4 MB) and the writer's batch: some 200 events; at
+    // most 600 (19 MB).
     let pace = Pace {
-        total: 600,
-        batch: 1,
+        max: 600,
+        batch: 5,
         window: 16,
     };
     slow_subscriber_is_closed_with_4009(32_000, 30, pace).await;
@@ -503,11 +539,7 @@ async fn ten_subscribers_that_never_read_cost_bounded_memory_and_the_reader_keep
     for i in 0..10 {
         stalled.push(non_reader(&s.ws_url(), &format!("u_stalled_{i}"), org, channel).await);
     }
-    let fast = subscriber(&s.ws_url(), "u_reader", org, channel).await;
-    // 1,600 events of 32 KB: 50 MB published, 500 MB if every stalled subscriber kept its copy.
-    let total = 1600;
-    let received = Arc::new(AtomicU64::new(0));
-    let reader = read_events(fast, total, received.clone());
+    let reader = Reader::start(&s.ws_url(), org, channel).await;
     let p = Publisher::new(s.events_url());
     // Warm the paths (HTTP, fan-out, the allocator) before the baseline.
     p.accepted(&chat(org, "project:p_warm", 0, "warm")).await;
@@ -515,10 +547,11 @@ async fn ten_subscribers_that_never_read_cost_bounded_memory_and_the_reader_keep
     let before = s.rss_kib();
     let peak = AtomicU64::new(before);
     let (s_ref, peak_ref) = (&s, &peak);
+    // 1,600 events of 32 KB: 50 MB published, 500 MB if every stalled subscriber kept its copy.
     let content = "x".repeat(32_000);
     let pace = Pace {
-        total,
-        batch: 1,
+        max: 1600,
+        batch: 5,
         window: 16,
     };
     let sent = publish_paced(
@@ -526,16 +559,16 @@ async fn ten_subscribers_that_never_read_cost_bounded_memory_and_the_reader_keep
         (org, channel),
         &content,
         pace,
-        &received,
+        &reader,
         |n| async move {
-            if n % 50 == 0 {
+            if n.is_multiple_of(50) {
                 peak_ref.fetch_max(s_ref.rss_kib(), Ordering::Relaxed);
             }
+            true
         },
     )
     .await;
-    let (_reader, got) = reader.await.unwrap();
-    let l = latencies(&got, &sent);
+    let (_reader, l) = reader.latencies(&sent).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = s.rss_kib();
     let peak = peak.load(Ordering::Relaxed).max(after);
@@ -550,6 +583,8 @@ async fn ten_subscribers_that_never_read_cost_bounded_memory_and_the_reader_keep
     // What the sockets buffer is kernel memory, not RSS. Unbounded queues would need 500 MB.
     assert!(peak - before < 40 * 1024, "RSS grew {} KiB", peak - before);
     assert!(l[l.len() - 1] < Duration::from_secs(1), "{}", summary(&l));
+    // And each of the ten was closed with 4009; the reader is still connected.
+    closed_with_4009(&s, 10.0, 1.0).await;
     drop(stalled);
 }
 
@@ -1051,7 +1086,7 @@ async fn sigterm_under_load_closes_2000_clients_with_1001_delivers_every_accepte
             let mut out = Vec::new();
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let channels = if k % 4 == 0 {
+                let channels = if k.is_multiple_of(4) {
                     vec![k % CHANNELS, (k + 7) % CHANNELS]
                 } else {
                     vec![k % CHANNELS]
