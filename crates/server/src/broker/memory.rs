@@ -29,7 +29,8 @@ impl MemoryBroker {
         MemoryBroker {
             hub,
             history: History::new(retention),
-            channel_idle,
+            // A channel is never forgotten while its history could still serve a resume.
+            channel_idle: channel_idle.max(retention.max_age),
         }
     }
 

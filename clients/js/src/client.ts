@@ -1,0 +1,934 @@
+/**
+ * The Cortex Realtime client: one WebSocket, any number of channel subscriptions, automatic
+ * reconnect with backoff, token refresh, and lossless resume (CONTRACT.md sections 2, 3, 6, 8).
+ */
+
+import { Backoff, closeAction, type BackoffOptions } from "./policy.js";
+import type {
+  ClientMessage,
+  ConnectedMessage,
+  CortexEvent,
+  ErrorMessage,
+  Position,
+  SubscribedMessage,
+} from "./types.js";
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+
+/** The minimal WebSocket surface the client uses: the browser's, Node 22's, undici's or `ws`'s. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  // The event parameters are `any` so that the DOM's, undici's and ws's types all fit.
+  onopen: ((ev: any) => unknown) | null;
+  onmessage: ((ev: any) => unknown) | null;
+  onclose: ((ev: any) => unknown) | null;
+  onerror: ((ev: any) => unknown) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** A WebSocket constructor (`globalThis.WebSocket`, or `WebSocket` from the `ws` package). */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** Why the token provider is asked. */
+export type TokenReason =
+  /** a (re)connect */
+  | "connect"
+  /** a `refresh` ahead of the current token's expiry */
+  | "refresh"
+  /** the server closed the connection with 4002: the token expired */
+  | "expired";
+
+export interface TokenRequest {
+  reason: TokenReason;
+}
+
+/** A fixed token, or a (possibly async) callback asked for a fresh one whenever one is needed. */
+export type TokenSource = string | ((request: TokenRequest) => string | Promise<string>);
+
+export interface ClientOptions {
+  /** The WebSocket endpoint, e.g. `wss://rt.example.com/api/ws`. */
+  url: string;
+  /** The JWT, or a provider asked at each connect, before expiry and after a 4002 close. */
+  token: TokenSource;
+  /**
+   * How the token travels: `"auth"` (default) sends it in the first frame, keeping it out of URLs
+   * and proxy logs; `"query"` puts it in `?token=`. A refused query token fails the HTTP upgrade,
+   * which browsers report as close 1006, so it cannot be told from a network error.
+   */
+  tokenTransport?: "auth" | "query";
+  /** The WebSocket constructor; default `globalThis.WebSocket` (browsers, Node 22+). */
+  WebSocket?: WebSocketConstructor;
+  /** Backoff between reconnects: 1 s doubling to 30 s with full jitter, reset after 30 s up. */
+  backoff?: BackoffOptions;
+  /**
+   * Send `refresh` this long before `expiresAt` (default 60 s), or halfway through the token's
+   * remaining life when that comes sooner. `false` never refreshes (the server then closes with
+   * 4002 at expiry and the client reconnects with a new token). Only used with a token provider.
+   */
+  refreshMarginMs?: number | false;
+  /** Give up on a connection attempt that did not get `connected` within this (default 10 s). */
+  connectTimeoutMs?: number;
+  /** Send an application `ping` this often while connected (default 25 s; 0 disables). */
+  pingIntervalMs?: number;
+  /** Reconnect when nothing at all arrived this long after a ping (default 10 s). */
+  pongTimeoutMs?: number;
+}
+
+export type ClientState = "idle" | "connecting" | "connected" | "waiting" | "closed";
+
+export interface ConnectedInfo {
+  connectionId: string;
+  userId: string;
+  orgId: string;
+  expiresAt: string;
+  /** false for the first connection since `connect()`, true for reconnects. */
+  reconnect: boolean;
+}
+
+export interface SubscribedInfo {
+  channelId: string;
+  /** The channel's latest offset when the subscription started. */
+  offset: number;
+  epoch: string;
+  /** Whether this subscribe carried `since` (a resume after a reconnect, or `options.since`). */
+  resumed: boolean;
+  /**
+   * Only for resumes: `true` when every missed event follows (and will be delivered), `false`
+   * when continuity could not be proven (history lost or too old): reload state out of band.
+   */
+  recovered?: boolean;
+}
+
+export interface DisconnectedInfo {
+  code: number;
+  reason: string;
+  /** Whether the client will reconnect by itself. */
+  willReconnect: boolean;
+}
+
+export interface ReconnectingInfo {
+  /** 1 for the first retry after a connection ended. */
+  attempt: number;
+  delayMs: number;
+  /** The close code that caused it. */
+  code: number;
+}
+
+export type ErrorKind =
+  /** an `error` reply from the server; the connection stays open */
+  | "server"
+  /** close 4001 (or a 4002 with a fixed token): the client stopped; give it a new token and `connect()` */
+  | "auth"
+  /** the token provider threw or returned no string */
+  | "token"
+  /** the socket could not be created or a frame could not be read */
+  | "transport";
+
+export class CortexError extends Error {
+  readonly kind: ErrorKind;
+  /** The server's error code (`forbidden`, ...) for `server` errors. */
+  readonly code?: string;
+  /** The close code for `auth` errors. */
+  readonly closeCode?: number;
+  readonly channelId?: string;
+
+  constructor(
+    kind: ErrorKind,
+    message: string,
+    extra: { code?: string; closeCode?: number; channelId?: string; cause?: unknown } = {},
+  ) {
+    super(message);
+    this.name = "CortexError";
+    this.kind = kind;
+    if (extra.code !== undefined) this.code = extra.code;
+    if (extra.closeCode !== undefined) this.closeCode = extra.closeCode;
+    if (extra.channelId !== undefined) this.channelId = extra.channelId;
+    if (extra.cause !== undefined) (this as { cause?: unknown }).cause = extra.cause;
+  }
+}
+
+/** The client's notifications and their arguments. */
+export interface ClientEventMap {
+  /** Every event of every subscribed channel, exactly once, in offset order per channel. */
+  event: CortexEvent;
+  connected: ConnectedInfo;
+  disconnected: DisconnectedInfo;
+  reconnecting: ReconnectingInfo;
+  /** Every successful (re)subscribe, with `recovered` for resumes. */
+  subscribed: SubscribedInfo;
+  unsubscribed: { channelId: string };
+  refreshed: { expiresAt: string };
+  error: CortexError;
+  /** The client stopped: `close()`, close code 1000, 4001, or a 4002 it cannot recover from. */
+  closed: { code: number; reason: string };
+  state: ClientState;
+}
+
+export type Listener<K extends keyof ClientEventMap> = (value: ClientEventMap[K]) => void;
+
+export interface SubscribeOptions {
+  /** Resume from a position the app stored (e.g. across page loads) instead of the live edge. */
+  since?: Position;
+  /** Called with each event of this channel (as well as the client's `event` listeners). */
+  onEvent?: (event: CortexEvent) => void;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Internals
+
+interface Waiter<T> {
+  resolve: (value: T) => void;
+  reject: (error: unknown) => void;
+}
+
+interface Sub {
+  channelId: string;
+  /** The last event seen (or the subscription's starting point); `since` of the next resume. */
+  position?: Position;
+  status: "pending" | "subscribing" | "subscribed";
+  info?: SubscribedInfo;
+  handlers: Set<(event: CortexEvent) => void>;
+  waiters: Waiter<SubscribedInfo>[];
+}
+
+type Pending =
+  | { kind: "subscribe"; sub: Sub; resumed: boolean }
+  | { kind: "unsubscribe"; channelId: string; waiter: Waiter<void> }
+  | { kind: "refresh" }
+  | { kind: "ping" };
+
+/** A WebSocket's OPEN readyState. */
+const OPEN = 1;
+
+/** Client-side pacing of commands, below the server's 100 commands per second. */
+const SEND_BURST = 80;
+const SEND_PER_SECOND = 80;
+
+/** The longest delay a timer takes (setTimeout's limit is 2^31 - 1 ms). */
+const MAX_TIMER_MS = 24 * 3600 * 1000;
+
+/** After a socket `error`, wait this long for its `close` event before giving up on it. */
+const ERROR_CLOSE_GRACE_MS = 50;
+
+/** When the server answers `rate_limited`, try the command again after this. */
+const RATE_LIMITED_RETRY_MS = 1000;
+
+function noop(): void {}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function frameText(data: unknown): string | undefined {
+  if (typeof data === "string") return data;
+  if (data instanceof ArrayBuffer) return new TextDecoder().decode(data);
+  if (ArrayBuffer.isView(data)) {
+    return new TextDecoder().decode(
+      new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    );
+  }
+  return undefined;
+}
+
+function withToken(url: string, token: string): string {
+  const u = new URL(url);
+  u.searchParams.set("token", token);
+  return u.toString();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A connection to Cortex Realtime that survives disconnects.
+ *
+ * ```ts
+ * const client = new CortexRealtime({ url, token: async () => fetchToken() });
+ * client.on("event", (ev) => { if (ev.type === "task.status_changed") console.log(ev.payload.newStatus); });
+ * client.on("subscribed", (s) => { if (s.recovered === false) reloadFromRest(s.channelId); });
+ * client.connect();
+ * await client.subscribe("project:p_4");
+ * ```
+ */
+export class CortexRealtime {
+  private readonly opts: ClientOptions;
+  private readonly WS: WebSocketConstructor;
+  private readonly backoff: Backoff;
+  private readonly listeners = new Map<keyof ClientEventMap, Set<(v: never) => void>>();
+  private readonly subs = new Map<string, Sub>();
+
+  private _state: ClientState = "idle";
+  private ws: WebSocketLike | undefined;
+  /** The current socket is open (commands can be written, even before `connected`). */
+  private opened = false;
+  /** Bumped whenever the current attempt is abandoned, so late callbacks of an old one are ignored. */
+  private generation = 0;
+  private connectedAt = 0;
+  private everConnected = false;
+  private tokenReason: TokenReason = "connect";
+  private expiredInARow = 0;
+  private _connection: ConnectedMessage | undefined;
+  private _expiresAt: string | undefined;
+  private retryAttempt = 0;
+
+  private nextRef = 1;
+  private pending = new Map<number, Pending>();
+  private outbox: ClientMessage[] = [];
+  private sendTokens = SEND_BURST;
+  private sendRefilledAt = 0;
+
+  private connectTimer: ReturnType<typeof setTimeout> | undefined;
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private refreshTimer: ReturnType<typeof setTimeout> | undefined;
+  private pingTimer: ReturnType<typeof setInterval> | undefined;
+  private pongTimer: ReturnType<typeof setTimeout> | undefined;
+  private outboxTimer: ReturnType<typeof setTimeout> | undefined;
+  private connTimers = new Set<ReturnType<typeof setTimeout>>();
+
+  constructor(options: ClientOptions) {
+    if (!options || typeof options.url !== "string") {
+      throw new TypeError("CortexRealtime: `url` is required");
+    }
+    if (typeof options.token !== "string" && typeof options.token !== "function") {
+      throw new TypeError("CortexRealtime: `token` must be a string or a function");
+    }
+    const WS =
+      options.WebSocket ??
+      ((globalThis as { WebSocket?: WebSocketConstructor }).WebSocket as
+        | WebSocketConstructor
+        | undefined);
+    if (typeof WS !== "function") {
+      throw new TypeError(
+        "CortexRealtime: no global WebSocket (Node < 22): pass one, e.g. `WebSocket` from the `ws` package",
+      );
+    }
+    this.opts = options;
+    this.WS = WS;
+    this.backoff = new Backoff(options.backoff);
+  }
+
+  // --- public API -----------------------------------------------------------------------------
+
+  /** Where the client is: `idle` (never connected), `connecting`, `connected`, `waiting` (for a retry), `closed`. */
+  get state(): ClientState {
+    return this._state;
+  }
+
+  /** The current connection (`connectionId`, `userId`, `orgId`), while connected. */
+  get connection(): Readonly<ConnectedMessage> | undefined {
+    return this._state === "connected" ? this._connection : undefined;
+  }
+
+  /** The current token's expiry as the server sees it (RFC 3339), once connected. */
+  get expiresAt(): string | undefined {
+    return this._expiresAt;
+  }
+
+  /** Starts connecting (and keeps reconnecting until `close()`). Calling it again is harmless. */
+  connect(): void {
+    if (this._state === "connecting" || this._state === "connected" || this._state === "waiting") {
+      return;
+    }
+    this.backoff.reset();
+    this.retryAttempt = 0;
+    this.everConnected = false;
+    this.tokenReason = "connect";
+    this.expiredInARow = 0;
+    void this.open();
+  }
+
+  /** Closes the connection with 1000 and stops reconnecting. Subscriptions and positions are kept for a later `connect()`. */
+  close(): void {
+    if (this._state === "closed" || this._state === "idle") {
+      this.setState("closed");
+      return;
+    }
+    this.stop(1000, "client closed");
+  }
+
+  /**
+   * Subscribes to a channel, now or at the next connect; resolves with the first `subscribed`
+   * reply, rejects with a `CortexError` (`forbidden`, `invalid_channel`, ...). The subscription is
+   * kept across reconnects and resumed from the last event seen.
+   */
+  subscribe(channelId: string, options: SubscribeOptions = {}): Promise<SubscribedInfo> {
+    let sub = this.subs.get(channelId);
+    if (!sub) {
+      sub = { channelId, status: "pending", handlers: new Set(), waiters: [] };
+      if (options.since) sub.position = { offset: options.since.offset, epoch: options.since.epoch };
+      this.subs.set(channelId, sub);
+      if (this.opened) this.sendSubscribe(sub);
+    }
+    if (options.onEvent) sub.handlers.add(options.onEvent);
+    let promise: Promise<SubscribedInfo>;
+    if (sub.status === "subscribed" && sub.info) {
+      promise = Promise.resolve(sub.info);
+    } else {
+      const s = sub;
+      promise = new Promise<SubscribedInfo>((resolve, reject) => s.waiters.push({ resolve, reject }));
+    }
+    promise.catch(noop); // failures are also reported on `error`; an ignored promise must not crash the app
+    return promise;
+  }
+
+  /** Stops receiving a channel (forgetting its position). Resolves once the server confirmed, or at once when not connected. */
+  unsubscribe(channelId: string): Promise<void> {
+    const sub = this.subs.get(channelId);
+    if (sub) {
+      this.subs.delete(channelId);
+      const err = new CortexError("server", "unsubscribed before the subscription completed", {
+        channelId,
+      });
+      for (const w of sub.waiters.splice(0)) w.reject(err);
+    }
+    if (!this.opened || !sub || sub.status === "pending") {
+      return Promise.resolve();
+    }
+    const p = new Promise<void>((resolve, reject) => {
+      const ref = this.ref({ kind: "unsubscribe", channelId, waiter: { resolve, reject } });
+      this.send({ type: "unsubscribe", channelId, ref });
+    });
+    p.catch(noop);
+    return p;
+  }
+
+  /** The channels subscribed (or to be subscribed at the next connect). */
+  channels(): string[] {
+    return [...this.subs.keys()];
+  }
+
+  /** The last event seen on a channel: store it to resume across page loads with `subscribe(ch, { since })`. */
+  position(channelId: string): Position | undefined {
+    const p = this.subs.get(channelId)?.position;
+    return p ? { offset: p.offset, epoch: p.epoch } : undefined;
+  }
+
+  /** Adds a listener; returns a function that removes it. */
+  on<K extends keyof ClientEventMap>(type: K, listener: Listener<K>): () => void {
+    let set = this.listeners.get(type);
+    if (!set) {
+      set = new Set();
+      this.listeners.set(type, set);
+    }
+    set.add(listener as (v: never) => void);
+    return () => this.off(type, listener);
+  }
+
+  /** Removes a listener. */
+  off<K extends keyof ClientEventMap>(type: K, listener: Listener<K>): void {
+    this.listeners.get(type)?.delete(listener as (v: never) => void);
+  }
+
+  // --- connection lifecycle -------------------------------------------------------------------
+
+  private async open(): Promise<void> {
+    const gen = ++this.generation;
+    this.setState("connecting");
+    const reason = this.tokenReason;
+    let token: string;
+    try {
+      token = await this.getToken(reason);
+    } catch (e) {
+      if (gen !== this.generation) return;
+      this.emit("error", new CortexError("token", "the token provider failed", { cause: e }));
+      this.afterClose(1006, "token provider failed", "reconnect");
+      return;
+    }
+    if (gen !== this.generation) return;
+
+    const transport = this.opts.tokenTransport ?? "auth";
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(transport === "query" ? withToken(this.opts.url, token) : this.opts.url);
+    } catch (e) {
+      this.emit("error", new CortexError("transport", "could not create the WebSocket", { cause: e }));
+      this.stop(1006, "bad url", true);
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      if (this.ws !== ws) return;
+      this.opened = true;
+      this.sendTokens = SEND_BURST;
+      this.sendRefilledAt = Date.now();
+      if (transport === "auth") ws.send(JSON.stringify({ type: "auth", token }));
+      // Pipelined behind the auth frame: the server reads frames in order and answers these
+      // right after `connected`, which saves a round trip on every reconnect.
+      for (const sub of this.subs.values()) this.sendSubscribe(sub);
+    };
+    ws.onmessage = (ev: { data: unknown }) => {
+      if (this.ws !== ws) return;
+      this.onFrame(ev.data);
+    };
+    ws.onclose = (ev: { code?: number; reason?: string }) => {
+      if (this.ws !== ws) return;
+      this.onSocketClosed(typeof ev?.code === "number" ? ev.code : 1006, ev?.reason ?? "");
+    };
+    ws.onerror = () => {
+      // A close event normally follows (with the real code). Node 20's WebSocket (undici) may
+      // fire only `error` for a failed handshake and stay CONNECTING forever: give the close
+      // event a moment, then treat the socket as closed with 1006.
+      setTimeout(() => {
+        if (this.ws === ws) this.abandon(1006, "connection failed");
+      }, ERROR_CLOSE_GRACE_MS);
+    };
+    this.connectTimer = setTimeout(() => {
+      if (this.ws === ws) this.abandon(4003, "connect timeout");
+    }, this.opts.connectTimeoutMs ?? 10000);
+  }
+
+  private async getToken(reason: TokenReason): Promise<string> {
+    const source = this.opts.token;
+    const token = typeof source === "string" ? source : await source({ reason });
+    if (typeof token !== "string" || token === "") {
+      throw new TypeError("the token provider returned no token");
+    }
+    return token;
+  }
+
+  /** Drops the current socket (it is dead or stuck) and handles it like a close with `code`. */
+  private abandon(code: number, reason: string): void {
+    const ws = this.ws;
+    if (!ws) return;
+    this.detach(ws);
+    try {
+      ws.close(4000, reason);
+    } catch {
+      // already closed
+    }
+    this.onSocketClosed(code, reason);
+  }
+
+  private detach(ws: WebSocketLike): void {
+    ws.onopen = null;
+    ws.onmessage = null;
+    ws.onclose = null;
+    ws.onerror = null;
+    if (this.ws === ws) {
+      this.ws = undefined;
+      this.opened = false;
+    }
+  }
+
+  private onSocketClosed(code: number, reason: string): void {
+    if (this.ws) this.detach(this.ws);
+    this.afterClose(code, reason, closeAction(code));
+  }
+
+  private afterClose(code: number, reason: string, action: ReturnType<typeof closeAction>): void {
+    const wasConnected = this._state === "connected";
+    const upFor = wasConnected ? Date.now() - this.connectedAt : 0;
+    this.clearConnection();
+    this.backoff.connectionEnded(upFor);
+
+    if (action === "new-token" && typeof this.opts.token === "string") {
+      // a fixed token cannot be renewed: reconnecting would only be refused again
+      this.emit("disconnected", { code, reason, willReconnect: false });
+      this.emit(
+        "error",
+        new CortexError("auth", "the token expired and no token provider was given", {
+          closeCode: code,
+        }),
+      );
+      this.finish(code, reason);
+      return;
+    }
+    if (action === "stop" || action === "stop-auth") {
+      this.emit("disconnected", { code, reason, willReconnect: false });
+      if (action === "stop-auth") {
+        this.emit(
+          "error",
+          new CortexError("auth", "the server refused the token (4001); call connect() with a valid token", {
+            closeCode: code,
+          }),
+        );
+      }
+      this.finish(code, reason);
+      return;
+    }
+
+    let delay: number;
+    if (action === "new-token") {
+      this.tokenReason = "expired";
+      // the first 4002 in a row reconnects at once with a new token; repeats back off
+      delay = this.expiredInARow === 0 ? 0 : this.backoff.next();
+      this.expiredInARow += 1;
+    } else {
+      this.tokenReason = "connect";
+      delay = this.backoff.next();
+    }
+    this.emit("disconnected", { code, reason, willReconnect: true });
+    this.retryAttempt += 1;
+    this.setState("waiting");
+    this.emit("reconnecting", { attempt: this.retryAttempt, delayMs: delay, code });
+    const gen = ++this.generation;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      if (gen === this.generation && this._state === "waiting") void this.open();
+    }, delay);
+  }
+
+  /** Ends everything: used by `close()` and fatal closes. */
+  private stop(code: number, reason: string, silent = false): void {
+    this.generation += 1;
+    const ws = this.ws;
+    const wasConnected = this._state === "connected";
+    if (ws) {
+      this.detach(ws);
+      try {
+        ws.close(1000, reason);
+      } catch {
+        // already closed
+      }
+    }
+    this.clearConnection();
+    if (wasConnected && !silent) this.emit("disconnected", { code, reason, willReconnect: false });
+    this.finish(code, reason);
+  }
+
+  private finish(code: number, reason: string): void {
+    this.generation += 1;
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.setState("closed");
+    this.emit("closed", { code, reason });
+  }
+
+  /** Forgets everything tied to the socket that just ended; subscriptions go back to pending. */
+  private clearConnection(): void {
+    for (const t of [this.connectTimer, this.refreshTimer, this.pongTimer, this.outboxTimer]) {
+      if (t !== undefined) clearTimeout(t);
+    }
+    if (this.pingTimer !== undefined) clearInterval(this.pingTimer);
+    for (const t of this.connTimers) clearTimeout(t);
+    this.connTimers.clear();
+    this.connectTimer = this.refreshTimer = this.pongTimer = this.outboxTimer = undefined;
+    this.pingTimer = undefined;
+    for (const p of this.pending.values()) {
+      if (p.kind === "unsubscribe") p.waiter.resolve(); // the server forgets it with the connection
+    }
+    this.pending.clear();
+    this.outbox = [];
+    this._connection = undefined;
+    for (const sub of this.subs.values()) sub.status = "pending";
+  }
+
+  private setState(state: ClientState): void {
+    if (this._state === state) return;
+    this._state = state;
+    this.emit("state", state);
+  }
+
+  /** A timer that dies with the current connection. */
+  private later(ms: number, fn: () => void): void {
+    const t = setTimeout(() => {
+      this.connTimers.delete(t);
+      fn();
+    }, ms);
+    this.connTimers.add(t);
+  }
+
+  // --- frames ---------------------------------------------------------------------------------
+
+  private onFrame(data: unknown): void {
+    if (this.pongTimer !== undefined) {
+      clearTimeout(this.pongTimer);
+      this.pongTimer = undefined;
+    }
+    const text = frameText(data);
+    let msg: unknown;
+    try {
+      msg = text === undefined ? undefined : JSON.parse(text);
+    } catch {
+      msg = undefined;
+    }
+    if (!isObject(msg) || typeof msg.type !== "string") {
+      this.emit("error", new CortexError("transport", "the server sent a frame that is not a JSON object"));
+      return;
+    }
+    switch (msg.type) {
+      case "connected":
+        this.onConnected(msg as unknown as ConnectedMessage);
+        return;
+      case "subscribed":
+        this.onSubscribed(msg as unknown as SubscribedMessage);
+        return;
+      case "unsubscribed": {
+        const channelId = String(msg.channelId);
+        const p = this.takePending(msg.ref);
+        if (p?.kind === "unsubscribe") {
+          p.waiter.resolve();
+        } else {
+          // not asked for: the server ended it (a `refresh` whose token no longer allows the channel)
+          const sub = this.subs.get(channelId);
+          if (sub) {
+            this.subs.delete(channelId);
+            const err = new CortexError("server", "the server ended the subscription", { channelId });
+            for (const w of sub.waiters.splice(0)) w.reject(err);
+          }
+        }
+        this.emit("unsubscribed", { channelId });
+        return;
+      }
+      case "refreshed":
+        this.takePending(msg.ref);
+        this.onRefreshed(String(msg.expiresAt));
+        return;
+      case "pong":
+        this.takePending(msg.ref);
+        return;
+      case "error":
+        this.onError(msg as unknown as ErrorMessage);
+        return;
+      default:
+        if (typeof msg.channelId === "string" && typeof msg.offset === "number" && typeof msg.epoch === "string") {
+          this.onEvent(msg as unknown as CortexEvent);
+        }
+    }
+  }
+
+  private onConnected(msg: ConnectedMessage): void {
+    if (this.connectTimer !== undefined) clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
+    this._connection = {
+      type: "connected",
+      connectionId: msg.connectionId,
+      userId: msg.userId,
+      orgId: msg.orgId,
+      expiresAt: msg.expiresAt,
+    };
+    this._expiresAt = msg.expiresAt;
+    this.connectedAt = Date.now();
+    this.expiredInARow = 0;
+    this.retryAttempt = 0;
+    this.tokenReason = "connect";
+    this.setState("connected");
+    const reconnect = this.everConnected;
+    this.everConnected = true;
+    this.emit("connected", {
+      connectionId: msg.connectionId,
+      userId: msg.userId,
+      orgId: msg.orgId,
+      expiresAt: msg.expiresAt,
+      reconnect,
+    });
+    if (this._state !== "connected") return; // a listener closed the client
+    this.scheduleRefresh(msg.expiresAt, undefined);
+    this.startPing();
+    for (const sub of this.subs.values()) if (sub.status === "pending") this.sendSubscribe(sub);
+  }
+
+  private sendSubscribe(sub: Sub): void {
+    const since = sub.position;
+    sub.status = "subscribing";
+    const ref = this.ref({ kind: "subscribe", sub, resumed: since !== undefined });
+    const cmd: ClientMessage = { type: "subscribe", channelId: sub.channelId, ref };
+    if (since) cmd.since = { offset: since.offset, epoch: since.epoch };
+    this.send(cmd);
+  }
+
+  private onSubscribed(msg: SubscribedMessage): void {
+    const p = this.takePending(msg.ref);
+    const sub = this.subs.get(msg.channelId);
+    if (!sub || (p?.kind === "subscribe" && p.sub !== sub)) return; // unsubscribed meanwhile
+    const resumed = p?.kind === "subscribe" ? p.resumed : msg.recovered !== undefined;
+    if (msg.recovered !== true) {
+      // a fresh start, or a resume that could not be proven lossless: continue from the live edge
+      sub.position = { offset: msg.offset, epoch: msg.epoch };
+    }
+    // recovered: the missed events follow, and the position moves as they arrive
+    sub.status = "subscribed";
+    const info: SubscribedInfo = { channelId: msg.channelId, offset: msg.offset, epoch: msg.epoch, resumed };
+    if (msg.recovered !== undefined) info.recovered = msg.recovered;
+    sub.info = info;
+    for (const w of sub.waiters.splice(0)) w.resolve(info);
+    this.emit("subscribed", info);
+  }
+
+  private onEvent(ev: CortexEvent): void {
+    const sub = this.subs.get(ev.channelId);
+    if (!sub || sub.status !== "subscribed") return; // unsubscribed, or in flight from before
+    const pos = sub.position;
+    if (pos && pos.epoch === ev.epoch && ev.offset <= pos.offset) return; // seen already
+    sub.position = { offset: ev.offset, epoch: ev.epoch };
+    for (const h of [...sub.handlers]) this.call(h, ev);
+    this.emit("event", ev);
+  }
+
+  private onError(msg: ErrorMessage): void {
+    const p = this.takePending(msg.ref);
+    const err = new CortexError("server", msg.message || String(msg.code), {
+      code: String(msg.code),
+      ...(msg.channelId !== undefined ? { channelId: msg.channelId } : {}),
+    });
+    const retry = msg.code === "rate_limited";
+    if (p?.kind === "subscribe") {
+      const sub = p.sub;
+      if (this.subs.get(sub.channelId) === sub) {
+        if (retry) {
+          this.later(RATE_LIMITED_RETRY_MS, () => {
+            if (this.subs.get(sub.channelId) === sub && this._state === "connected") this.sendSubscribe(sub);
+          });
+        } else {
+          this.subs.delete(sub.channelId);
+          for (const w of sub.waiters.splice(0)) w.reject(err);
+        }
+      }
+    } else if (p?.kind === "unsubscribe") {
+      if (retry) {
+        const { channelId, waiter } = p;
+        this.later(RATE_LIMITED_RETRY_MS, () => {
+          if (this.subs.has(channelId)) return waiter.resolve(); // subscribed again meanwhile
+          const ref = this.ref({ kind: "unsubscribe", channelId, waiter });
+          this.send({ type: "unsubscribe", channelId, ref });
+        });
+      } else {
+        p.waiter.reject(err);
+      }
+    } else if (p?.kind === "refresh") {
+      // invalid_token / token_mismatch / rate_limited: the old token stays; try again later
+      this.retryRefresh();
+    }
+    this.emit("error", err);
+  }
+
+  // --- token refresh --------------------------------------------------------------------------
+
+  private scheduleRefresh(expiresAt: string, previous: string | undefined): void {
+    if (this.refreshTimer !== undefined) clearTimeout(this.refreshTimer);
+    this.refreshTimer = undefined;
+    const margin = this.opts.refreshMarginMs ?? 60000;
+    if (margin === false || typeof this.opts.token !== "function") return;
+    const exp = Date.parse(expiresAt);
+    if (!Number.isFinite(exp)) return;
+    if (previous !== undefined && !(exp > Date.parse(previous))) return; // the provider gave no newer token
+    const remaining = exp - Date.now();
+    const dueAt = Date.now() + Math.max(0, remaining - Math.min(margin, remaining / 2));
+    this.refreshAt(dueAt);
+  }
+
+  /** Refreshes at `dueAt`; timers are capped (setTimeout overflows past ~24.8 days). */
+  private refreshAt(dueAt: number): void {
+    const delay = Math.max(0, dueAt - Date.now());
+    this.refreshTimer = setTimeout(() => {
+      if (dueAt - Date.now() > 1000) this.refreshAt(dueAt);
+      else void this.refresh();
+    }, Math.min(delay, MAX_TIMER_MS));
+  }
+
+  private retryRefresh(): void {
+    if (this._state !== "connected" || this._expiresAt === undefined) return;
+    const remaining = Date.parse(this._expiresAt) - Date.now();
+    if (!(remaining > 2000)) return; // 4002 will come; the client reconnects with a new token then
+    if (this.refreshTimer !== undefined) clearTimeout(this.refreshTimer);
+    this.refreshTimer = setTimeout(() => void this.refresh(), Math.min(remaining / 2, 30000));
+  }
+
+  private async refresh(): Promise<void> {
+    this.refreshTimer = undefined;
+    const gen = this.generation;
+    let token: string;
+    try {
+      token = await this.getToken("refresh");
+    } catch (e) {
+      if (gen !== this.generation) return;
+      this.emit("error", new CortexError("token", "the token provider failed", { cause: e }));
+      this.retryRefresh();
+      return;
+    }
+    if (gen !== this.generation || this._state !== "connected") return;
+    const ref = this.ref({ kind: "refresh" });
+    this.send({ type: "refresh", token, ref });
+  }
+
+  private onRefreshed(expiresAt: string): void {
+    const previous = this._expiresAt;
+    this._expiresAt = expiresAt;
+    if (this._connection) this._connection.expiresAt = expiresAt;
+    this.emit("refreshed", { expiresAt });
+    this.scheduleRefresh(expiresAt, previous);
+  }
+
+  // --- liveness -------------------------------------------------------------------------------
+
+  private startPing(): void {
+    const every = this.opts.pingIntervalMs ?? 25000;
+    if (!(every > 0)) return;
+    this.pingTimer = setInterval(() => {
+      if (this._state !== "connected" || this.pongTimer !== undefined) return;
+      const ref = this.ref({ kind: "ping" });
+      this.send({ type: "ping", ref });
+      this.pongTimer = setTimeout(() => {
+        this.pongTimer = undefined;
+        this.abandon(1006, "ping timeout");
+      }, this.opts.pongTimeoutMs ?? 10000);
+    }, every);
+  }
+
+  // --- sending --------------------------------------------------------------------------------
+
+  private ref(p: Pending): number {
+    const ref = this.nextRef++;
+    this.pending.set(ref, p);
+    return ref;
+  }
+
+  private takePending(ref: unknown): Pending | undefined {
+    if (typeof ref !== "number") return undefined;
+    const p = this.pending.get(ref);
+    this.pending.delete(ref);
+    return p;
+  }
+
+  /** Sends now, or queues behind the client-side pace (80 commands/s, bursts of 80). */
+  private send(msg: ClientMessage): void {
+    this.outbox.push(msg);
+    this.flush();
+  }
+
+  private flush(): void {
+    const now = Date.now();
+    this.sendTokens = Math.min(
+      SEND_BURST,
+      this.sendTokens + ((now - this.sendRefilledAt) * SEND_PER_SECOND) / 1000,
+    );
+    this.sendRefilledAt = now;
+    const ws = this.ws;
+    while (this.outbox.length > 0 && this.sendTokens >= 1) {
+      if (!ws || ws.readyState !== OPEN) return;
+      const msg = this.outbox.shift()!;
+      this.sendTokens -= 1;
+      try {
+        ws.send(JSON.stringify(msg));
+      } catch {
+        return; // the socket is closing; its close event resets everything
+      }
+    }
+    if (this.outbox.length > 0 && this.outboxTimer === undefined) {
+      this.outboxTimer = setTimeout(() => {
+        this.outboxTimer = undefined;
+        this.flush();
+      }, Math.ceil(1000 / SEND_PER_SECOND));
+    }
+  }
+
+  // --- listeners ------------------------------------------------------------------------------
+
+  private emit<K extends keyof ClientEventMap>(type: K, value: ClientEventMap[K]): void {
+    const set = this.listeners.get(type);
+    if (!set || set.size === 0) return;
+    for (const l of [...set]) this.call(l as (v: ClientEventMap[K]) => void, value);
+  }
+
+  /** A throwing listener must not break the client: its error is rethrown on a fresh stack. */
+  private call<T>(fn: (v: T) => void, v: T): void {
+    try {
+      fn(v);
+    } catch (e) {
+      setTimeout(() => {
+        throw e;
+      }, 0);
+    }
+  }
+}
