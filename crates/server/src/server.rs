@@ -674,9 +674,7 @@ impl Server {
         metrics::install();
         let addr = config.listen;
         let node = Node::new(config)?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| StartError::Bind { addr, source })?;
         let addr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
@@ -727,6 +725,21 @@ impl Server {
         sweeper.abort();
         Ok(())
     }
+}
+
+/// Pending connections the kernel may queue: a reconnect storm after a restart brings every
+/// client back at once (the default of 128 makes the rest retry their SYN a second later).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Whether an accept error concerns only the one connection (the peer gave up), as opposed to
