@@ -1,4 +1,4 @@
-//! The `cortex-realtime` command: `serve`, `local`, `token`, `publish`.
+//! The `cortex-realtime` command: `serve`, `local`, `token`, `publish`, `tail`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +13,11 @@ use cortex_realtime::{Config, Server, local, shutdown};
 use serde::Deserialize;
 
 #[derive(Parser)]
-#[command(name = "cortex-realtime", version, about = "Cortex Realtime: a real-time event gateway")]
+#[command(
+    name = "cortex-realtime",
+    version,
+    about = "Cortex Realtime: a real-time event gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +33,8 @@ enum Command {
     Token(TokenArgs),
     /// Publish one event through the HTTP API and print the answer.
     Publish(PublishArgs),
+    /// Print the events of channels as JSON lines, reconnecting and resuming across restarts.
+    Tail(TailArgs),
 }
 
 /// Every flag also reads from `CORTEX_<FLAG>` and from the TOML file given by `--config`
@@ -58,7 +64,12 @@ struct ServeArgs {
     #[arg(long, env = "CORTEX_JWT_LEEWAY")]
     jwt_leeway: Option<u64>,
     /// Publish API key (repeat, or comma-separate in the environment, for several).
-    #[arg(long, env = "CORTEX_PUBLISH_KEY", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CORTEX_PUBLISH_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     publish_key: Vec<String>,
     /// Browser Origin allowed to connect (repeat for several); others get 403.
     #[arg(long, env = "CORTEX_ALLOWED_ORIGIN", value_delimiter = ',')]
@@ -103,6 +114,15 @@ struct ServeArgs {
     /// Time allowed for a drain on SIGTERM [default: 10s].
     #[arg(long, env = "CORTEX_DRAIN_TIMEOUT")]
     drain_timeout: Option<String>,
+    /// Events of history kept per channel, for resuming clients [default: 100].
+    #[arg(long, env = "CORTEX_HISTORY_EVENTS")]
+    history_events: Option<usize>,
+    /// How long history is kept [default: 300s].
+    #[arg(long, env = "CORTEX_HISTORY_MAX_AGE")]
+    history_max_age: Option<String>,
+    /// Bytes of history kept across all channels [default: 67108864].
+    #[arg(long, env = "CORTEX_HISTORY_MAX_BYTES")]
+    history_max_bytes: Option<usize>,
 }
 
 macro_rules! take_file {
@@ -115,45 +135,68 @@ macro_rules! take_file {
 impl ServeArgs {
     /// Fills what the flags and environment left unset from the TOML file.
     fn merge_file(mut self) -> Result<ServeArgs> {
-        let Some(path) = self.config.clone() else { return Ok(self) };
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let mut file: ServeArgs = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut file: ServeArgs =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let cli = &mut self;
         take_file!(cli, file;
             listen, jwt_secret, jwks_file, jwt_issuer, jwt_audience, jwt_leeway, max_frame_bytes,
             max_subscriptions, outbox_bytes, outbox_events, commands_per_sec, connections_per_user,
             connections_per_node, max_event_bytes, auth_timeout, ping_interval, idle_timeout,
-            drain_timeout;
+            drain_timeout, history_events, history_max_age, history_max_bytes;
             jwt_public_key, publish_key, allowed_origin);
         Ok(self)
     }
 
     fn into_config(self) -> Result<Config> {
         let mut c = Config {
-            listen: self.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
             ..Config::default()
         };
         if let Some(s) = self.jwt_secret.filter(|s| !s.is_empty()) {
             c.auth.keys.push(KeySource::Secret(s));
         }
-        c.auth.keys.extend(self.jwt_public_key.into_iter().map(KeySource::PublicKeyPem));
+        c.auth
+            .keys
+            .extend(self.jwt_public_key.into_iter().map(KeySource::PublicKeyPem));
         c.auth.keys.extend(self.jwks_file.map(KeySource::JwksFile));
         c.auth.issuer = self.jwt_issuer;
         c.auth.audience = self.jwt_audience;
         if let Some(l) = self.jwt_leeway {
             c.auth.leeway_secs = l;
         }
-        c.publish_keys = self.publish_key.into_iter().filter(|k| !k.is_empty()).collect();
+        c.publish_keys = self
+            .publish_key
+            .into_iter()
+            .filter(|k| !k.is_empty())
+            .collect();
         c.allowed_origins = self.allowed_origin;
         let l = &mut c.limits;
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { l.$f = v; } )* };
         }
-        set!(max_frame_bytes, max_subscriptions, outbox_bytes, outbox_events, commands_per_sec,
-             connections_per_user, connections_per_node, max_event_bytes);
+        set!(
+            max_frame_bytes,
+            max_subscriptions,
+            outbox_bytes,
+            outbox_events,
+            commands_per_sec,
+            connections_per_user,
+            connections_per_node,
+            max_event_bytes
+        );
         let dur = |name: &str, v: Option<String>| -> Result<Option<Duration>> {
-            v.map(|s| humantime::parse_duration(&s).with_context(|| format!("--{name}: not a duration: {s}")))
-                .transpose()
+            v.map(|s| {
+                humantime::parse_duration(&s)
+                    .with_context(|| format!("--{name}: not a duration: {s}"))
+            })
+            .transpose()
         };
         if let Some(d) = dur("auth-timeout", self.auth_timeout)? {
             l.auth_timeout = d;
@@ -166,6 +209,15 @@ impl ServeArgs {
         }
         if let Some(d) = dur("drain-timeout", self.drain_timeout)? {
             c.drain_timeout = d;
+        }
+        if let Some(n) = self.history_events {
+            c.history.per_channel = n;
+        }
+        if let Some(d) = dur("history-max-age", self.history_max_age)? {
+            c.history.max_age = d;
+        }
+        if let Some(n) = self.history_max_bytes {
+            c.history.max_bytes = n;
         }
         Ok(c)
     }
@@ -231,10 +283,30 @@ struct PublishArgs {
     idempotency_key: Option<String>,
 }
 
+#[derive(Args)]
+struct TailArgs {
+    /// WebSocket URL of the server.
+    #[arg(
+        long,
+        env = "CORTEX_WS_URL",
+        default_value = "ws://127.0.0.1:8080/api/ws"
+    )]
+    url: String,
+    /// The token (a JWT), sent in the `auth` frame, never in the URL.
+    #[arg(long, env = "CORTEX_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Channels to subscribe to, e.g. task:t_9 project:p_4.
+    #[arg(required = true, value_name = "CHANNEL")]
+    channels: Vec<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -247,6 +319,7 @@ fn main() -> ExitCode {
             Command::Local(args) => local(args).await,
             Command::Token(args) => token(args),
             Command::Publish(args) => publish(args).await,
+            Command::Tail(args) => tail(args).await,
         }
     });
     match result {
@@ -265,7 +338,9 @@ fn init_tracing() {
     // `auth` and `refresh` commands): never let those through, whatever RUST_LOG says.
     let filter = ["tungstenite=info", "tokio_tungstenite=info"]
         .iter()
-        .fold(filter, |f, d| f.add_directive(d.parse().expect("valid directive")));
+        .fold(filter, |f, d| {
+            f.add_directive(d.parse().expect("valid directive"))
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -286,7 +361,8 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
 async fn local(args: LocalArgs) -> Result<ExitCode> {
     let state_dir = match args.state_dir {
         Some(d) => d,
-        None => local::default_state_dir().context("no state directory: set --state-dir, XDG_CONFIG_HOME or HOME")?,
+        None => local::default_state_dir()
+            .context("no state directory: set --state-dir, XDG_CONFIG_HOME or HOME")?,
     };
     let opts = local::LocalOptions {
         port: args.port,
@@ -306,7 +382,8 @@ async fn local(args: LocalArgs) -> Result<ExitCode> {
 }
 
 fn token(args: TokenArgs) -> Result<ExitCode> {
-    let ttl = humantime::parse_duration(&args.ttl).with_context(|| format!("--ttl: not a duration: {}", args.ttl))?;
+    let ttl = humantime::parse_duration(&args.ttl)
+        .with_context(|| format!("--ttl: not a duration: {}", args.ttl))?;
     for c in &args.channels {
         if cortex_protocol::ChannelPattern::parse(c).is_err() {
             bail!("--channel {c}: not a channel id or kind:* pattern");
@@ -314,13 +391,18 @@ fn token(args: TokenArgs) -> Result<ExitCode> {
     }
     let channels = (!args.channels.is_empty()).then_some(args.channels.as_slice());
     let exp = unix_now() + ttl.as_secs() as i64;
-    println!("{}", mint_hs256(&args.jwt_secret, &args.sub, &args.org, exp, channels));
+    println!(
+        "{}",
+        mint_hs256(&args.jwt_secret, &args.sub, &args.org, exp, channels)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 async fn publish(args: PublishArgs) -> Result<ExitCode> {
-    let payload: serde_json::Value = serde_json::from_str(&args.payload).context("--payload is not JSON")?;
-    let mut body = serde_json::json!({ "orgId": args.org, "type": args.event_type, "payload": payload });
+    let payload: serde_json::Value =
+        serde_json::from_str(&args.payload).context("--payload is not JSON")?;
+    let mut body =
+        serde_json::json!({ "orgId": args.org, "type": args.event_type, "payload": payload });
     if !args.channels.is_empty() {
         body["channels"] = serde_json::json!(args.channels);
     }
@@ -343,5 +425,111 @@ async fn publish(args: PublishArgs) -> Result<ExitCode> {
     } else {
         eprintln!("refused: HTTP {status}");
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Prints each event as the server sent it, one JSON line on stdout; says on stderr when it
+/// (re)connects and whether each channel recovered. Exits 1 when the token is refused or
+/// expires, 0 on Ctrl-C, SIGTERM or a closed stdout.
+async fn tail(args: TailArgs) -> Result<ExitCode> {
+    use cortex_client::{Client, ClientEvent, Stop};
+    use std::io::Write;
+
+    let mut builder = Client::builder(args.url).token(args.token);
+    for c in &args.channels {
+        let channel =
+            cortex_protocol::ChannelId::parse(c).map_err(|e| anyhow::anyhow!("{c}: {e}"))?;
+        builder = builder.subscribe(channel);
+    }
+    let signal = shutdown::signal();
+    tokio::pin!(signal);
+    let (client, mut events) = builder.start().context("--url")?;
+    let mut stdout = std::io::stdout();
+    let mut connected_before = false;
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            _ = &mut signal => {
+                client.close().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        let Some(ev) = ev else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        match ev {
+            // A closed stdout (`tail | head`) ends the tail quietly.
+            ClientEvent::Event(e) if writeln!(stdout, "{}", e.as_json()).is_err() => {
+                client.close().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+            ClientEvent::Event(_) => {}
+            ClientEvent::Connected(c) => {
+                let what = if connected_before {
+                    "reconnected"
+                } else {
+                    "connected"
+                };
+                eprintln!("{what} (connection {})", c.connection_id);
+                connected_before = true;
+            }
+            ClientEvent::Subscribed {
+                channel, offset, ..
+            } => {
+                eprintln!("subscribed; {channel} at offset {offset}");
+            }
+            ClientEvent::Resubscribed {
+                channel,
+                recovered: true,
+                ..
+            } => {
+                eprintln!("reconnected; {channel} recovered");
+            }
+            ClientEvent::Resubscribed {
+                channel,
+                recovered: false,
+                ..
+            } => {
+                eprintln!("reconnected; {channel} not recovered (reload state)");
+            }
+            ClientEvent::SubscribeFailed {
+                channel,
+                code,
+                message,
+            } => {
+                eprintln!("{channel}: subscribe refused ({code:?}): {message}");
+                if client.subscriptions().is_empty() {
+                    eprintln!("error: no channel left to tail");
+                    client.close().await;
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            ClientEvent::Unsubscribed { channel } => {
+                eprintln!("{channel}: unsubscribed by the server")
+            }
+            ClientEvent::Refreshed { .. } => {}
+            ClientEvent::ServerError { code, message } => {
+                eprintln!("server error ({code:?}): {message}")
+            }
+            ClientEvent::Reconnecting { cause, delay, .. } => {
+                eprintln!(
+                    "disconnected ({cause}); reconnecting in {:.1}s",
+                    delay.as_secs_f64()
+                );
+            }
+            ClientEvent::Stopped(stop) => {
+                return Ok(match stop {
+                    Stop::Closed | Stop::ServerClosed => {
+                        eprintln!("{stop}");
+                        ExitCode::SUCCESS
+                    }
+                    _ => {
+                        eprintln!("error: {stop}");
+                        ExitCode::FAILURE
+                    }
+                });
+            }
+            _ => {}
+        }
     }
 }

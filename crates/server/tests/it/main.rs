@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod client;
 mod delivery;
 mod hardening;
 mod hostile;
