@@ -111,7 +111,10 @@ pub async fn publish(node: &Node, bodies: Vec<PublishEvent>) -> Result<Vec<Accep
     if bodies.len() > MAX_BATCH {
         return Err(ApiError::BatchTooLarge);
     }
-    if !node.broker.ready() || node.shutdown.is_triggered() {
+    let Some(_in_flight) = node.begin_publish() else {
+        return Err(ApiError::Unavailable);
+    };
+    if !node.broker.ready() {
         return Err(ApiError::Unavailable);
     }
     let batch = bodies.len() > 1;

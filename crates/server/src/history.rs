@@ -20,6 +20,9 @@ use crate::id;
 
 const SHARDS: usize = 64;
 
+/// Channels held before a quiet channel is forgotten as soon as its last subscriber leaves.
+pub const EAGER_FORGET_ABOVE: usize = 65_536;
+
 /// History bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -241,10 +244,15 @@ impl History {
         out
     }
 
-    /// Forgets the channel now if it never had an event and `in_use` says no: a subscribe to a
-    /// quiet channel then leaves nothing behind once its last subscriber leaves.
+    /// Under subscribe churn (more than [`EAGER_FORGET_ABOVE`] channels held), forgets the
+    /// channel now if it never had an event and `in_use` says no, so churn leaves nothing
+    /// behind. Below that, a quiet channel keeps its epoch until the sweep, so clients resuming
+    /// it from offset 0 recover.
     pub fn forget_if_empty(&self, key: &ChannelKey, in_use: impl Fn(&ChannelKey) -> bool) -> bool {
         let mut shard = self.shard(key);
+        if shard.logs.len() <= EAGER_FORGET_ABOVE / SHARDS {
+            return false;
+        }
         let empty = shard
             .logs
             .get(key)

@@ -108,6 +108,14 @@ impl Outbox {
         Some(Batch::Ready)
     }
 
+    /// Whether `messages` more messages of `bytes` in all would fit now.
+    pub fn fits(&self, messages: usize, bytes: usize) -> bool {
+        let s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        !s.overflowed
+            && s.queue.len() + messages <= self.shared.max_messages
+            && s.bytes + bytes <= self.shared.max_bytes
+    }
+
     /// Resolves at the next push or overflow (a wake-up, not a guarantee of either).
     pub async fn changed(&self) {
         self.shared.notify.notified().await;

@@ -164,6 +164,19 @@ pub struct Node {
     pub shutdown: Shutdown,
     ws_config: WebSocketConfig,
     node_prefix: u32,
+    publishing: AtomicU64,
+    published: tokio::sync::Notify,
+}
+
+/// A publish in flight; the drain waits for it (see [`Node::begin_publish`]).
+pub struct InFlight<'a>(&'a Node);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.publishing.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.published.notify_waiters();
+        }
+    }
 }
 
 impl Node {
@@ -201,8 +214,30 @@ impl Node {
             shutdown: Shutdown::new(),
             ws_config,
             node_prefix: id::node_prefix(),
+            publishing: AtomicU64::new(0),
+            published: tokio::sync::Notify::new(),
             config,
         }))
+    }
+
+    /// Registers a publish, or `None` once the drain has begun. Counting before checking means
+    /// every publish that passed the check is waited for by [`Node::publishes_settled`], so an
+    /// event answered 202 is always in the outboxes before the sessions' last flush.
+    pub fn begin_publish(&self) -> Option<InFlight<'_>> {
+        self.publishing.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(self);
+        (!self.shutdown.is_triggered()).then_some(guard)
+    }
+
+    /// Resolves once no publish is in flight.
+    pub async fn publishes_settled(&self) {
+        loop {
+            let notified = self.published.notified();
+            if self.publishing.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The public id of connection `conn`.

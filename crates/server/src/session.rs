@@ -272,6 +272,7 @@ impl Session {
                 biased;
                 _ = self.node.shutdown.cancelled() => {
                     // Deliver what was accepted before the drain began, then say goodbye.
+                    self.node.publishes_settled().await;
                     if self.outbox.try_batch(&mut batch) == Some(Batch::Ready)
                         && let Err(stop) = self.write(ws, &mut batch).await
                     {

@@ -85,7 +85,15 @@ impl Broker for MemoryBroker {
     ) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
         let result = self.history.with_channel(key, Instant::now(), |log| {
             let position = log.position();
-            let replay = since.and_then(|s| log.since(s.offset, &s.epoch));
+            // A replay that would not fit the subscriber's outbox cannot be delivered whole:
+            // that is `recovered: false`, not a 4009 loop.
+            let replay: Option<Vec<&Utf8Bytes>> = since
+                .and_then(|s| log.since(s.offset, &s.epoch))
+                .map(|it| it.collect())
+                .filter(|r: &Vec<&Utf8Bytes>| {
+                    let bytes = r.iter().map(|b| b.len()).sum::<usize>();
+                    sub.outbox.fits(r.len() + 1, bytes + 256)
+                });
             let recovered = since.map(|_| replay.is_some());
             let subscribed = Subscribed {
                 position,
@@ -221,24 +229,72 @@ mod tests {
     #[tokio::test]
     async fn quiet_channels_leave_nothing_behind_when_their_last_subscriber_leaves() {
         let b = broker();
-        for i in 0..1000 {
+        let n = crate::history::EAGER_FORGET_ABOVE + 20_000;
+        for i in 0..n {
             join(&b, "o", &format!("task:t{i}"), 1);
         }
-        assert_eq!(b.history.len(), 1000);
-        for i in 0..1000 {
+        assert_eq!(b.history.len(), n);
+        for i in 0..n {
             let key = ChannelKey::new(
                 Arc::from("o"),
                 ChannelId::parse(&format!("task:t{i}")).unwrap(),
             );
             b.unsubscribe(&key, 1);
         }
-        assert_eq!(b.history.len(), 0);
+        assert!(
+            b.history.len() <= crate::history::EAGER_FORGET_ABOVE,
+            "{}",
+            b.history.len()
+        );
+        assert!(b.history.len() >= crate::history::EAGER_FORGET_ABOVE / 2);
         // A channel with events keeps its offsets and history.
         join(&b, "o", "task:busy", 1);
         b.publish(&[prepared("o", &["task:busy"])]).await.unwrap();
         let key = ChannelKey::new(Arc::from("o"), ChannelId::parse("task:busy").unwrap());
+        let before = b.history.len();
         b.unsubscribe(&key, 1);
-        assert_eq!(b.history.len(), 1);
+        assert_eq!(b.history.len(), before, "kept with its offsets and history");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_channel_keeps_its_epoch_between_subscribers_when_few_channels_are_held() {
+        let b = broker();
+        let key = ChannelKey::new(Arc::from("o"), ChannelId::parse("task:quiet").unwrap());
+        join(&b, "o", "task:quiet", 1);
+        let e1 = b
+            .history
+            .with_channel(&key, Instant::now(), |l| l.epoch().clone());
+        b.unsubscribe(&key, 1);
+        join(&b, "o", "task:quiet", 2);
+        let e2 = b
+            .history
+            .with_channel(&key, Instant::now(), |l| l.epoch().clone());
+        assert_eq!(e1, e2, "a client resuming from offset 0 recovers");
+    }
+
+    #[tokio::test]
+    async fn a_replay_bigger_than_the_outbox_is_refused_as_not_recovered() {
+        let b = broker();
+        let key = ChannelKey::new(Arc::from("o"), ChannelId::parse("task:t").unwrap());
+        let epoch = b
+            .history
+            .with_channel(&key, Instant::now(), |l| l.epoch().to_string());
+        for _ in 0..50 {
+            b.publish(&[prepared("o", &["task:t"])]).await.unwrap();
+        }
+        let small = Outbox::new(1 << 20, 10);
+        let reply = |_: &Subscribed| Utf8Bytes::from_static("{}");
+        let since = Since { offset: 0, epoch };
+        let sub = Subscriber {
+            conn: 9,
+            outbox: small.clone(),
+        };
+        let r = futures_util::FutureExt::now_or_never(b.subscribe(&key, sub, Some(&since), &reply))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.recovered, Some(false));
+        assert!(!small.overflowed());
+        assert_eq!(drain(&small).len(), 1, "only the reply");
     }
 
     #[tokio::test]

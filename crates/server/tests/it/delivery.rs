@@ -106,7 +106,10 @@ async fn a_client_that_never_reads_is_closed_with_4009_and_never_slows_publishin
     // The server closes it on its own while it still reads nothing: only the fast client stays.
     let deadline = Instant::now() + Duration::from_secs(10);
     while s.node.connections.open() > 1 {
-        assert!(Instant::now() < deadline, "the slow client was never closed");
+        assert!(
+            Instant::now() < deadline,
+            "the slow client was never closed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Reading now, it finds the 4009 close behind megabytes of earlier events, unless the
