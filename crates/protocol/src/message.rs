@@ -141,16 +141,36 @@ impl ClientMessage {
 /// serde's messages may quote input values; keep only the part before any quoted value, so a
 /// token sent in the wrong place is never echoed back.
 fn sanitize(msg: &str) -> String {
-    let cut = msg.find(['"', '`']).map_or(msg, |i| {
-        // keep backtick-quoted field names, which are ours, but drop string values
-        if msg[i..].starts_with('`') {
-            msg
-        } else {
-            &msg[..i]
-        }
-    });
+    /// Names serde may quote in backticks that are ours to repeat.
+    const OURS: &[&str] = &[
+        "type",
+        "token",
+        "channelId",
+        "since",
+        "offset",
+        "epoch",
+        "ref",
+        "auth",
+        "subscribe",
+        "unsubscribe",
+        "refresh",
+        "ping",
+    ];
+    let cut = msg.find('"').map_or(msg, |i| &msg[..i]);
     let cut = cut.split(" at line ").next().unwrap_or(cut);
-    cut.chars().filter(|c| *c != '"').take(200).collect()
+    // Backtick-quoted text is a field name: keep ours, hide the client's (an unknown member
+    // name could be a token sent in the wrong place).
+    let mut out = String::new();
+    for (i, part) in cut.split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push('`');
+            out.push_str(if OURS.contains(&part) { part } else { "…" });
+            out.push('`');
+        } else {
+            out.push_str(part);
+        }
+    }
+    out.chars().take(200).collect()
 }
 
 trait ClassifyMessage {
@@ -340,6 +360,10 @@ mod tests {
         assert!(!e.message.contains("SECRET"), "{}", e.message);
         let e = ClientMessage::decode(r#"{"type":"ping","oops":"SECRET.TOKEN"}"#).unwrap_err();
         assert!(!e.message.contains("SECRET"), "{}", e.message);
+        let e =
+            ClientMessage::decode(r#"{"type":"ping","eyJhbGciOiJIUzI1NiJ9SECRET":1}"#).unwrap_err();
+        assert!(!e.message.contains("SECRET"), "{}", e.message);
+        assert!(e.message.contains("unknown field"), "{}", e.message);
     }
 
     #[test]
