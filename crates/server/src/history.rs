@@ -149,6 +149,18 @@ impl Shard {
         }
     }
 
+    /// The channel's log, created if absent, with events older than `max_age` dropped, marked
+    /// as touched now.
+    fn open(&mut self, key: &ChannelKey, now: Instant, max_age: Duration) -> &mut ChannelLog {
+        if !self.logs.contains_key(key) {
+            self.logs.insert(key.clone(), ChannelLog::new(now));
+        }
+        self.drop_front(key, None, now.checked_sub(max_age));
+        let log = self.logs.get_mut(key).expect("inserted above");
+        log.touched = now;
+        log
+    }
+
     fn enforce_cap(&mut self, cap: usize) {
         while self.bytes > cap {
             let Some((key, offset)) = self.order.pop_front() else {
@@ -197,13 +209,7 @@ impl History {
         f: impl FnOnce(&mut ChannelLog) -> R,
     ) -> R {
         let mut shard = self.shard(key);
-        if !shard.logs.contains_key(key) {
-            shard.logs.insert(key.clone(), ChannelLog::new(now));
-        }
-        shard.drop_front(key, None, now.checked_sub(self.retention.max_age));
-        let log = shard.logs.get_mut(key).expect("inserted above");
-        log.touched = now;
-        f(log)
+        f(shard.open(key, now, self.retention.max_age))
     }
 
     /// Appends an event to the channel: `deliver(offset, epoch)` writes it (and fans it out)
@@ -216,12 +222,7 @@ impl History {
     ) -> R {
         let r = &self.retention;
         let mut shard = self.shard(key);
-        if !shard.logs.contains_key(key) {
-            shard.logs.insert(key.clone(), ChannelLog::new(now));
-        }
-        shard.drop_front(key, None, now.checked_sub(r.max_age));
-        let log = shard.logs.get_mut(key).expect("inserted above");
-        log.touched = now;
+        let log = shard.open(key, now, r.max_age);
         let offset = log.next_offset();
         let (bytes, out) = deliver(offset, &log.epoch);
         if r.per_channel == 0 {
