@@ -29,6 +29,8 @@ use crate::server::{ConnectionGuard, Node, unix_now};
 
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long, once our close frame is out, the client's remaining bytes and close are awaited.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// `bad_request`s a connection may make in a burst before it is closed with 1008.
 const BAD_COMMAND_BURST: f64 = 10.0;
 /// How fast that allowance comes back, per second.
@@ -169,13 +171,40 @@ where
         code: WsCloseCode::from(code.code()),
         reason: reason.into(),
     };
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        if ws.close(Some(frame)).await.is_ok() {
-            // Wait for the client's close so the TCP connection ends cleanly.
-            while let Some(Ok(_)) = ws.next().await {}
+    let sent = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
+    let drain = async {
+        if sent.is_err() {
+            // The client is not reading: nothing more can reach it.
+            return;
         }
-    })
-    .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            // tungstenite refused the close (its state ended with a read error, e.g. a frame
+            // over the limit): no frame of ours is half-written then, so write the close frame
+            // ourselves (server frames are unmasked: FIN+close opcode, length, code, reason).
+            use tokio::io::AsyncWriteExt as _;
+            let mut raw = Vec::with_capacity(4 + reason.len());
+            raw.extend_from_slice(&[0x88, (2 + reason.len()) as u8]);
+            raw.extend_from_slice(&code.code().to_be_bytes());
+            raw.extend_from_slice(reason.as_bytes());
+            if ws.get_mut().write_all(&raw).await.is_err() || ws.get_mut().flush().await.is_err() {
+                return;
+            }
+        } else {
+            // Wait for the client's close so the TCP connection ends cleanly.
+            loop {
+                match ws.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) => break,
+                    None => return,
+                }
+            }
+        }
+        // Whatever the client still sends is read and discarded: closing a socket with unread
+        // bytes makes the kernel send a reset, and a reset can destroy our close frame before
+        // the client reads it (after a frame over the limit, the rest of it is still coming).
+        let _ = tokio::io::copy(ws.get_mut(), &mut tokio::io::sink()).await;
+    };
+    let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
     End::Closed(code)
 }
 
