@@ -31,6 +31,10 @@ use crate::server::{ConnectionGuard, Node, unix_now};
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long, once our close frame is out, the client's remaining bytes and close are awaited.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+/// The same after a frame over the limit: the rest of that frame (up to the client's whole
+/// message, megabytes from a slow client) must be read and discarded before the socket is
+/// dropped, or the reset that unread bytes cause can destroy our close frame.
+const OVERSIZE_DRAIN: Duration = Duration::from_secs(10);
 /// `bad_request`s a connection may make in a burst before it is closed with 1008.
 const BAD_COMMAND_BURST: f64 = 10.0;
 /// How fast that allowance comes back, per second.
@@ -186,9 +190,13 @@ where
             raw.extend_from_slice(&[0x88, (2 + reason.len()) as u8]);
             raw.extend_from_slice(&code.code().to_be_bytes());
             raw.extend_from_slice(reason.as_bytes());
-            if ws.get_mut().write_all(&raw).await.is_err() || ws.get_mut().flush().await.is_err() {
+            let io = ws.get_mut();
+            if io.write_all(&raw).await.is_err() || io.flush().await.is_err() {
                 return;
             }
+            // Half-close: the client sees our close frame and then the end of the stream even
+            // if it only reads once it has finished sending; its bytes are still read below.
+            let _ = io.shutdown().await;
         } else {
             // Wait for the client's close so the TCP connection ends cleanly.
             loop {
@@ -204,7 +212,12 @@ where
         // the client reads it (after a frame over the limit, the rest of it is still coming).
         let _ = tokio::io::copy(ws.get_mut(), &mut tokio::io::sink()).await;
     };
-    let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+    let limit = if matches!(sent, Ok(Ok(()))) {
+        CLOSE_DRAIN
+    } else {
+        OVERSIZE_DRAIN
+    };
+    let _ = tokio::time::timeout(limit, drain).await;
     End::Closed(code)
 }
 
