@@ -122,7 +122,7 @@ impl Default for Limits {
             max_request_head_bytes: 16 * 1024,
             max_url_bytes: 10 * 1024,
             body_timeout: Duration::from_secs(10),
-            ws_read_buffer: 4 * 1024,
+            ws_read_buffer: 512,
             ws_write_buffer: 4 * 1024,
         }
     }

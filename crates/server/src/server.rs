@@ -499,10 +499,13 @@ where
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let ws =
+        // No named local for the stream: it moves straight into the session, so the task does
+        // not keep a second copy of it beside the session's (memory per connection).
+        run(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        run(ws).await;
+                .await,
+        )
+        .await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

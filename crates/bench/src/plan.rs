@@ -1,0 +1,148 @@
+//! Who subscribes to what, and where events are published.
+//!
+//! Connection `i` always subscribes to three channels, `agent:a<i>`, `project:p<i / group>`
+//! and the org channel, whatever the shape; the shape picks which of them events go to. A
+//! stalled connection (the slow-consumer scenario) subscribes and then never reads; it is left
+//! out of the expected deliveries.
+
+use std::collections::HashMap;
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::marker::{Chan, Kind};
+
+/// Where events are published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// Every event on the one org channel: a broadcast to every connection.
+    Org,
+    /// Events round-robin over the project channels: groups of about 50.
+    Project,
+    /// Events round-robin over the agent channels: 1:1.
+    Agent,
+}
+
+/// The subscriptions and publish targets of a run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The shape.
+    pub shape: Shape,
+    /// How many connections.
+    pub conns: u32,
+    /// Connections per project channel.
+    pub group: u32,
+    /// Percentage of connections that never read (0 to 100).
+    pub stalled_percent: u32,
+    /// Subscribers that are not there (failed to connect), per publish channel index.
+    missing: HashMap<u32, u64>,
+}
+
+impl Plan {
+    /// A plan for `conns` connections.
+    pub fn new(shape: Shape, conns: u32, group: u32, stalled_percent: u32) -> Plan {
+        Plan {
+            shape,
+            conns,
+            group: group.max(1),
+            stalled_percent: stalled_percent.min(100),
+            missing: HashMap::new(),
+        }
+    }
+
+    /// The channels connection `i` subscribes to.
+    pub fn subscriptions(&self, i: u32) -> [Chan; 3] {
+        [
+            Chan {
+                kind: Kind::Agent,
+                index: i,
+            },
+            Chan {
+                kind: Kind::Project,
+                index: i / self.group,
+            },
+            Chan {
+                kind: Kind::Org,
+                index: 0,
+            },
+        ]
+    }
+
+    /// Whether connection `i` never reads.
+    pub fn is_stalled(&self, i: u32) -> bool {
+        i % 100 < self.stalled_percent
+    }
+
+    /// How many channels events are published to.
+    pub fn publish_channels(&self) -> u32 {
+        match self.shape {
+            Shape::Org => 1,
+            Shape::Project => self.conns.div_ceil(self.group),
+            Shape::Agent => self.conns,
+        }
+    }
+
+    /// Publish channel `c` (0 .. [`Plan::publish_channels`]).
+    pub fn channel(&self, c: u32) -> Chan {
+        let kind = match self.shape {
+            Shape::Org => Kind::Org,
+            Shape::Project => Kind::Project,
+            Shape::Agent => Kind::Agent,
+        };
+        Chan { kind, index: c }
+    }
+
+    /// The publish channel index that connection `i` receives on.
+    fn publish_index(&self, i: u32) -> u32 {
+        match self.shape {
+            Shape::Org => 0,
+            Shape::Project => i / self.group,
+            Shape::Agent => i,
+        }
+    }
+
+    /// Takes connection `i` out of the expected deliveries (it failed to connect).
+    pub fn remove(&mut self, i: u32) {
+        if !self.is_stalled(i) {
+            *self.missing.entry(self.publish_index(i)).or_default() += 1;
+        }
+    }
+
+    /// How many connections should receive each event published on channel `c`.
+    pub fn fanout(&self, c: u32) -> u64 {
+        let members = match self.shape {
+            Shape::Org => 0..self.conns,
+            Shape::Project => {
+                let start = c * self.group;
+                start..(start + self.group).min(self.conns)
+            }
+            Shape::Agent => c..c + 1,
+        };
+        let reading = members.filter(|&i| !self.is_stalled(i)).count() as u64;
+        reading.saturating_sub(self.missing.get(&c).copied().unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fanout_counts_the_reading_members_of_each_channel() {
+        let p = Plan::new(Shape::Project, 120, 50, 0);
+        assert_eq!(p.publish_channels(), 3);
+        assert_eq!((p.fanout(0), p.fanout(1), p.fanout(2)), (50, 50, 20));
+        assert_eq!(p.subscriptions(117)[1], p.channel(2));
+
+        let mut p = Plan::new(Shape::Org, 1000, 50, 1);
+        assert_eq!(p.fanout(0), 990);
+        p.remove(5);
+        p.remove(100); // stalled: was never expected
+        assert_eq!(p.fanout(0), 989);
+
+        let mut p = Plan::new(Shape::Agent, 10, 50, 0);
+        p.remove(3);
+        assert_eq!((p.fanout(3), p.fanout(4)), (0, 1));
+    }
+}

@@ -1,0 +1,234 @@
+//! The report of a run: a table for people and JSON for scripts.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Shape;
+use crate::target::Kind;
+
+/// Everything a run measured.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunReport {
+    /// A free label (the scenario's name).
+    pub label: String,
+    /// The server under test.
+    pub target: Kind,
+    /// The shape.
+    pub shape: Shape,
+    /// Connections asked for.
+    pub conns: u32,
+    /// Worker processes.
+    pub workers: u32,
+    /// Source addresses.
+    pub source_addrs: u8,
+    /// Percentage of connections that never read.
+    pub stalled_percent: u32,
+    /// Size of each published event as delivered, about.
+    pub event_bytes: usize,
+    /// The connect phase.
+    pub connect: ConnectReport,
+    /// Server memory.
+    pub memory: MemoryReport,
+    /// The publish phase, if there was one.
+    pub publish: Option<PublishReport>,
+    /// The hold phase (reconnects after a server restart), if there was one.
+    pub hold: Option<HoldReport>,
+}
+
+/// The connect phase.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConnectReport {
+    /// Connections open and subscribed at the end of it.
+    pub connected: u32,
+    /// Connections that failed.
+    pub failed: u32,
+    /// The first errors.
+    pub errors: Vec<String>,
+    /// Seconds from the first connection attempt until every connection was tried.
+    pub secs: f64,
+    /// Connections (authenticated and subscribed) per second.
+    pub per_sec: f64,
+}
+
+/// Server memory, from `/proc` (0 when no PID was given).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemoryReport {
+    /// The server PIDs read.
+    pub pids: Vec<u32>,
+    /// RSS before any connection, bytes.
+    pub rss_before: u64,
+    /// RSS with every connection open and idle, bytes.
+    pub rss_connected: u64,
+    /// The difference per connection, bytes.
+    pub per_conn: f64,
+    /// RSS at the end of the publish phase, bytes.
+    pub rss_after_publish: u64,
+}
+
+/// The publish phase.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishReport {
+    /// The offered rate (events per second), or `None` for saturation.
+    pub offered_rate: Option<f64>,
+    /// Seconds of publishing.
+    pub secs: f64,
+    /// Events accepted by the server.
+    pub published: u64,
+    /// Publish requests that failed.
+    pub publish_errors: u64,
+    /// Events per second accepted.
+    pub events_per_sec: f64,
+    /// Deliveries the connections should have received.
+    pub expected: u64,
+    /// Deliveries received (unique).
+    pub received: u64,
+    /// Expected but never received.
+    pub lost: u64,
+    /// Received more than once.
+    pub duplicates: u64,
+    /// Received after a later event of the same channel.
+    pub out_of_order: u64,
+    /// Received on a channel the connection was not subscribed to.
+    pub misrouted: u64,
+    /// Connections that ended during the phase.
+    pub dropped: u64,
+    /// Mean size of a delivered frame, bytes.
+    pub frame_bytes: f64,
+    /// Deliveries per second, from the first publish to the last delivery.
+    pub deliveries_per_sec: f64,
+    /// Publish-to-receive latency, microseconds.
+    pub latency_us: Latency,
+    /// Server CPU seconds spent in the phase.
+    pub server_cpu_secs: f64,
+    /// Server CPU per delivery, microseconds.
+    pub server_us_per_delivery: f64,
+    /// Server CPU use, in cores (1.0 = one core busy).
+    pub server_cores: f64,
+    /// Load-generator CPU use (workers and coordinator), in cores.
+    pub load_cores: f64,
+    /// Which side limited the phase.
+    pub bottleneck: String,
+}
+
+/// Latency percentiles, microseconds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// The largest.
+    pub max: u64,
+}
+
+/// The hold phase: connections kept open (reconnecting) while the server may restart.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HoldReport {
+    /// Seconds held.
+    pub secs: f64,
+    /// Whether connections dropped.
+    pub dropped: bool,
+    /// The fewest connected at once.
+    pub min_connected: u32,
+    /// Seconds from the first drop until every connection was back, if they all came back.
+    pub all_back_secs: Option<f64>,
+    /// Reconnects made.
+    pub reconnects: u64,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+impl RunReport {
+    /// The report as a table.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "== {} · {:?} · {:?} · {} connections ({} workers, {} source addresses, {}% stalled)",
+            self.label,
+            self.target,
+            self.shape,
+            self.conns,
+            self.workers,
+            self.source_addrs,
+            self.stalled_percent
+        );
+        let c = &self.connect;
+        let _ = writeln!(
+            t,
+            "connect      {} connected, {} failed in {:.2} s: {:.0} connects+subscribes/s",
+            c.connected, c.failed, c.secs, c.per_sec
+        );
+        for e in &c.errors {
+            let _ = writeln!(t, "             error: {e}");
+        }
+        let m = &self.memory;
+        if !m.pids.is_empty() {
+            let _ = writeln!(
+                t,
+                "memory       server RSS {} idle -> {} connected: {:.0} B per connection; {} after publishing",
+                mib(m.rss_before),
+                mib(m.rss_connected),
+                m.per_conn,
+                mib(m.rss_after_publish)
+            );
+        }
+        if let Some(p) = &self.publish {
+            let rate = match p.offered_rate {
+                Some(r) => format!("offered {r:.0} ev/s"),
+                None => "saturation".to_owned(),
+            };
+            let _ = writeln!(
+                t,
+                "publish      {rate}: {} events in {:.1} s ({:.0} ev/s), {} errors, ~{:.0} B a frame",
+                p.published, p.secs, p.events_per_sec, p.publish_errors, p.frame_bytes
+            );
+            let _ = writeln!(
+                t,
+                "delivery     {} expected, {} received, {} lost, {} duplicated, {} out of order, {} misrouted, {} connections dropped",
+                p.expected,
+                p.received,
+                p.lost,
+                p.duplicates,
+                p.out_of_order,
+                p.misrouted,
+                p.dropped
+            );
+            let l = &p.latency_us;
+            let _ = writeln!(
+                t,
+                "throughput   {:.0} deliveries/s; latency p50 {} p90 {} p99 {} p99.9 {} max {} (us)",
+                p.deliveries_per_sec, l.p50, l.p90, l.p99, l.p999, l.max
+            );
+            let _ = writeln!(
+                t,
+                "cpu          server {:.2} s = {:.2} us per delivery, {:.2} cores; load {:.2} cores; bottleneck: {}",
+                p.server_cpu_secs,
+                p.server_us_per_delivery,
+                p.server_cores,
+                p.load_cores,
+                p.bottleneck
+            );
+        }
+        if let Some(h) = &self.hold {
+            let back = match h.all_back_secs {
+                Some(s) => format!("all back {s:.2} s after the first drop"),
+                None if h.dropped => "NOT all back".to_owned(),
+                None => "no drop".to_owned(),
+            };
+            let _ = writeln!(
+                t,
+                "hold         {:.1} s: fewest connected {}, {back}, {} reconnects",
+                h.secs, h.min_connected, h.reconnects
+            );
+        }
+        t
+    }
+}

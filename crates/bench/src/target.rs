@@ -1,0 +1,203 @@
+//! What differs between the servers measured: how a subscriber connects and subscribes, how a
+//! frame is read, and how an event is published.
+//!
+//! - Cortex Realtime: `GET /api/ws` with the token in the `Authorization` header, a `subscribe`
+//!   per channel answered by `subscribed`; publish `POST /api/events` with the publish key.
+//! - nchan: one WebSocket on three channels (`/subm?agent=..&project=..&org=..`, the location
+//!   `scripts/peers` configures); publish `POST /pub/<channel>`.
+//! - socket.io 4 (engine.io v4 over a plain WebSocket): `40{"token":..}` to connect,
+//!   `420["subscribe",[..]]` answered by the ack `430[3]`, pings `2` answered with `3`; publish
+//!   `POST /publish?room=<channel>` (`bench/peers/socketio/server.js`).
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::marker::{Chan, Marker};
+
+/// The server under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Cortex Realtime.
+    Cortex,
+    /// nginx with the nchan module.
+    Nchan,
+    /// A socket.io 4 server.
+    Socketio,
+}
+
+/// How to reach the server under test.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Which server.
+    pub kind: Kind,
+    /// `host:port` of its listener.
+    pub addr: String,
+    /// The org every channel belongs to (Cortex: the tokens' `org` claim).
+    pub org: String,
+    /// The HS256 secret tokens are signed with (Cortex; socket.io only needs a token).
+    pub secret: String,
+    /// The publish key (Cortex).
+    pub publish_key: String,
+}
+
+/// An HTTP publish request.
+pub struct Publish {
+    /// The URL.
+    pub url: String,
+    /// The body.
+    pub body: String,
+    /// Whether the body is JSON.
+    pub json: bool,
+}
+
+impl Target {
+    /// The WebSocket URL connection `i` (subscribed to `subs`) opens.
+    pub fn ws_url(&self, subs: &[Chan; 3]) -> String {
+        match self.kind {
+            Kind::Cortex => format!("ws://{}/api/ws", self.addr),
+            Kind::Nchan => format!(
+                "ws://{}/subm?agent=a{}&project=p{}&org={}",
+                self.addr, subs[0].index, subs[1].index, self.org
+            ),
+            Kind::Socketio => format!("ws://{}/socket.io/?EIO=4&transport=websocket", self.addr),
+        }
+    }
+
+    /// A token for connection `i`: its own `sub`, so the per-user connection cap never bites.
+    pub fn token(&self, i: u32) -> String {
+        mint(&self.secret, &format!("bench-u{i}"), &self.org)
+    }
+
+    /// The publish request for `marker`, its text padded to about `event_bytes` as delivered.
+    pub fn publish(&self, marker: &Marker, event_bytes: usize) -> Publish {
+        let channel = marker.chan.name(&self.org);
+        let mut content = String::with_capacity(event_bytes);
+        marker.write(&mut content);
+        match self.kind {
+            Kind::Cortex => {
+                // Delivered as {"type","channelId","id","offset","epoch","payload":{..,"timestamp"}}:
+                // about 130 bytes around the payload's fields.
+                pad(
+                    &mut content,
+                    event_bytes.saturating_sub(channel.len() + 215),
+                );
+                let body = serde_json::json!({
+                    "orgId": self.org,
+                    "type": "chat.message",
+                    "channels": [channel],
+                    "payload": {"messageId": format!("m{}", marker.seq), "agentId": "bench", "content": content},
+                });
+                Publish {
+                    url: format!("http://{}/api/events", self.addr),
+                    body: body.to_string(),
+                    json: true,
+                }
+            }
+            Kind::Nchan | Kind::Socketio => {
+                // The peers deliver the body as it is: give it the shape Cortex delivers.
+                pad(
+                    &mut content,
+                    event_bytes.saturating_sub(channel.len() + 130),
+                );
+                let body = serde_json::json!({
+                    "type": "chat.message",
+                    "channelId": channel,
+                    "payload": {"messageId": format!("m{}", marker.seq), "agentId": "bench", "content": content},
+                })
+                .to_string();
+                let url = match self.kind {
+                    Kind::Nchan => format!("http://{}/pub/{channel}", self.addr),
+                    _ => format!("http://{}/publish?room={channel}", self.addr),
+                };
+                Publish {
+                    url,
+                    body,
+                    json: false,
+                }
+            }
+        }
+    }
+}
+
+fn pad(s: &mut String, to: usize) {
+    while s.len() < to {
+        s.push('x');
+    }
+}
+
+/// Mints an HS256 token valid for a day.
+pub fn mint(secret: &str, sub: &str, org: &str) -> String {
+    let exp = crate::marker::now_ns() / 1_000_000_000 + 86_400;
+    let claims = serde_json::json!({"sub": sub, "org": org, "exp": exp});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signs any claims")
+}
+
+/// The subscribe frames Cortex Realtime expects, one per channel.
+pub fn cortex_subscribes(subs: &[Chan; 3], org: &str) -> Vec<String> {
+    subs.iter()
+        .enumerate()
+        .map(|(r, c)| {
+            serde_json::json!({"type": "subscribe", "channelId": c.name(org), "ref": r}).to_string()
+        })
+        .collect()
+}
+
+/// The socket.io subscribe frame (an event with ack id 0) for `subs`.
+pub fn socketio_subscribe(subs: &[Chan; 3], org: &str) -> String {
+    let names: Vec<String> = subs.iter().map(|c| c.name(org)).collect();
+    format!("420{}", serde_json::json!(["subscribe", names]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::marker::Kind as ChanKind;
+
+    fn target(kind: Kind) -> Target {
+        Target {
+            kind,
+            addr: "127.0.0.1:1".into(),
+            org: "bench".into(),
+            secret: "s".into(),
+            publish_key: "k".into(),
+        }
+    }
+
+    #[test]
+    fn publish_bodies_carry_the_marker_and_the_channel() {
+        let m = Marker {
+            chan: Chan {
+                kind: ChanKind::Project,
+                index: 7,
+            },
+            seq: 3,
+            sent_ns: 99,
+        };
+        let c = target(Kind::Cortex).publish(&m, 250);
+        assert!(c.url.ends_with("/api/events"));
+        let v: serde_json::Value = serde_json::from_str(&c.body).unwrap();
+        assert_eq!(v["channels"][0], "project:p7");
+        assert_eq!(Marker::find(&c.body), Some(m));
+        let n = target(Kind::Nchan).publish(&m, 250);
+        assert!(n.url.ends_with("/pub/project:p7"));
+        assert!((240..=260).contains(&n.body.len()), "{}", n.body.len());
+        let s = target(Kind::Socketio).publish(&m, 250);
+        assert!(s.url.ends_with("/publish?room=project:p7"));
+        assert_eq!(Marker::find(&s.body), Some(m));
+    }
+
+    #[test]
+    fn socketio_subscribe_is_an_event_with_an_ack_id() {
+        let subs = crate::plan::Plan::new(crate::plan::Shape::Org, 10, 5, 0).subscriptions(7);
+        assert_eq!(
+            socketio_subscribe(&subs, "o"),
+            r#"420["subscribe",["agent:a7","project:p1","org:o"]]"#
+        );
+    }
+}

@@ -1,0 +1,466 @@
+//! One worker process: holds a range of the run's connections on a single-threaded runtime and
+//! reports to the coordinator as JSON lines on stdout.
+//!
+//! The coordinator speaks to it through stdin: a line `finish` (or the end of stdin) makes it
+//! print its final [`Report`] (counters and the latency histogram) and exit, dropping every
+//! connection at once.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use base64::Engine as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Serializer as _, V2Serializer};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::marker::{Marker, Seen, SeqTrack, now_ns};
+use crate::plan::{Plan, Shape};
+use crate::target::{self, Kind, Target};
+
+/// What a worker is told to do.
+#[derive(Clone, Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// The server under test.
+    #[arg(long, value_enum)]
+    pub target: Kind,
+    /// Its `host:port`.
+    #[arg(long)]
+    pub addr: String,
+    /// The org of every channel and token.
+    #[arg(long, default_value = "bench")]
+    pub org: String,
+    /// The HS256 secret tokens are signed with.
+    #[arg(long, default_value = "")]
+    pub secret: String,
+    /// The run's shape.
+    #[arg(long, value_enum)]
+    pub shape: Shape,
+    /// Connections in the whole run.
+    #[arg(long)]
+    pub conns: u32,
+    /// Connections per project channel.
+    #[arg(long)]
+    pub group: u32,
+    /// Percentage of connections that never read.
+    #[arg(long, default_value_t = 0)]
+    pub stalled_percent: u32,
+    /// The first connection index of this worker.
+    #[arg(long)]
+    pub from: u32,
+    /// One past the last.
+    #[arg(long)]
+    pub to: u32,
+    /// Source addresses: connection i binds 127.0.0.(2 + i % N).
+    #[arg(long, default_value_t = 4)]
+    pub source_addrs: u8,
+    /// Connections opening at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Reconnect closed connections (full-jitter backoff from 1 s doubling to 30 s).
+    #[arg(long)]
+    pub reconnect: bool,
+    /// First delay of the reconnect backoff.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub reconnect_base: Duration,
+}
+
+/// A line a worker prints.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Line {
+    /// Every 50 ms.
+    Progress {
+        /// Connections open and subscribed now.
+        connected: u32,
+        /// Events received so far (every arrival, duplicates included).
+        received: u64,
+    },
+    /// Once every connection has been tried.
+    Ready {
+        /// Connections open and subscribed.
+        connected: u32,
+        /// Indexes of connections that could not connect or subscribe.
+        failed: Vec<u32>,
+        /// The first few errors, for the operator.
+        errors: Vec<String>,
+        /// Seconds from the worker's start until every connection was tried.
+        connect_secs: f64,
+    },
+    /// At the end.
+    Final(Box<Report>),
+}
+
+/// What one worker saw.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// Events received (every arrival).
+    pub received: u64,
+    /// Arrivals of a sequence number not seen before.
+    pub unique: u64,
+    /// Arrivals of a sequence number already seen.
+    pub duplicates: u64,
+    /// Arrivals after a later sequence number of the same channel.
+    pub out_of_order: u64,
+    /// Events on a channel the connection had not subscribed to (a routing error).
+    pub misrouted: u64,
+    /// Text frames without a marker (other than protocol frames).
+    pub unparsed: u64,
+    /// Bytes of the event frames received.
+    pub bytes: u64,
+    /// Connections the server closed or lost after they were subscribed.
+    pub dropped: u64,
+    /// Successful reconnects.
+    pub reconnects: u64,
+    /// The publish-to-receive latency histogram, microseconds, V2-serialized and base64.
+    pub latency: String,
+}
+
+struct Stats {
+    report: Report,
+    latency: Histogram<u64>,
+    connected: u32,
+}
+
+/// Runs a worker until `finish` arrives on stdin.
+pub fn main(args: WorkerArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run(args))
+}
+
+fn emit(line: &Line) {
+    // stdout is the coordinator's pipe; a write error means it is gone, and so should we be.
+    let text = serde_json::to_string(line).expect("lines serialize");
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: WorkerArgs) -> Result<()> {
+    let started = Instant::now();
+    let plan = Rc::new(Plan::new(
+        args.shape,
+        args.conns,
+        args.group,
+        args.stalled_percent,
+    ));
+    let target = Rc::new(Target {
+        kind: args.target,
+        addr: args.addr.clone(),
+        org: args.org.clone(),
+        secret: args.secret.clone(),
+        publish_key: String::new(),
+    });
+    let server: SocketAddr = tokio::net::lookup_host(&args.addr)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow!("{} resolves to nothing", args.addr))?;
+    let stats = Rc::new(RefCell::new(Stats {
+        report: Report::default(),
+        latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
+        connected: 0,
+    }));
+    let gate = Rc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let args = Rc::new(args);
+
+    let mut first_tries = Vec::new();
+    for i in args.from..args.to {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        first_tries.push((i, rx));
+        let conn = Conn {
+            i,
+            args: args.clone(),
+            plan: plan.clone(),
+            target: target.clone(),
+            server,
+            stats: stats.clone(),
+            gate: gate.clone(),
+        };
+        tokio::task::spawn_local(conn.run(tx));
+    }
+
+    let progress = {
+        let stats = stats.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                let s = stats.borrow();
+                let line = Line::Progress {
+                    connected: s.connected,
+                    received: s.report.received,
+                };
+                drop(s);
+                emit(&line);
+            }
+        })
+    };
+
+    let mut failed = Vec::new();
+    let mut errors = Vec::new();
+    for (i, rx) in first_tries {
+        if let Err(e) = rx.await.unwrap_or_else(|_| Err("task ended".into())) {
+            failed.push(i);
+            if errors.len() < 5 {
+                errors.push(format!("connection {i}: {e}"));
+            }
+        }
+    }
+    let connected = stats.borrow().connected;
+    emit(&Line::Ready {
+        connected,
+        failed,
+        errors,
+        connect_secs: started.elapsed().as_secs_f64(),
+    });
+
+    // Wait for `finish` or the end of stdin.
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == "finish" {
+            break;
+        }
+    }
+    progress.abort();
+    let mut s = stats.borrow_mut();
+    let mut buf = Vec::new();
+    V2Serializer::new()
+        .serialize(&s.latency, &mut buf)
+        .map_err(|e| anyhow!("serializing the histogram: {e:?}"))?;
+    s.report.latency = base64::engine::general_purpose::STANDARD.encode(buf);
+    emit(&Line::Final(Box::new(std::mem::take(&mut s.report))));
+    // Every connection goes with the process.
+    std::process::exit(0);
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Conn {
+    i: u32,
+    args: Rc<WorkerArgs>,
+    plan: Rc<Plan>,
+    target: Rc<Target>,
+    server: SocketAddr,
+    stats: Rc<RefCell<Stats>>,
+    gate: Rc<Semaphore>,
+}
+
+impl Conn {
+    async fn run(self, first: tokio::sync::oneshot::Sender<Result<(), String>>) {
+        let mut first = Some(first);
+        let mut attempt: u32 = 0;
+        loop {
+            let opened = {
+                let _permit = self.gate.acquire().await;
+                tokio::time::timeout(Duration::from_secs(30), self.open()).await
+            };
+            let opened = match opened {
+                Ok(r) => r,
+                Err(_) => Err(anyhow!("timed out connecting")),
+            };
+            match opened {
+                Ok(ws) => {
+                    attempt = 0;
+                    {
+                        let mut s = self.stats.borrow_mut();
+                        s.connected += 1;
+                        if first.is_none() {
+                            s.report.reconnects += 1;
+                        }
+                    }
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                    if self.plan.is_stalled(self.i) {
+                        // The slow consumer: hold the socket, never read.
+                        let _held = ws;
+                        std::future::pending::<()>().await;
+                        return;
+                    }
+                    self.read(ws).await;
+                    let mut s = self.stats.borrow_mut();
+                    s.connected -= 1;
+                    s.report.dropped += 1;
+                }
+                Err(e) => {
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Err(format!("{e:#}")));
+                        if !self.args.reconnect {
+                            return;
+                        }
+                    }
+                }
+            }
+            if !self.args.reconnect {
+                return;
+            }
+            // Full jitter: uniform in [0, min(30 s, base * 2^attempt)).
+            let cap = self
+                .args
+                .reconnect_base
+                .saturating_mul(1 << attempt.min(16))
+                .min(Duration::from_secs(30));
+            let delay = cap.mul_f64(rand::rng().random::<f64>());
+            tokio::time::sleep(delay).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// Connects from this connection's source address, authenticates and subscribes.
+    async fn open(&self) -> Result<Ws> {
+        let subs = self.plan.subscriptions(self.i);
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + (self.i % u32::from(self.args.source_addrs.max(1))) as u8,
+        );
+        let socket = TcpSocket::new_v4()?;
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(source), 0))
+            .with_context(|| format!("binding {source}"))?;
+        let stream = socket.connect(self.server).await.context("connecting")?;
+        stream.set_nodelay(true)?;
+        let mut request = self.target.ws_url(&subs).into_client_request()?;
+        let token = self.target.token(self.i);
+        if self.target.kind == Kind::Cortex {
+            request.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}"))?,
+            );
+        }
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(1 << 20))
+            .max_frame_size(Some(1 << 20));
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            request,
+            MaybeTlsStream::Plain(stream),
+            Some(config),
+        )
+        .await
+        .context("WebSocket handshake")?;
+        match self.target.kind {
+            Kind::Cortex => {
+                expect(&mut ws, |t| t.contains(r#""type":"connected""#)).await?;
+                for frame in target::cortex_subscribes(&subs, &self.target.org) {
+                    ws.send(Message::text(frame)).await?;
+                }
+                let mut acked = 0;
+                while acked < subs.len() {
+                    let text = next_text(&mut ws).await?;
+                    if text.contains(r#""type":"subscribed""#) {
+                        acked += 1;
+                    } else if text.contains(r#""type":"error""#) {
+                        bail!("subscribe refused: {text}");
+                    }
+                }
+            }
+            Kind::Nchan => {}
+            Kind::Socketio => {
+                expect(&mut ws, |t| t.starts_with('0')).await?;
+                let connect = serde_json::json!({"token": token});
+                ws.send(Message::text(format!("40{connect}"))).await?;
+                let text = next_text(&mut ws).await?;
+                if !text.starts_with("40") {
+                    bail!("socket.io refused the connection: {text}");
+                }
+                ws.send(Message::text(target::socketio_subscribe(
+                    &subs,
+                    &self.target.org,
+                )))
+                .await?;
+                expect(&mut ws, |t| t.starts_with("430")).await?;
+            }
+        }
+        Ok(ws)
+    }
+
+    /// Reads events until the connection ends.
+    async fn read(&self, mut ws: Ws) {
+        let subs = self.plan.subscriptions(self.i);
+        let mut seqs = [SeqTrack::default(); 3];
+        while let Some(msg) = ws.next().await {
+            let text = match msg {
+                Ok(Message::Text(t)) => t,
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            if self.target.kind == Kind::Socketio && text.as_str() == "2" {
+                if ws.send(Message::text("3")).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            let now = now_ns();
+            let mut s = self.stats.borrow_mut();
+            let Some(marker) = Marker::find(text.as_str()) else {
+                s.report.unparsed += 1;
+                continue;
+            };
+            let r = &mut s.report;
+            r.received += 1;
+            r.bytes += text.len() as u64;
+            let Some(slot) = subs.iter().position(|c| *c == marker.chan) else {
+                r.misrouted += 1;
+                continue;
+            };
+            match seqs[slot].see(marker.seq) {
+                Seen::New => r.unique += 1,
+                Seen::Late => {
+                    r.unique += 1;
+                    r.out_of_order += 1;
+                }
+                Seen::Duplicate => r.duplicates += 1,
+            }
+            let micros = now.saturating_sub(marker.sent_ns) / 1000;
+            s.latency.saturating_record(micros.max(1));
+        }
+    }
+}
+
+async fn next_text(ws: &mut Ws) -> Result<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                if t.as_str() == "2" {
+                    // socket.io's ping, possibly before the connection is fully set up.
+                    ws.send(Message::text("3")).await?;
+                    continue;
+                }
+                return Ok(t.as_str().to_owned());
+            }
+            Some(Ok(Message::Close(frame))) => bail!("closed by the server: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+async fn expect(ws: &mut Ws, want: impl Fn(&str) -> bool) -> Result<()> {
+    let text = next_text(ws).await?;
+    if want(&text) {
+        Ok(())
+    } else {
+        bail!("unexpected frame: {text}")
+    }
+}
