@@ -95,7 +95,9 @@ pub struct Limits {
     pub max_url_bytes: usize,
     /// How long a publish request may take to send its body.
     pub body_timeout: Duration,
-    /// WebSocket read buffer per connection, bytes (tungstenite's default is 128 KiB).
+    /// WebSocket read buffer per connection, bytes (tungstenite's default is 128 KiB). Client
+    /// frames are commands of a few hundred bytes: 256 keeps an idle connection small, and a
+    /// bigger frame is still read whole (the buffer grows to it; each read takes this much).
     pub ws_read_buffer: usize,
     /// WebSocket write buffer per connection, bytes: writes are flushed past this.
     pub ws_write_buffer: usize,
@@ -122,7 +124,7 @@ impl Default for Limits {
             max_request_head_bytes: 16 * 1024,
             max_url_bytes: 10 * 1024,
             body_timeout: Duration::from_secs(10),
-            ws_read_buffer: 512,
+            ws_read_buffer: 256,
             ws_write_buffer: 4 * 1024,
         }
     }

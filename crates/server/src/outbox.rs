@@ -100,10 +100,15 @@ impl Outbox {
         if s.queue.is_empty() {
             return None;
         }
-        out.extend(s.queue.drain(..));
+        // The queue's buffer itself goes to the caller (no copy), and the queue starts again
+        // without one: an idle connection holds no queue memory.
+        let queue: Vec<Utf8Bytes> = std::mem::take(&mut s.queue).into();
         s.bytes = 0;
-        if s.queue.capacity() > 64 {
-            s.queue = VecDeque::new();
+        drop(s);
+        if out.is_empty() {
+            *out = queue;
+        } else {
+            out.extend(queue);
         }
         Some(Batch::Ready)
     }

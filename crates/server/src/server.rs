@@ -484,7 +484,7 @@ fn switch_protocols<F, Fut>(
 ) -> Response
 where
     F: FnOnce(WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future + Send + 'static,
 {
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return json_error(
@@ -494,17 +494,19 @@ where
         );
     };
     let accept = derive_accept_key(key.as_bytes());
-    let config = node.ws_config();
+    let task_node = node.clone();
     node.shutdown.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         // No named local for the stream: it moves straight into the session, so the task does
         // not keep a second copy of it beside the session's (memory per connection).
-        run(
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await,
+        run(WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(task_node.ws_config()),
         )
+        .await)
         .await;
     });
     Response::builder()
@@ -548,7 +550,7 @@ async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
                 }
             };
             match node.connections.register(&claims) {
-                Ok(guard) => Some((claims, guard)),
+                Ok(guard) => Some(Box::new((claims, guard))),
                 Err(_) => {
                     metrics::refused("too_many_connections");
                     return json_error(
@@ -561,8 +563,8 @@ async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         }
     };
     let task_node = node.clone();
-    switch_protocols(&node, req, &key, move |ws| async move {
-        session::run(task_node, ws, pre_auth).await;
+    switch_protocols(&node, req, &key, move |ws| {
+        session::run(task_node, ws, pre_auth)
     })
 }
 
