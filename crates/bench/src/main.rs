@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cortex_bench::report::RunReport;
 use cortex_bench::{run, worker};
 
 #[derive(Parser)]
@@ -33,23 +34,52 @@ fn main() -> ExitCode {
             let check = args.check;
             run::main(args).map(|report| {
                 print!("{}", report.table());
-                !check
-                    || report.publish.as_ref().is_none_or(|p| {
-                        p.lost == 0 && p.duplicates == 0 && p.out_of_order == 0 && p.misrouted == 0
-                    })
+                let failures = if check {
+                    check_failures(&report)
+                } else {
+                    Vec::new()
+                };
+                for f in &failures {
+                    eprintln!("cortex-bench: check failed: {f}");
+                }
+                failures.is_empty()
             })
         }
         Command::Worker(args) => worker::main(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("cortex-bench: deliveries were lost, duplicated, reordered or misrouted");
-            ExitCode::FAILURE
-        }
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("cortex-bench: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `--check` fails on: a connection that could not connect or subscribe, a publish the
+/// server refused (either would leave deliveries out of what is expected, so a run where nothing
+/// connected or nothing was accepted would otherwise pass), and any delivery lost, duplicated,
+/// reordered or misrouted.
+fn check_failures(report: &RunReport) -> Vec<String> {
+    let mut failures = Vec::new();
+    let c = &report.connect;
+    if c.failed > 0 {
+        failures.push(format!(
+            "{} of {} connections failed to connect or subscribe",
+            c.failed, report.conns
+        ));
+    }
+    if let Some(p) = &report.publish {
+        if p.publish_errors > 0 {
+            failures.push(format!("{} publish requests failed", p.publish_errors));
+        }
+        if p.lost > 0 || p.duplicates > 0 || p.out_of_order > 0 || p.misrouted > 0 {
+            failures.push(format!(
+                "deliveries were lost ({}), duplicated ({}), reordered ({}) or misrouted ({})",
+                p.lost, p.duplicates, p.out_of_order, p.misrouted
+            ));
+        }
+    }
+    failures
 }

@@ -103,7 +103,8 @@ pub struct RunArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
-    /// Fail (exit 1) unless every expected delivery arrived exactly once and in order.
+    /// Fail (exit 1) unless every connection connected, every publish was accepted, and every
+    /// expected delivery arrived exactly once and in order.
     #[arg(long)]
     pub check: bool,
 }
@@ -132,19 +133,18 @@ impl Workers {
         self.states.borrow().iter().map(|w| w.received).sum()
     }
 
-    async fn wait_for(
-        &self,
-        what: &str,
-        mut done: impl FnMut(&[WorkerState]) -> bool,
-    ) -> Result<()> {
+    /// Waits until every worker is `done`. A worker that exited is an error only if it is not
+    /// `done`: one may well exit right after its final report while another has yet to send its
+    /// own.
+    async fn wait_for(&self, what: &str, done: impl Fn(&WorkerState) -> bool) -> Result<()> {
         loop {
             let notified = self.changed.notified();
             {
                 let states = self.states.borrow();
-                if done(&states) {
+                if states.iter().all(&done) {
                     return Ok(());
                 }
-                if states.iter().any(|w| w.exited) {
+                if states.iter().any(|w| w.exited && !done(w)) {
                     bail!("a worker exited before {what}");
                 }
             }
@@ -200,9 +200,7 @@ async fn run(args: RunArgs) -> Result<RunReport> {
     let progress = tokio::task::spawn_local(progress_line(workers.clone(), started));
 
     workers
-        .wait_for("its connections were made", |s| {
-            s.iter().all(|w| w.ready.is_some())
-        })
+        .wait_for("its connections were made", |w| w.ready.is_some())
         .await?;
     let connect_secs = started.elapsed().as_secs_f64();
     let (connected, failed, errors) = {
@@ -255,7 +253,7 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         let _ = stdin.flush().await;
     }
     workers
-        .wait_for("it reported", |s| s.iter().all(|w| w.report.is_some()))
+        .wait_for("it reported", |w| w.report.is_some())
         .await?;
     progress.abort();
     for mut child in children {
@@ -515,7 +513,7 @@ async fn publish_phase(
 fn finish_publish_report(p: &mut PublishReport, reports: &[Report]) -> Result<()> {
     let wall = p.deliveries_per_sec; // the phase's wall time, parked here by publish_phase
     let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
-    let mut bytes = 0;
+    let (mut bytes, mut arrivals) = (0, 0);
     for r in reports {
         p.received += r.unique;
         p.duplicates += r.duplicates;
@@ -523,6 +521,7 @@ fn finish_publish_report(p: &mut PublishReport, reports: &[Report]) -> Result<()
         p.misrouted += r.misrouted;
         p.dropped += r.dropped;
         bytes += r.bytes;
+        arrivals += r.received;
         let raw = base64::engine::general_purpose::STANDARD.decode(&r.latency)?;
         let h: Histogram<u64> = Deserializer::new()
             .deserialize(&mut raw.as_slice())
@@ -532,7 +531,8 @@ fn finish_publish_report(p: &mut PublishReport, reports: &[Report]) -> Result<()
             .map_err(|e| anyhow!("merging histograms: {e:?}"))?;
     }
     p.lost = p.expected.saturating_sub(p.received);
-    p.frame_bytes = bytes as f64 / (p.received + p.duplicates).max(1) as f64;
+    // `bytes` counts every arrival with a marker, misrouted ones included.
+    p.frame_bytes = bytes as f64 / arrivals.max(1) as f64;
     p.deliveries_per_sec = p.received as f64 / wall;
     p.server_us_per_delivery = p.server_cpu_secs * 1e6 / p.received.max(1) as f64;
     p.latency_us = Latency {

@@ -95,17 +95,26 @@ impl Target {
                 }
             }
             Kind::Nchan | Kind::Socketio => {
-                // The peers deliver the body as it is: give it the shape Cortex delivers.
-                pad(
-                    &mut content,
-                    event_bytes.saturating_sub(channel.len() + 130),
-                );
-                let body = serde_json::json!({
-                    "type": "chat.message",
-                    "channelId": channel,
-                    "payload": {"messageId": format!("m{}", marker.seq), "agentId": "bench", "content": content},
-                })
-                .to_string();
+                // The peers deliver the body as it is (nchan) or as the string of an `event`
+                // (socket.io: `42["event","<the body, escaped>"]`): give it the shape Cortex
+                // delivers, padded so that the frame is about `event_bytes`.
+                let body = |content: &str| {
+                    serde_json::json!({
+                        "type": "chat.message",
+                        "channelId": channel,
+                        "payload": {"messageId": format!("m{}", marker.seq), "agentId": "bench", "content": content},
+                    })
+                    .to_string()
+                };
+                let frame_len = |body: &str| match self.kind {
+                    Kind::Socketio => {
+                        serde_json::Value::from(body).to_string().len() + r#"42["event",]"#.len()
+                    }
+                    _ => body.len(),
+                };
+                let to = content.len() + event_bytes.saturating_sub(frame_len(&body(&content)));
+                pad(&mut content, to);
+                let body = body(&content);
                 let url = match self.kind {
                     Kind::Nchan => format!("http://{}/pub/{channel}", self.addr),
                     _ => format!("http://{}/publish?room={channel}", self.addr),
@@ -190,6 +199,9 @@ mod tests {
         let s = target(Kind::Socketio).publish(&m, 250);
         assert!(s.url.ends_with("/publish?room=project:p7"));
         assert_eq!(Marker::find(&s.body), Some(m));
+        // socket.io delivers the body escaped inside `42["event","..."]`.
+        let frame = format!(r#"42["event",{}]"#, serde_json::Value::from(s.body));
+        assert!((240..=260).contains(&frame.len()), "{}", frame.len());
     }
 
     #[test]
