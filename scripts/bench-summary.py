@@ -46,10 +46,10 @@ for s in SERVERS:
     r = load(s, "idle")
     if r:
         c, m = r["connect"], r["memory"]
-        rows.append([s, fmt(c["connected"]), fmt(c["failed"]), fmt(m["per_conn"]), fmt(m["rss_connected"] / 2**20, 1), fmt(c["per_sec"]), fmt(c["secs"], 2)])
+        rows.append([s, fmt(c["connected"]), fmt(c["failed"]), fmt(m["per_conn"]), fmt(m["rss_connected"] / 2**20, 1), fmt(c["per_sec"]), fmt(c["secs"], 2), fmt(c.get("server_cores"), 2), fmt(c.get("load_cores"), 2)])
 if rows:
     print("### Idle connections (3 subscriptions each)\n")
-    print(table(["server", "connected", "failed", "server RSS per connection (B)", "server RSS (MiB)", "connects+subscribes/s", "connect time (s)"], rows))
+    print(table(["server", "connected", "failed", "server RSS per connection (B)", "server RSS (MiB)", "connects+subscribes/s", "connect time (s)", "server cores", "load cores"], rows))
     print()
 
 rows = []

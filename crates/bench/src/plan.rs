@@ -1,7 +1,9 @@
 //! Who subscribes to what, and where events are published.
 //!
-//! Connection `i` always subscribes to three channels, `agent:a<i>`, `project:p<i / group>`
-//! and the org channel, whatever the shape; the shape picks which of them events go to. A
+//! Connection `i` subscribes to three channels, `agent:a<i>`, `project:p<i / group>` and the
+//! org channel, whatever the shape; the shape picks which of them events go to. With
+//! [`Subscriptions::One`] it subscribes only to the one events go to (the cheapest setup for a
+//! server that multiplexes channels on one socket, such as nchan). A
 //! stalled connection (the slow-consumer scenario) subscribes and then never reads; it is left
 //! out of the expected deliveries.
 
@@ -24,6 +26,16 @@ pub enum Shape {
     Agent,
 }
 
+/// How many channels each connection subscribes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Subscriptions {
+    /// Its agent, project and org channels.
+    Three,
+    /// Only the channel of the shape.
+    One,
+}
+
 /// The subscriptions and publish targets of a run.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -35,6 +47,8 @@ pub struct Plan {
     pub group: u32,
     /// Percentage of connections that never read (0 to 100).
     pub stalled_percent: u32,
+    /// How many channels each connection subscribes to.
+    pub subscriptions: Subscriptions,
     /// Subscribers that are not there (failed to connect), per publish channel index.
     missing: HashMap<u32, u64>,
 }
@@ -47,13 +61,23 @@ impl Plan {
             conns,
             group: group.max(1),
             stalled_percent: stalled_percent.min(100),
+            subscriptions: Subscriptions::Three,
             missing: HashMap::new(),
         }
     }
 
-    /// The channels connection `i` subscribes to.
-    pub fn subscriptions(&self, i: u32) -> [Chan; 3] {
-        [
+    /// The same plan with `subscriptions` per connection.
+    pub fn with_subscriptions(mut self, subscriptions: Subscriptions) -> Plan {
+        self.subscriptions = subscriptions;
+        self
+    }
+
+    /// The channels connection `i` subscribes to: agent, project, org; or only the shape's.
+    pub fn subscriptions(&self, i: u32) -> Vec<Chan> {
+        if self.subscriptions == Subscriptions::One {
+            return vec![self.channel(self.publish_index(i))];
+        }
+        vec![
             Chan {
                 kind: Kind::Agent,
                 index: i,
@@ -134,6 +158,9 @@ mod tests {
         assert_eq!(p.publish_channels(), 3);
         assert_eq!((p.fanout(0), p.fanout(1), p.fanout(2)), (50, 50, 20));
         assert_eq!(p.subscriptions(117)[1], p.channel(2));
+        let one = p.clone().with_subscriptions(Subscriptions::One);
+        assert_eq!(one.subscriptions(117), vec![p.channel(2)]);
+        assert_eq!(one.fanout(2), 20);
 
         let mut p = Plan::new(Shape::Org, 1000, 50, 1);
         assert_eq!(p.fanout(0), 990);

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Shape;
+use crate::plan::{Shape, Subscriptions};
 use crate::target::Kind;
 
 /// Everything a run measured.
@@ -24,6 +24,8 @@ pub struct RunReport {
     pub source_addrs: u8,
     /// Percentage of connections that never read.
     pub stalled_percent: u32,
+    /// Channels each connection subscribed to.
+    pub subscriptions: Subscriptions,
     /// Size of each published event as delivered, about.
     pub event_bytes: usize,
     /// The connect phase.
@@ -49,6 +51,10 @@ pub struct ConnectReport {
     pub secs: f64,
     /// Connections (authenticated and subscribed) per second.
     pub per_sec: f64,
+    /// Server CPU use while connecting, in cores.
+    pub server_cores: f64,
+    /// Load-generator CPU use while connecting, in cores.
+    pub load_cores: f64,
 }
 
 /// Server memory, from `/proc` (0 when no PID was given).
@@ -151,11 +157,12 @@ impl RunReport {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "== {} · {:?} · {:?} · {} connections ({} workers, {} source addresses, {}% stalled)",
+            "== {} · {:?} · {:?} · {} connections on {:?} channel(s) each ({} workers, {} source addresses, {}% stalled)",
             self.label,
             self.target,
             self.shape,
             self.conns,
+            self.subscriptions,
             self.workers,
             self.source_addrs,
             self.stalled_percent
@@ -163,8 +170,8 @@ impl RunReport {
         let c = &self.connect;
         let _ = writeln!(
             t,
-            "connect      {} connected, {} failed in {:.2} s: {:.0} connects+subscribes/s",
-            c.connected, c.failed, c.secs, c.per_sec
+            "connect      {} connected, {} failed in {:.2} s: {:.0} connects+subscribes/s (server {:.2} cores, load {:.2} cores)",
+            c.connected, c.failed, c.secs, c.per_sec, c.server_cores, c.load_cores
         );
         for e in &c.errors {
             let _ = writeln!(t, "             error: {e}");

@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, ChildStdin, Command};
 
 use crate::marker::{Marker, now_ns};
-use crate::plan::{Plan, Shape};
+use crate::plan::{Plan, Shape, Subscriptions};
 use crate::procfs;
 use crate::report::{ConnectReport, HoldReport, Latency, MemoryReport, PublishReport, RunReport};
 use crate::target::{Kind, Target};
@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Percentage of connections that subscribe and never read (slow consumers).
     #[arg(long, default_value_t = 0)]
     pub stalled_percent: u32,
+    /// Channels each connection subscribes to: its agent, project and org channels, or only
+    /// the one the shape publishes to.
+    #[arg(long, value_enum, default_value = "three")]
+    pub subscriptions: Subscriptions,
     /// Worker processes [default: one per 10,000 connections].
     #[arg(long)]
     pub workers: Option<u32>,
@@ -173,7 +177,8 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         .workers
         .unwrap_or_else(|| args.conns.div_ceil(10_000))
         .clamp(1, args.conns);
-    let mut plan = Plan::new(args.shape, args.conns, args.group, args.stalled_percent);
+    let mut plan = Plan::new(args.shape, args.conns, args.group, args.stalled_percent)
+        .with_subscriptions(args.subscriptions);
     let target = Rc::new(Target {
         kind: args.target,
         addr: args.addr.clone(),
@@ -183,6 +188,8 @@ async fn run(args: RunArgs) -> Result<RunReport> {
     });
 
     let rss_before = procfs::total_rss(&args.server_pids);
+    let server_cpu_before = procfs::total_cpu(&args.server_pids);
+    let own_cpu_before = procfs::cpu_secs(std::process::id()).unwrap_or(0.0);
     let workers = Rc::new(Workers {
         states: RefCell::new((0..workers_n).map(|_| WorkerState::default()).collect()),
         changed: tokio::sync::Notify::new(),
@@ -203,6 +210,12 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         .wait_for("its connections were made", |w| w.ready.is_some())
         .await?;
     let connect_secs = started.elapsed().as_secs_f64();
+    let connect_server_cpu = procfs::total_cpu(&args.server_pids) - server_cpu_before;
+    let worker_pids: Vec<u32> = workers.states.borrow().iter().map(|w| w.pid).collect();
+    // The workers started during the phase: all of their CPU time counts.
+    let connect_load_cpu = procfs::total_cpu(&worker_pids)
+        + procfs::cpu_secs(std::process::id()).unwrap_or(0.0)
+        - own_cpu_before;
     let (connected, failed, errors) = {
         let states = workers.states.borrow();
         let mut failed = Vec::new();
@@ -283,6 +296,7 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         workers: workers_n,
         source_addrs: args.source_addrs,
         stalled_percent: args.stalled_percent,
+        subscriptions: args.subscriptions,
         event_bytes: args.event_bytes,
         connect: ConnectReport {
             connected,
@@ -290,6 +304,8 @@ async fn run(args: RunArgs) -> Result<RunReport> {
             errors,
             secs: connect_secs,
             per_sec: f64::from(connected) / connect_secs,
+            server_cores: connect_server_cpu / connect_secs,
+            load_cores: connect_load_cpu / connect_secs,
         },
         memory: MemoryReport {
             pids: args.server_pids.clone(),
@@ -335,6 +351,10 @@ fn spawn_worker(
         .args(["--conns", &args.conns.to_string()])
         .args(["--group", &args.group.to_string()])
         .args(["--stalled-percent", &args.stalled_percent.to_string()])
+        .args([
+            "--subscriptions",
+            &format!("{:?}", args.subscriptions).to_lowercase(),
+        ])
         .args(["--from", &from.to_string(), "--to", &to.to_string()])
         .args(["--source-addrs", &args.source_addrs.to_string()])
         .args([

@@ -53,9 +53,12 @@ pub struct Publish {
 
 impl Target {
     /// The WebSocket URL connection `i` (subscribed to `subs`) opens.
-    pub fn ws_url(&self, subs: &[Chan; 3]) -> String {
+    pub fn ws_url(&self, subs: &[Chan]) -> String {
         match self.kind {
             Kind::Cortex => format!("ws://{}/api/ws", self.addr),
+            Kind::Nchan if subs.len() == 1 => {
+                format!("ws://{}/sub/{}", self.addr, subs[0].name(&self.org))
+            }
             Kind::Nchan => format!(
                 "ws://{}/subm?agent=a{}&project=p{}&org={}",
                 self.addr, subs[0].index, subs[1].index, self.org
@@ -148,7 +151,7 @@ pub fn mint(secret: &str, sub: &str, org: &str) -> String {
 }
 
 /// The subscribe frames Cortex Realtime expects, one per channel.
-pub fn cortex_subscribes(subs: &[Chan; 3], org: &str) -> Vec<String> {
+pub fn cortex_subscribes(subs: &[Chan], org: &str) -> Vec<String> {
     subs.iter()
         .enumerate()
         .map(|(r, c)| {
@@ -158,7 +161,7 @@ pub fn cortex_subscribes(subs: &[Chan; 3], org: &str) -> Vec<String> {
 }
 
 /// The socket.io subscribe frame (an event with ack id 0) for `subs`.
-pub fn socketio_subscribe(subs: &[Chan; 3], org: &str) -> String {
+pub fn socketio_subscribe(subs: &[Chan], org: &str) -> String {
     let names: Vec<String> = subs.iter().map(|c| c.name(org)).collect();
     format!("420{}", serde_json::json!(["subscribe", names]))
 }

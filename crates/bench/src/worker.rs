@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::marker::{Marker, Seen, SeqTrack, now_ns};
-use crate::plan::{Plan, Shape};
+use crate::plan::{Plan, Shape, Subscriptions};
 use crate::target::{self, Kind, Target};
 
 /// What a worker is told to do.
@@ -57,6 +57,9 @@ pub struct WorkerArgs {
     /// Percentage of connections that never read.
     #[arg(long, default_value_t = 0)]
     pub stalled_percent: u32,
+    /// Channels each connection subscribes to.
+    #[arg(long, value_enum, default_value = "three")]
+    pub subscriptions: Subscriptions,
     /// The first connection index of this worker.
     #[arg(long)]
     pub from: u32,
@@ -155,12 +158,10 @@ fn emit(line: &Line) {
 
 async fn run(args: WorkerArgs) -> Result<()> {
     let started = Instant::now();
-    let plan = Rc::new(Plan::new(
-        args.shape,
-        args.conns,
-        args.group,
-        args.stalled_percent,
-    ));
+    let plan = Rc::new(
+        Plan::new(args.shape, args.conns, args.group, args.stalled_percent)
+            .with_subscriptions(args.subscriptions),
+    );
     let target = Rc::new(Target {
         kind: args.target,
         addr: args.addr.clone(),
@@ -397,7 +398,7 @@ impl Conn {
     /// Reads events until the connection ends.
     async fn read(&self, mut ws: Ws) {
         let subs = self.plan.subscriptions(self.i);
-        let mut seqs = [SeqTrack::default(); 3];
+        let mut seqs = vec![SeqTrack::default(); subs.len()];
         while let Some(msg) = ws.next().await {
             let text = match msg {
                 Ok(Message::Text(t)) => t,

@@ -379,6 +379,12 @@ async fn project_shape_at_saturation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscription_per_connection() {
+    // Only the shape's channel: events still reach exactly the group, nothing else arrives.
+    saturation("project", &["--group", "10", "--subscriptions", "one"], 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_shape_at_saturation() {
     saturation("agent", &[], 1).await;
 }
