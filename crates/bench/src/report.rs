@@ -143,6 +143,9 @@ pub struct HoldReport {
     pub min_connected: u32,
     /// Seconds from the first drop until every connection was back, if they all came back.
     pub all_back_secs: Option<f64>,
+    /// Seconds from the first reconnect after the drop (the server is back) until every
+    /// connection was back.
+    pub back_after_server_secs: Option<f64>,
     /// Reconnects made.
     pub reconnects: u64,
 }
@@ -225,10 +228,13 @@ impl RunReport {
             );
         }
         if let Some(h) = &self.hold {
-            let back = match h.all_back_secs {
-                Some(s) => format!("all back {s:.2} s after the first drop"),
-                None if h.dropped => "NOT all back".to_owned(),
-                None => "no drop".to_owned(),
+            let back = match (h.all_back_secs, h.back_after_server_secs) {
+                (Some(s), Some(r)) => format!(
+                    "all back {s:.2} s after the first drop, {r:.2} s after the first reconnect"
+                ),
+                (Some(s), None) => format!("all back {s:.2} s after the first drop"),
+                (None, _) if h.dropped => "NOT all back".to_owned(),
+                (None, _) => "no drop".to_owned(),
             };
             let _ = writeln!(
                 t,

@@ -658,14 +658,26 @@ async fn hold_phase(args: &RunArgs, workers: &Rc<Workers>, full: u32) -> HoldRep
     let mut min_connected = workers.connected();
     let mut dropped_at: Option<Instant> = None;
     let mut all_back: Option<f64> = None;
+    let mut lowest = full;
+    let mut rising_at: Option<Instant> = None;
+    let mut back_after_server: Option<f64> = None;
     while start.elapsed() < args.hold {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = workers.connected();
         min_connected = min_connected.min(now);
+        if dropped_at.is_some() && rising_at.is_none() {
+            if now < lowest {
+                lowest = now;
+            } else if now > lowest {
+                // The first reconnect after the drop: the server is back.
+                rising_at = Some(Instant::now());
+            }
+        }
         match dropped_at {
             None if now < full => dropped_at = Some(Instant::now()),
             Some(at) if all_back.is_none() && now >= full => {
                 all_back = Some(at.elapsed().as_secs_f64());
+                back_after_server = rising_at.map(|r| r.elapsed().as_secs_f64());
                 eprintln!(
                     "bench: all {full} connections back in {:.2} s",
                     all_back.unwrap_or(0.0)
@@ -679,6 +691,7 @@ async fn hold_phase(args: &RunArgs, workers: &Rc<Workers>, full: u32) -> HoldRep
         dropped: dropped_at.is_some(),
         min_connected,
         all_back_secs: all_back,
+        back_after_server_secs: back_after_server,
         reconnects: 0,
     }
 }

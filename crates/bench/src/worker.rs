@@ -402,7 +402,17 @@ impl Conn {
         while let Some(msg) = ws.next().await {
             let text = match msg {
                 Ok(Message::Text(t)) => t,
-                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(Message::Close(_)) => {
+                    // Answer the close as a real client does (tungstenite queued the reply; it
+                    // goes out while the stream is read to its end), so a draining server is
+                    // not left waiting for it.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    })
+                    .await;
+                    break;
+                }
+                Err(_) => break,
                 Ok(_) => continue,
             };
             if self.target.kind == Kind::Socketio && text.as_str() == "2" {

@@ -51,7 +51,67 @@ pub struct Subscriber {
     pub outbox: Outbox,
 }
 
-type Shard = HashMap<ChannelKey, Vec<Subscriber>>;
+type Shard = HashMap<ChannelKey, Members>;
+
+/// Past this many subscribers a channel keeps an index from connection to position, so that
+/// subscribing and leaving stay O(1) on a channel of tens of thousands (an `org:` channel).
+const INDEX_ABOVE: usize = 32;
+
+/// One channel's subscribers: a list to fan out over, and for a long list an index into it.
+#[derive(Default)]
+struct Members {
+    list: Vec<Subscriber>,
+    index: Option<HashMap<ConnId, usize>>,
+}
+
+impl Members {
+    fn position(&self, conn: ConnId) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&conn).copied(),
+            None => self.list.iter().position(|s| s.conn == conn),
+        }
+    }
+
+    fn insert(&mut self, sub: Subscriber) -> bool {
+        if self.position(sub.conn).is_some() {
+            return false;
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(sub.conn, self.list.len());
+        }
+        self.list.push(sub);
+        if self.index.is_none() && self.list.len() > INDEX_ABOVE {
+            self.index = Some(
+                self.list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.conn, i))
+                    .collect(),
+            );
+        }
+        true
+    }
+
+    fn remove(&mut self, conn: ConnId) -> bool {
+        let Some(i) = self.position(conn) else {
+            return false;
+        };
+        self.list.swap_remove(i);
+        if let Some(index) = &mut self.index {
+            index.remove(&conn);
+            if let Some(moved) = self.list.get(i) {
+                index.insert(moved.conn, i);
+            }
+            if self.list.len() < INDEX_ABOVE / 2 {
+                self.index = None;
+            }
+        }
+        if self.list.capacity() > 8 && self.list.len() < self.list.capacity() / 4 {
+            self.list.shrink_to(self.list.len() * 2);
+        }
+        true
+    }
+}
 
 /// Channel -> subscribers, for this node only.
 pub struct Hub {
@@ -82,12 +142,7 @@ impl Hub {
     /// Returns whether it was added.
     pub fn subscribe(&self, key: &ChannelKey, sub: Subscriber) -> bool {
         let mut shard = self.shard(key);
-        let list = shard.entry(key.clone()).or_default();
-        if list.iter().any(|s| s.conn == sub.conn) {
-            return false;
-        }
-        list.push(sub);
-        true
+        shard.entry(key.clone()).or_default().insert(sub)
     }
 
     /// Removes a connection from a channel. Returns whether it was subscribed.
@@ -96,17 +151,11 @@ impl Hub {
         let Entry::Occupied(mut e) = shard.entry(key.clone()) else {
             return false;
         };
-        let list = e.get_mut();
-        let Some(i) = list.iter().position(|s| s.conn == conn) else {
-            return false;
-        };
-        list.swap_remove(i);
-        if list.is_empty() {
+        let removed = e.get_mut().remove(conn);
+        if e.get().list.is_empty() {
             e.remove();
-        } else if list.capacity() > 8 && list.len() < list.capacity() / 4 {
-            list.shrink_to(list.len() * 2);
         }
-        true
+        removed
     }
 
     /// Pushes `msg` to every subscriber of `key`. Returns how many outboxes took it; when `seen`
@@ -119,7 +168,7 @@ impl Hub {
         seen: Option<&mut HashSet<ConnId>>,
     ) -> usize {
         let shard = self.shard(key);
-        let Some(list) = shard.get(key) else {
+        let Some(list) = shard.get(key).map(|m| &m.list) else {
             return 0;
         };
         let mut delivered = 0;
@@ -144,7 +193,7 @@ impl Hub {
 
     /// How many connections are subscribed to `key`.
     pub fn subscribers(&self, key: &ChannelKey) -> usize {
-        self.shard(key).get(key).map_or(0, Vec::len)
+        self.shard(key).get(key).map_or(0, |m| m.list.len())
     }
 
     /// Whether anyone on this node is subscribed to `key`.
@@ -194,6 +243,40 @@ mod tests {
             drained(&co).is_empty(),
             "another org's channel of the same name"
         );
+    }
+
+    #[test]
+    fn a_long_channel_keeps_its_index_through_joins_and_leaves() {
+        let hub = Hub::new();
+        let k = key("o_1", "org:o_1");
+        let mut boxes = Vec::new();
+        for conn in 0..200 {
+            let (s, o) = sub(conn);
+            assert!(hub.subscribe(&k, s));
+            boxes.push(o);
+        }
+        assert!(!hub.subscribe(&k, sub(150).0), "already subscribed");
+        // Leave every third, from the middle out, so swap_remove moves entries around.
+        for conn in (0..200).rev().filter(|c| c % 3 == 0) {
+            assert!(hub.unsubscribe(&k, conn));
+            assert!(!hub.unsubscribe(&k, conn));
+        }
+        assert_eq!(hub.subscribers(&k), 200 - 67);
+        assert_eq!(hub.fan_out(&k, &Utf8Bytes::from("e"), None), 133);
+        for (conn, o) in boxes.iter().enumerate() {
+            let want = usize::from(conn % 3 != 0);
+            assert_eq!(drained(o).len(), want, "connection {conn}");
+        }
+        // Down below the index threshold and back up: still exact.
+        for conn in (0..200).filter(|c| c % 3 != 0).take(120) {
+            assert!(hub.unsubscribe(&k, conn));
+        }
+        assert_eq!(hub.subscribers(&k), 13);
+        for conn in 200..260 {
+            assert!(hub.subscribe(&k, sub(conn).0));
+        }
+        assert!(!hub.subscribe(&k, sub(259).0));
+        assert_eq!(hub.subscribers(&k), 73);
     }
 
     #[test]
