@@ -36,6 +36,66 @@ pub enum Subscriptions {
     One,
 }
 
+/// Who subscribes to what: the options of `cortex-bench run`, passed on to every worker.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Where events go: one org channel, project groups, or 1:1 agent channels.
+    #[arg(long, value_enum, default_value = "org")]
+    pub shape: Shape,
+    /// Subscriber connections in the whole run.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: u32,
+    /// Connections per project channel.
+    #[arg(long, default_value_t = 50)]
+    pub group: u32,
+    /// Percentage of connections that subscribe and never read (slow consumers).
+    #[arg(long, default_value_t = 0)]
+    pub stalled_percent: u32,
+    /// Channels each connection subscribes to: its agent, project and org channels, or only
+    /// the one the shape publishes to.
+    #[arg(long, value_enum, default_value = "three")]
+    pub subscriptions: Subscriptions,
+}
+
+impl PlanArgs {
+    /// The plan these options describe.
+    pub fn plan(&self) -> Plan {
+        Plan::new(self.shape, self.conns, self.group, self.stalled_percent)
+            .with_subscriptions(self.subscriptions)
+    }
+
+    /// The same options as command-line arguments, for a worker process.
+    pub fn to_args(&self) -> Vec<String> {
+        let name = |v: &dyn ValueEnumName| v.name();
+        vec![
+            "--shape".into(),
+            name(&self.shape),
+            "--conns".into(),
+            self.conns.to_string(),
+            "--group".into(),
+            self.group.to_string(),
+            "--stalled-percent".into(),
+            self.stalled_percent.to_string(),
+            "--subscriptions".into(),
+            name(&self.subscriptions),
+        ]
+    }
+}
+
+/// The command-line spelling of a value.
+trait ValueEnumName {
+    fn name(&self) -> String;
+}
+
+impl<T: ValueEnum> ValueEnumName for T {
+    fn name(&self) -> String {
+        self.to_possible_value()
+            .expect("no value is skipped")
+            .get_name()
+            .to_owned()
+    }
+}
+
 /// The subscriptions and publish targets of a run.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -151,6 +211,23 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_args_survive_the_trip_to_a_worker() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            plan: PlanArgs,
+        }
+        let first = Cli::parse_from(["x", "--shape", "project", "--conns", "7", "--group", "3"]);
+        let mut argv = vec!["x".to_owned()];
+        argv.extend(first.plan.to_args());
+        let again = Cli::parse_from(argv);
+        assert_eq!(again.plan.to_args(), first.plan.to_args());
+        assert_eq!(again.plan.shape, Shape::Project);
+        assert_eq!(again.plan.plan().publish_channels(), 3);
+    }
 
     #[test]
     fn fanout_counts_the_reading_members_of_each_channel() {

@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, ChildStdin, Command};
 
 use crate::marker::{Marker, now_ns};
-use crate::plan::{Plan, Shape, Subscriptions};
+use crate::plan::{Plan, PlanArgs};
 use crate::procfs;
 use crate::report::{ConnectReport, HoldReport, Latency, MemoryReport, PublishReport, RunReport};
 use crate::target::{Kind, Target};
@@ -44,22 +44,9 @@ pub struct RunArgs {
     /// The publish key (Cortex).
     #[arg(long, env = "CORTEX_PUBLISH_KEY", default_value = "")]
     pub publish_key: String,
-    /// Where events go: one org channel, project groups, or 1:1 agent channels.
-    #[arg(long, value_enum, default_value = "org")]
-    pub shape: Shape,
-    /// Subscriber connections (each subscribes to three channels).
-    #[arg(long, default_value_t = 1000)]
-    pub conns: u32,
-    /// Connections per project channel.
-    #[arg(long, default_value_t = 50)]
-    pub group: u32,
-    /// Percentage of connections that subscribe and never read (slow consumers).
-    #[arg(long, default_value_t = 0)]
-    pub stalled_percent: u32,
-    /// Channels each connection subscribes to: its agent, project and org channels, or only
-    /// the one the shape publishes to.
-    #[arg(long, value_enum, default_value = "three")]
-    pub subscriptions: Subscriptions,
+    /// Who subscribes to what.
+    #[command(flatten)]
+    pub plan: PlanArgs,
     /// Worker processes [default: one per 10,000 connections].
     #[arg(long)]
     pub workers: Option<u32>,
@@ -167,7 +154,7 @@ pub fn main(args: RunArgs) -> Result<RunReport> {
 }
 
 async fn run(args: RunArgs) -> Result<RunReport> {
-    if args.conns == 0 {
+    if args.plan.conns == 0 {
         bail!("--conns must be at least 1");
     }
     if args.target == Kind::Cortex && (args.secret.is_empty() || args.publish_key.is_empty()) {
@@ -175,10 +162,9 @@ async fn run(args: RunArgs) -> Result<RunReport> {
     }
     let workers_n = args
         .workers
-        .unwrap_or_else(|| args.conns.div_ceil(10_000))
-        .clamp(1, args.conns);
-    let mut plan = Plan::new(args.shape, args.conns, args.group, args.stalled_percent)
-        .with_subscriptions(args.subscriptions);
+        .unwrap_or_else(|| args.plan.conns.div_ceil(10_000))
+        .clamp(1, args.plan.conns);
+    let mut plan = args.plan.plan();
     let target = Rc::new(Target {
         kind: args.target,
         addr: args.addr.clone(),
@@ -198,8 +184,9 @@ async fn run(args: RunArgs) -> Result<RunReport> {
     let mut children = Vec::new();
     let mut stdins = Vec::new();
     for w in 0..workers_n {
-        let from = (u64::from(args.conns) * u64::from(w) / u64::from(workers_n)) as u32;
-        let to = (u64::from(args.conns) * u64::from(w + 1) / u64::from(workers_n)) as u32;
+        let conns = u64::from(args.plan.conns);
+        let from = (conns * u64::from(w) / u64::from(workers_n)) as u32;
+        let to = (conns * u64::from(w + 1) / u64::from(workers_n)) as u32;
         let (child, stdin) = spawn_worker(&args, from, to, w as usize, workers.clone())?;
         children.push(child);
         stdins.push(stdin);
@@ -291,12 +278,12 @@ async fn run(args: RunArgs) -> Result<RunReport> {
     let report = RunReport {
         label: args.label.clone(),
         target: args.target,
-        shape: args.shape,
-        conns: args.conns,
+        shape: args.plan.shape,
+        conns: args.plan.conns,
         workers: workers_n,
         source_addrs: args.source_addrs,
-        stalled_percent: args.stalled_percent,
-        subscriptions: args.subscriptions,
+        stalled_percent: args.plan.stalled_percent,
+        subscriptions: args.plan.subscriptions,
         event_bytes: args.event_bytes,
         connect: ConnectReport {
             connected,
@@ -347,14 +334,7 @@ fn spawn_worker(
             "--secret",
             &args.secret,
         ])
-        .args(["--shape", &format!("{:?}", args.shape).to_lowercase()])
-        .args(["--conns", &args.conns.to_string()])
-        .args(["--group", &args.group.to_string()])
-        .args(["--stalled-percent", &args.stalled_percent.to_string()])
-        .args([
-            "--subscriptions",
-            &format!("{:?}", args.subscriptions).to_lowercase(),
-        ])
+        .args(args.plan.to_args())
         .args(["--from", &from.to_string(), "--to", &to.to_string()])
         .args(["--source-addrs", &args.source_addrs.to_string()])
         .args([
@@ -460,7 +440,7 @@ async fn publish_phase(
     });
     let max_lag = args
         .max_lag
-        .unwrap_or_else(|| (u64::from(args.conns) * 8).max(10_000));
+        .unwrap_or_else(|| (u64::from(args.plan.conns) * 8).max(10_000));
     let channels = plan.publish_channels();
     let tasks = args.publishers.clamp(1, channels);
     let received_before = workers.received();

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::marker::{Marker, Seen, SeqTrack, now_ns};
-use crate::plan::{Plan, Shape, Subscriptions};
+use crate::plan::{Plan, PlanArgs};
 use crate::target::{self, Kind, Target};
 
 /// What a worker is told to do.
@@ -45,21 +45,9 @@ pub struct WorkerArgs {
     /// The HS256 secret tokens are signed with.
     #[arg(long, default_value = "")]
     pub secret: String,
-    /// The run's shape.
-    #[arg(long, value_enum)]
-    pub shape: Shape,
-    /// Connections in the whole run.
-    #[arg(long)]
-    pub conns: u32,
-    /// Connections per project channel.
-    #[arg(long)]
-    pub group: u32,
-    /// Percentage of connections that never read.
-    #[arg(long, default_value_t = 0)]
-    pub stalled_percent: u32,
-    /// Channels each connection subscribes to.
-    #[arg(long, value_enum, default_value = "three")]
-    pub subscriptions: Subscriptions,
+    /// Who subscribes to what.
+    #[command(flatten)]
+    pub plan: PlanArgs,
     /// The first connection index of this worker.
     #[arg(long)]
     pub from: u32,
@@ -158,10 +146,7 @@ fn emit(line: &Line) {
 
 async fn run(args: WorkerArgs) -> Result<()> {
     let started = Instant::now();
-    let plan = Rc::new(
-        Plan::new(args.shape, args.conns, args.group, args.stalled_percent)
-            .with_subscriptions(args.subscriptions),
-    );
+    let plan = Rc::new(args.plan.plan());
     let target = Rc::new(Target {
         kind: args.target,
         addr: args.addr.clone(),
