@@ -66,10 +66,9 @@ impl PlanArgs {
 
     /// The same options as command-line arguments, for a worker process.
     pub fn to_args(&self) -> Vec<String> {
-        let name = |v: &dyn ValueEnumName| v.name();
         vec![
             "--shape".into(),
-            name(&self.shape),
+            value_name(&self.shape),
             "--conns".into(),
             self.conns.to_string(),
             "--group".into(),
@@ -77,23 +76,18 @@ impl PlanArgs {
             "--stalled-percent".into(),
             self.stalled_percent.to_string(),
             "--subscriptions".into(),
-            name(&self.subscriptions),
+            value_name(&self.subscriptions),
         ]
     }
 }
 
 /// The command-line spelling of a value.
-trait ValueEnumName {
-    fn name(&self) -> String;
-}
-
-impl<T: ValueEnum> ValueEnumName for T {
-    fn name(&self) -> String {
-        self.to_possible_value()
-            .expect("no value is skipped")
-            .get_name()
-            .to_owned()
-    }
+pub(crate) fn value_name<T: ValueEnum>(value: &T) -> String {
+    value
+        .to_possible_value()
+        .expect("no value is skipped")
+        .get_name()
+        .to_owned()
 }
 
 /// The subscriptions and publish targets of a run.

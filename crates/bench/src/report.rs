@@ -103,6 +103,9 @@ pub struct PublishReport {
     pub frame_bytes: f64,
     /// Deliveries per second, from the first publish to the last delivery.
     pub deliveries_per_sec: f64,
+    /// Seconds from the first publish to the last delivery (or the end of the settle time):
+    /// the window the rates and CPU figures are taken over.
+    pub window_secs: f64,
     /// Publish-to-receive latency, microseconds.
     pub latency_us: Latency,
     /// Server CPU seconds spent in the phase.

@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, ChildStdin, Command};
 
 use crate::marker::{Marker, now_ns};
-use crate::plan::{Plan, PlanArgs};
+use crate::plan::{Plan, PlanArgs, value_name};
 use crate::procfs;
 use crate::report::{ConnectReport, HoldReport, Latency, MemoryReport, PublishReport, RunReport};
 use crate::target::{Kind, Target};
@@ -325,7 +325,7 @@ fn spawn_worker(
     let exe = std::env::current_exe().context("finding this executable")?;
     let mut cmd = Command::new(exe);
     cmd.arg("worker")
-        .args(["--target", &format!("{:?}", args.target).to_lowercase()])
+        .args(["--target", &value_name(&args.target)])
         .args([
             "--addr",
             &args.addr,
@@ -464,7 +464,6 @@ async fn publish_phase(
             received_before,
             deadline,
             event_bytes: args.event_bytes,
-            publish_key: args.publish_key.clone(),
         };
         handles.push(tokio::task::spawn_local(task.run()));
     }
@@ -499,7 +498,8 @@ async fn publish_phase(
         misrouted: 0,
         dropped: 0,
         frame_bytes: 0.0,
-        deliveries_per_sec: wall,
+        deliveries_per_sec: 0.0,
+        window_secs: wall,
         latency_us: Latency::default(),
         server_cpu_secs: server_cpu,
         server_us_per_delivery: 0.0,
@@ -511,7 +511,6 @@ async fn publish_phase(
 
 /// Fills in what only the workers' final reports know.
 fn finish_publish_report(p: &mut PublishReport, reports: &[Report]) -> Result<()> {
-    let wall = p.deliveries_per_sec; // the phase's wall time, parked here by publish_phase
     let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
     let (mut bytes, mut arrivals) = (0, 0);
     for r in reports {
@@ -533,7 +532,7 @@ fn finish_publish_report(p: &mut PublishReport, reports: &[Report]) -> Result<()
     p.lost = p.expected.saturating_sub(p.received);
     // `bytes` counts every arrival with a marker, misrouted ones included.
     p.frame_bytes = bytes as f64 / arrivals.max(1) as f64;
-    p.deliveries_per_sec = p.received as f64 / wall;
+    p.deliveries_per_sec = p.received as f64 / p.window_secs;
     p.server_us_per_delivery = p.server_cpu_secs * 1e6 / p.received.max(1) as f64;
     p.latency_us = Latency {
         p50: latency.value_at_quantile(0.50),
@@ -566,7 +565,6 @@ struct Publisher {
     received_before: u64,
     deadline: Instant,
     event_bytes: usize,
-    publish_key: String,
 }
 
 impl Publisher {
@@ -606,7 +604,7 @@ impl Publisher {
                 request = request.header("content-type", "application/json");
             }
             if self.target.kind == Kind::Cortex {
-                request = request.bearer_auth(&self.publish_key);
+                request = request.bearer_auth(&self.target.publish_key);
             }
             match request.send().await {
                 Ok(resp) if resp.status().is_success() => {

@@ -130,6 +130,8 @@ pub async fn publish(node: &Node, bodies: Vec<PublishEvent>) -> Result<Vec<Accep
 
     let mut answers: Vec<Option<Accepted>> = Vec::with_capacity(events.len());
     let mut prepared = Vec::with_capacity(events.len());
+    // The channels as the answer spells them, written once per fresh event.
+    let mut answer_channels = Vec::with_capacity(events.len());
     let mut claimed = Vec::new();
     let at = Instant::now();
     for ev in events {
@@ -151,6 +153,7 @@ pub async fn publish(node: &Node, bodies: Vec<PublishEvent>) -> Result<Vec<Accep
             claimed.push((org.clone(), key.clone()));
         }
         answers.push(None);
+        answer_channels.push(first.channels);
         prepared.push(PreparedEvent {
             id: first.id,
             org,
@@ -170,15 +173,16 @@ pub async fn publish(node: &Node, bodies: Vec<PublishEvent>) -> Result<Vec<Accep
         }
     };
     metrics::published(prepared.len());
-    let mut fresh = prepared.into_iter().zip(counts);
+    let mut fresh = prepared.into_iter().zip(answer_channels).zip(counts);
     Ok(answers
         .into_iter()
         .map(|a| {
             a.unwrap_or_else(|| {
-                let (ev, recipients) = fresh.next().expect("one count per published event");
+                let ((ev, channels), recipients) =
+                    fresh.next().expect("one count per published event");
                 Accepted {
                     id: ev.id,
-                    channels: ev.channels.iter().map(|c| c.to_string()).collect(),
+                    channels,
                     recipients,
                     duplicate: false,
                 }

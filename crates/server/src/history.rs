@@ -107,6 +107,27 @@ impl ChannelLog {
     fn held_bytes(&self) -> usize {
         self.events.iter().map(|h| h.bytes.len()).sum()
     }
+
+    /// Drops held events from the front while they are at or below `upto_offset` or older than
+    /// `older_than`. Returns how many events and bytes went.
+    fn drop_front(
+        &mut self,
+        upto_offset: Option<u64>,
+        older_than: Option<Instant>,
+    ) -> (usize, usize) {
+        let (mut events, mut bytes) = (0, 0);
+        while let Some(h) = self.events.front() {
+            let by_offset = upto_offset.is_some_and(|o| h.offset <= o);
+            let by_age = older_than.is_some_and(|t| h.at < t);
+            if !(by_offset || by_age) {
+                break;
+            }
+            let h = self.events.pop_front().expect("front exists");
+            events += 1;
+            bytes += h.bytes.len();
+        }
+        (events, bytes)
+    }
 }
 
 struct Shard {
@@ -134,18 +155,10 @@ impl Shard {
         upto_offset: Option<u64>,
         older_than: Option<Instant>,
     ) {
-        let Some(log) = self.logs.get_mut(key) else {
-            return;
-        };
-        while let Some(h) = log.events.front() {
-            let by_offset = upto_offset.is_some_and(|o| h.offset <= o);
-            let by_age = older_than.is_some_and(|t| h.at < t);
-            if !(by_offset || by_age) {
-                break;
-            }
-            let h = log.events.pop_front().expect("front exists");
-            self.bytes -= h.bytes.len();
-            self.held -= 1;
+        if let Some(log) = self.logs.get_mut(key) {
+            let (events, bytes) = log.drop_front(upto_offset, older_than);
+            self.held -= events;
+            self.bytes -= bytes;
         }
     }
 
@@ -155,8 +168,10 @@ impl Shard {
         if !self.logs.contains_key(key) {
             self.logs.insert(key.clone(), ChannelLog::new(now));
         }
-        self.drop_front(key, None, now.checked_sub(max_age));
         let log = self.logs.get_mut(key).expect("inserted above");
+        let (events, bytes) = log.drop_front(None, now.checked_sub(max_age));
+        self.held -= events;
+        self.bytes -= bytes;
         log.touched = now;
         log
     }

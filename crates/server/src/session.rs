@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::auth::{AuthError, Claims};
 use crate::broker::Subscribed;
-use crate::hub::{ChannelKey, ConnId, Subscriber};
+use crate::hub::{ChannelKey, Subscriber};
 use crate::metrics;
 use crate::outbox::{Batch, Outbox};
 use crate::server::{ConnectionGuard, Node, unix_now};
@@ -260,9 +260,9 @@ struct Session {
     node: Arc<Node>,
     org: Arc<str>,
     claims: Claims,
-    conn: ConnId,
-    /// The connection's slot in the node's limits, freed when the session is dropped.
-    _guard: ConnectionGuard,
+    /// The connection's slot in the node's limits (and its id), freed when the session is
+    /// dropped.
+    guard: ConnectionGuard,
     outbox: Outbox,
     /// A short list (at most `max_subscriptions`): smaller than a map for the usual handful.
     subscriptions: Vec<ChannelKey>,
@@ -274,7 +274,6 @@ struct Session {
 
 impl Session {
     fn new(node: Arc<Node>, claims: Claims, guard: ConnectionGuard) -> Session {
-        let conn = guard.conn();
         let limits = &node.config.limits;
         let outbox = Outbox::new(limits.outbox_bytes, limits.outbox_events);
         let rate = f64::from(limits.commands_per_sec);
@@ -282,8 +281,7 @@ impl Session {
         Session {
             org: Arc::from(claims.org.as_str()),
             claims,
-            conn,
-            _guard: guard,
+            guard,
             outbox,
             subscriptions: Vec::new(),
             expires,
@@ -321,7 +319,7 @@ impl Session {
         let node = self.node.clone();
         let limits = &node.config.limits;
         self.reply(&ServerMessage::Connected {
-            connection_id: self.node.connection_id(self.conn),
+            connection_id: self.node.connection_id(self.guard.conn()),
             user_id: self.claims.sub.clone(),
             org_id: self.claims.org.clone(),
             expires_at: rfc3339_secs(self.claims.exp),
@@ -563,7 +561,7 @@ impl Session {
         }
         let key = ChannelKey::new(self.org.clone(), channel.clone());
         let sub = Subscriber {
-            conn: self.conn,
+            conn: self.guard.conn(),
             outbox: self.outbox.clone(),
         };
         let reply = |s: &Subscribed| {
@@ -608,7 +606,7 @@ impl Session {
         };
         let at = self.subscriptions.iter().position(|k| k.channel == channel);
         if let Some(key) = at.map(|i| self.subscriptions.swap_remove(i)) {
-            self.node.broker.unsubscribe(&key, self.conn);
+            self.node.broker.unsubscribe(&key, self.guard.conn());
             metrics::subscriptions(-1.0);
         }
         self.reply(&ServerMessage::Unsubscribed {
@@ -657,7 +655,7 @@ impl Session {
 
     fn leave_all(&mut self) {
         for key in std::mem::take(&mut self.subscriptions) {
-            self.node.broker.unsubscribe(&key, self.conn);
+            self.node.broker.unsubscribe(&key, self.guard.conn());
             metrics::subscriptions(-1.0);
         }
     }
