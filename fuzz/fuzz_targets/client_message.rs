@@ -4,6 +4,9 @@
 
 #![no_main]
 
+mod common;
+
+use common::same_json;
 use cortex_protocol::{ClientMessage, Ref};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -83,29 +86,5 @@ fn replace_string(value: &mut Value, from: &str, to: &str) {
         Value::Array(items) => items.iter_mut().for_each(|v| replace_string(v, from, to)),
         Value::Object(map) => map.values_mut().for_each(|v| replace_string(v, from, to)),
         _ => {}
-    }
-}
-
-/// Equal JSON, except that two floats within one unit in the last place count as equal:
-/// without serde_json's `float_roundtrip` feature (which the crates do not enable) parsing a
-/// printed float is not guaranteed to give back the very same `f64`.
-fn same_json(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
-            let (x, y) = (
-                x.as_f64().unwrap_or(f64::NAN),
-                y.as_f64().unwrap_or(f64::NAN),
-            );
-            x == y || x.to_bits().abs_diff(y.to_bits()) <= 1
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
-        }
-        _ => a == b,
     }
 }

@@ -210,13 +210,25 @@ fn counting_provider() -> (Arc<AtomicU32>, impl TokenProvider) {
 
 const SEED: u64 = 7;
 
-fn builder(dial: Dial) -> (Arc<AtomicU32>, ClientBuilder) {
+/// A client on a fresh [`net`] with a [`counting_provider`] and an rng seeded with [`SEED`], set
+/// up by `configure` and started; with the count of the provider's calls.
+fn start_counting(
+    configure: impl FnOnce(ClientBuilder) -> ClientBuilder,
+) -> (Arc<AtomicU32>, Client, Events, Net) {
+    let (dial, net) = net();
     let (calls, provider) = counting_provider();
     let b = Client::builder("ws://realtime.test:8080/api/ws")
         .token_provider(provider)
         .dial(dial)
         .rng(Box::new(StdRng::seed_from_u64(SEED)));
-    (calls, b)
+    let (client, events) = configure(b).start().unwrap();
+    (calls, client, events, net)
+}
+
+/// [`start_counting`] without the count.
+fn start(configure: impl FnOnce(ClientBuilder) -> ClientBuilder) -> (Client, Events, Net) {
+    let (_, client, events, net) = start_counting(configure);
+    (client, events, net)
 }
 
 fn ch(s: &str) -> ChannelId {
@@ -256,6 +268,11 @@ async fn reconnecting(events: &mut Events) -> (Disconnect, Duration) {
         ClientEvent::Reconnecting { cause, delay, .. } => (cause, delay),
         _ => unreachable!(),
     }
+}
+
+/// The next `Resubscribed`, skipping other events.
+async fn resubscribed(events: &mut Events) -> ClientEvent {
+    next_where(events, |e| matches!(e, ClientEvent::Resubscribed { .. })).await
 }
 
 async fn stopped(events: &mut Events) -> Stop {
@@ -298,9 +315,7 @@ fn closed(code: u16) -> impl Fn(&Disconnect) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn the_token_goes_in_the_auth_frame_and_channels_wanted_before_connecting_are_subscribed() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (client, mut events) = b.subscribe(ch("task:t_1")).start().unwrap();
+    let (client, mut events, mut net) = start(|b| b.subscribe(ch("task:t_1")));
     client.subscribe(ch("project:p_1"));
     let mut peer = net.next().await.accept().await;
     assert_eq!(peer.uri, "/api/ws");
@@ -370,13 +385,8 @@ async fn the_query_and_header_transports_carry_the_token_in_the_upgrade() {
         (TokenTransport::Query, "/api/ws?token=tok-1", None),
         (TokenTransport::Header, "/api/ws", Some("Bearer tok-1")),
     ] {
-        let (dial, mut net) = net();
-        let (_, b) = builder(dial);
-        let (_client, mut events) = b
-            .transport(transport)
-            .subscribe(ch("task:t_1"))
-            .start()
-            .unwrap();
+        let (_client, mut events, mut net) =
+            start(|b| b.transport(transport).subscribe(ch("task:t_1")));
         let mut peer = net.next().await.accept().await;
         assert_eq!(peer.uri, query);
         assert_eq!(
@@ -394,9 +404,7 @@ async fn the_query_and_header_transports_carry_the_token_in_the_upgrade() {
 
 #[tokio::test(start_paused = true)]
 async fn reconnect_attempts_are_spaced_by_the_jittered_backoff_which_resets_after_30_s_up() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (_client, mut events) = b.start().unwrap();
+    let (_client, mut events, mut net) = start(|b| b);
     let mut want = Expected::new();
     let mut last = net.next().await.at; // dropped: the upgrade fails
     for i in 0..8 {
@@ -437,9 +445,7 @@ async fn reconnect_attempts_are_spaced_by_the_jittered_backoff_which_resets_afte
 async fn close_4001_stops_the_client_with_no_reconnect() {
     // After connected, and in answer to the auth frame.
     for after_connected in [true, false] {
-        let (dial, mut net) = net();
-        let (calls, b) = builder(dial);
-        let (_client, mut events) = b.start().unwrap();
+        let (calls, _client, mut events, mut net) = start_counting(|b| b);
         let mut peer = net.next().await.accept().await;
         peer.recv().await;
         if after_connected {
@@ -456,9 +462,7 @@ async fn close_4001_stops_the_client_with_no_reconnect() {
         );
     }
     // HTTP 401 before the upgrade.
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (_client, mut events) = b.transport(TokenTransport::Query).start().unwrap();
+    let (_client, mut events, mut net) = start(|b| b.transport(TokenTransport::Query));
     net.next().await.refuse(401, "unauthorized").await;
     assert_eq!(stopped(&mut events).await, Stop::Unauthorized);
     net.quiet_for(Duration::from_secs(3600)).await;
@@ -466,9 +470,7 @@ async fn close_4001_stops_the_client_with_no_reconnect() {
 
 #[tokio::test(start_paused = true)]
 async fn close_1000_stops_the_client() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (_client, mut events) = b.start().unwrap();
+    let (_client, mut events, mut net) = start(|b| b);
     net.next().await.connect().await.close(1000).await;
     assert_eq!(stopped(&mut events).await, Stop::ServerClosed);
     ends(&mut events).await;
@@ -477,9 +479,7 @@ async fn close_1000_stops_the_client() {
 
 #[tokio::test(start_paused = true)]
 async fn close_4002_asks_the_provider_for_a_new_token_and_reconnects_at_once_resuming() {
-    let (dial, mut net) = net();
-    let (calls, b) = builder(dial);
-    let (_client, mut events) = b.subscribe(ch("task:t_1")).start().unwrap();
+    let (calls, _client, mut events, mut net) = start_counting(|b| b.subscribe(ch("task:t_1")));
     let mut peer = net.next().await.connect().await;
     peer.subscribed("task:t_1", 0, "e_1", None).await;
     peer.event("task:t_1", 1, "e_1").await;
@@ -512,9 +512,7 @@ async fn close_4002_asks_the_provider_for_a_new_token_and_reconnects_at_once_res
 
 #[tokio::test(start_paused = true)]
 async fn close_4009_reconnects_with_backoff_and_resumes_from_the_last_offset_without_duplicates() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (_client, mut events) = b.subscribe(ch("task:t_1")).start().unwrap();
+    let (_client, mut events, mut net) = start(|b| b.subscribe(ch("task:t_1")));
     let mut want = Expected::new();
     let mut peer = net.next().await.connect().await;
     peer.subscribed("task:t_1", 0, "e_1", None).await;
@@ -532,11 +530,7 @@ async fn close_4009_reconnects_with_backoff_and_resumes_from_the_last_offset_wit
     let sub = peer.subscribed("task:t_1", 5, "e_1", Some(true)).await;
     assert_eq!(sub["since"], json!({"offset":3,"epoch":"e_1"}));
     assert_eq!(
-        next_where(&mut events, |e| matches!(
-            e,
-            ClientEvent::Resubscribed { .. }
-        ))
-        .await,
+        resubscribed(&mut events).await,
         ClientEvent::Resubscribed {
             channel: ch("task:t_1"),
             recovered: true,
@@ -558,11 +552,7 @@ async fn close_4009_reconnects_with_backoff_and_resumes_from_the_last_offset_wit
     let sub = peer.subscribed("task:t_1", 2, "e_2", Some(false)).await;
     assert_eq!(sub["since"], json!({"offset":6,"epoch":"e_1"}));
     assert_eq!(
-        next_where(&mut events, |e| matches!(
-            e,
-            ClientEvent::Resubscribed { .. }
-        ))
-        .await,
+        resubscribed(&mut events).await,
         ClientEvent::Resubscribed {
             channel: ch("task:t_1"),
             recovered: false,
@@ -581,13 +571,8 @@ async fn close_4009_reconnects_with_backoff_and_resumes_from_the_last_offset_wit
 
 #[tokio::test(start_paused = true)]
 async fn a_resume_that_overflows_the_server_queue_is_given_up_once_not_retried_forever() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (_client, mut events) = b
-        .subscribe(ch("task:t_1"))
-        .subscribe(ch("task:t_2"))
-        .start()
-        .unwrap();
+    let (_client, mut events, mut net) =
+        start(|b| b.subscribe(ch("task:t_1")).subscribe(ch("task:t_2")));
     let mut peer = net.next().await.connect().await;
     peer.subscribed("task:t_1", 0, "e_1", None).await;
     peer.subscribed("task:t_2", 0, "e_1", None).await;
@@ -620,9 +605,7 @@ async fn a_resume_that_overflows_the_server_queue_is_given_up_once_not_retried_f
 
 #[tokio::test(start_paused = true)]
 async fn every_other_close_code_and_a_lost_connection_back_off_and_resume() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (_client, mut events) = b.subscribe(ch("task:t_1")).start().unwrap();
+    let (_client, mut events, mut net) = start(|b| b.subscribe(ch("task:t_1")));
     let mut want = Expected::new();
     let mut peer = net.next().await.connect().await;
     peer.subscribed("task:t_1", 0, "e_1", None).await;
@@ -654,12 +637,8 @@ async fn every_other_close_code_and_a_lost_connection_back_off_and_resume() {
 
 #[tokio::test(start_paused = true)]
 async fn the_token_is_refreshed_on_the_live_connection_before_it_expires() {
-    let (dial, mut net) = net();
-    let (calls, b) = builder(dial);
-    let (_client, mut events) = b
-        .idle_timeout(Duration::from_secs(100_000))
-        .start()
-        .unwrap();
+    let (calls, _client, mut events, mut net) =
+        start_counting(|b| b.idle_timeout(Duration::from_secs(100_000)));
     let mut peer = net.next().await.accept().await;
     peer.recv().await;
     let start = Instant::now();
@@ -711,13 +690,8 @@ async fn the_token_is_refreshed_on_the_live_connection_before_it_expires() {
 
 #[tokio::test(start_paused = true)]
 async fn a_provider_with_no_newer_token_is_not_asked_in_a_loop() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (_client, mut events) = b
-        .token("fixed")
-        .idle_timeout(Duration::from_secs(100_000))
-        .start()
-        .unwrap();
+    let (_client, mut events, mut net) =
+        start(|b| b.token("fixed").idle_timeout(Duration::from_secs(100_000)));
     let mut peer = net.next().await.accept().await;
     assert_eq!(peer.recv().await["token"], "fixed");
     peer.connected(100).await;
@@ -736,9 +710,7 @@ async fn a_provider_with_no_newer_token_is_not_asked_in_a_loop() {
 
 #[tokio::test(start_paused = true)]
 async fn close_sends_1000_and_ends_the_events() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (client, mut events) = b.start().unwrap();
+    let (client, mut events, mut net) = start(|b| b);
     let mut peer = net.next().await.connect().await;
     assert!(matches!(next(&mut events).await, ClientEvent::Connected(_)));
     let server = tokio::spawn(async move { peer.recv_or_close().await });
@@ -751,9 +723,7 @@ async fn close_sends_1000_and_ends_the_events() {
 
 #[tokio::test(start_paused = true)]
 async fn dropping_every_handle_closes_the_connection() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (client, mut events) = b.start().unwrap();
+    let (client, mut events, mut net) = start(|b| b);
     let mut peer = net.next().await.connect().await;
     assert!(matches!(next(&mut events).await, ClientEvent::Connected(_)));
     let other = client.clone();
@@ -766,9 +736,7 @@ async fn dropping_every_handle_closes_the_connection() {
 
 #[tokio::test(start_paused = true)]
 async fn unsubscribe_stops_delivery_at_once_and_a_new_subscribe_starts_fresh() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (client, mut events) = b.subscribe(ch("task:t_1")).start().unwrap();
+    let (client, mut events, mut net) = start(|b| b.subscribe(ch("task:t_1")));
     let mut peer = net.next().await.connect().await;
     peer.subscribed("task:t_1", 0, "e_1", None).await;
     peer.event("task:t_1", 1, "e_1").await;
@@ -802,13 +770,8 @@ async fn unsubscribe_stops_delivery_at_once_and_a_new_subscribe_starts_fresh() {
 
 #[tokio::test(start_paused = true)]
 async fn refused_subscribes_and_server_ended_subscriptions_are_reported_and_forgotten() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (client, mut events) = b
-        .subscribe(ch("org:o_2"))
-        .subscribe(ch("task:t_1"))
-        .start()
-        .unwrap();
+    let (client, mut events, mut net) =
+        start(|b| b.subscribe(ch("org:o_2")).subscribe(ch("task:t_1")));
     let mut peer = net.next().await.connect().await;
     let sub = peer.recv().await;
     assert_eq!(sub["channelId"], "org:o_2");
@@ -848,9 +811,7 @@ async fn refused_subscribes_and_server_ended_subscriptions_are_reported_and_forg
 
 #[tokio::test(start_paused = true)]
 async fn resubscribing_many_channels_stays_under_the_servers_command_rate() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (client, _events) = b.start().unwrap();
+    let (client, _events, mut net) = start(|b| b);
     for i in 0..128 {
         client.subscribe(ch(&format!("task:t_{i}")));
     }
@@ -878,9 +839,7 @@ async fn resubscribing_many_channels_stays_under_the_servers_command_rate() {
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_connection_is_replaced_after_the_idle_timeout() {
-    let (dial, mut net) = net();
-    let (_, b) = builder(dial);
-    let (_client, mut events) = b.start().unwrap();
+    let (_client, mut events, mut net) = start(|b| b);
     let _peer = net.next().await.connect().await;
     let start = Instant::now();
     let (cause, _) = reconnecting(&mut events).await;

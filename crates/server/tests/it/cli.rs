@@ -55,6 +55,31 @@ async fn subscribe_past(c: &mut Client, n: usize) -> Value {
     c.subscribe("task:one_more").await
 }
 
+/// `serve` flags for a minimal valid configuration on 127.0.0.1:0.
+const MINIMAL: [&str; 6] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--jwt-secret",
+    "s",
+    "--publish-key",
+    "k",
+];
+
+/// Runs the binary with `args` and `env` and asserts that it does not start; its stderr.
+async fn refused_start(args: &[&str], env: &[(&str, &str)]) -> String {
+    let p = run_bin(args, env).await;
+    assert!(!p.status().success(), "{args:?} must not start");
+    assert!(!p.stdout().contains("listening on"), "{}", p.stdout());
+    p.stderr()
+}
+
+/// `token` arguments for `u` in `o`, signed with the test secret, then `extra`.
+fn token_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["token", "--jwt-secret", SECRET, "--sub", "u", "--org", "o"];
+    args.extend_from_slice(extra);
+    args
+}
+
 async fn stop(mut p: Proc) -> Proc {
     p.sigterm_caught().await;
     p.terminate();
@@ -92,15 +117,11 @@ async fn serve_without_a_verification_key_refuses_to_start_and_names_the_missing
             ],
         ),
     ] {
-        let p = run_bin(&args, &env).await;
-        let status = p.status();
-        assert!(!status.success(), "{args:?} must not start");
-        let err = p.stderr();
+        let err = refused_start(&args, &env).await;
         assert!(
             err.contains("jwt-secret") && err.contains("jwt-public-key") && err.contains("jwks"),
             "stderr names the missing verification key: {err}"
         );
-        assert!(!p.stdout().contains("listening on"), "{}", p.stdout());
     }
 }
 
@@ -128,14 +149,11 @@ async fn serve_without_a_publish_key_refuses_to_start_and_names_publish_key() {
             vec![("CORTEX_JWT_SECRET", "s"), ("CORTEX_PUBLISH_KEY", "")],
         ),
     ] {
-        let p = run_bin(&args, &env).await;
-        assert!(!p.status().success(), "{args:?} must not start");
-        let err = p.stderr();
+        let err = refused_start(&args, &env).await;
         assert!(
             err.contains("publish-key"),
             "stderr names publish-key: {err}"
         );
-        assert!(!p.stdout().contains("listening on"), "{}", p.stdout());
     }
 }
 
@@ -157,18 +175,7 @@ async fn serve_with_a_config_file_holding_an_unknown_key_refuses_to_start_and_na
 
 #[tokio::test]
 async fn serve_prints_one_listening_line_with_the_real_port_and_answers_healthz() {
-    let (p, addr) = serve(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            "s",
-            "--publish-key",
-            "k",
-        ],
-        &[],
-    )
-    .await;
+    let (p, addr) = serve(&MINIMAL, &[]).await;
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
     assert_ne!(addr.port(), 0, "the real port, not 0");
     let (status, body) = get(&format!("http://{addr}/healthz")).await;
@@ -399,18 +406,7 @@ async fn sigterm_closes_every_connection_with_1001_and_exits_0_within_the_drain_
 
 #[tokio::test]
 async fn sigterm_with_no_connections_exits_0_at_once() {
-    let (p, _addr) = serve(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            "s",
-            "--publish-key",
-            "k",
-        ],
-        &[],
-    )
-    .await;
+    let (p, _addr) = serve(&MINIMAL, &[]).await;
     p.sigterm_caught().await;
     let started = Instant::now();
     stop(p).await;
@@ -428,18 +424,7 @@ fn sigterm_right_after_the_listening_line_drains_and_exits_0() {
         .build()
         .unwrap();
     for _ in 0..30 {
-        let mut p = Proc::spawn(
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--jwt-secret",
-                "s",
-                "--publish-key",
-                "k",
-            ],
-            &[],
-        );
+        let mut p = Proc::spawn(&[&["serve"][..], &MINIMAL].concat(), &[]);
         p.listening_blocking();
         p.terminate();
         let status = rt.block_on(p.wait_exit(DRAIN));
@@ -510,11 +495,7 @@ async fn token_prints_a_jwt_the_server_accepts_with_its_channel_allowlist() {
 
 #[tokio::test]
 async fn token_without_channels_allows_every_channel_of_its_org_and_bad_arguments_fail() {
-    let p = run_bin(
-        &["token", "--jwt-secret", SECRET, "--sub", "u", "--org", "o"],
-        &[],
-    )
-    .await;
+    let p = run_bin(&token_args(&[]), &[]).await;
     assert!(p.status().success(), "{}", p.stderr());
     let s = TestServer::start().await;
     let mut c = s.client_with_token(p.stdout().trim()).await;
@@ -525,28 +506,8 @@ async fn token_without_channels_allows_every_channel_of_its_org_and_bad_argument
     s.shutdown().await;
 
     for args in [
-        vec![
-            "token",
-            "--jwt-secret",
-            SECRET,
-            "--sub",
-            "u",
-            "--org",
-            "o",
-            "--ttl",
-            "soon",
-        ],
-        vec![
-            "token",
-            "--jwt-secret",
-            SECRET,
-            "--sub",
-            "u",
-            "--org",
-            "o",
-            "--channel",
-            "nope",
-        ],
+        token_args(&["--ttl", "soon"]),
+        token_args(&["--channel", "nope"]),
         vec!["token", "--sub", "u", "--org", "o"],
     ] {
         let p = run_bin(&args, &[]).await;

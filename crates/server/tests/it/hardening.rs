@@ -43,22 +43,13 @@ impl Served {
     /// must exec it so the process id is the server's.
     async fn start_under(wrapper: &[&str], flags: &[&str]) -> Served {
         use std::io::{BufRead, Read};
-        use std::process::{Command, Stdio};
         use std::sync::mpsc::TryRecvError;
 
         let mut args: Vec<&str> = wrapper.to_vec();
         args.extend([BIN, "serve", "--listen", "127.0.0.1:0"]);
         args.extend(["--jwt-secret", SECRET, "--publish-key", PUBLISH_KEY]);
         args.extend(flags);
-        let mut child = Command::new(args[0])
-            .args(&args[1..])
-            .env_clear()
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the server starts");
+        let mut child = spawn_piped(args[0], &args[1..], &[("RUST_LOG", "warn")]);
         let (tx, lines) = std::sync::mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -157,12 +148,7 @@ impl Served {
     }
 
     fn terminate(&self) {
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill -TERM failed");
+        sigterm(self.pid());
     }
 
     async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
@@ -212,19 +198,7 @@ impl Publisher {
     }
 
     async fn post(&self, body: &Value) -> Result<(u16, Value), reqwest::Error> {
-        let resp = self
-            .http
-            .post(&self.url)
-            .bearer_auth(PUBLISH_KEY)
-            .json(body)
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        try_publish_with(&self.http, &self.url, PUBLISH_KEY, body).await
     }
 
     async fn accepted(&self, body: &Value) -> Value {

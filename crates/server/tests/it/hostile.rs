@@ -248,17 +248,7 @@ impl Raw {
         };
         let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
         self.buf.drain(..head_end);
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line: {head}"));
-        let length = head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        });
+        let (status, length) = parse_head(&head);
         let body = if status == 101 {
             Vec::new()
         } else if let Some(n) = length {
@@ -680,19 +670,13 @@ async fn h10_url_over_10_kib_gets_414_before_any_token_work() {
     assert_still_serving(&s).await;
 }
 
-#[tokio::test]
-async fn h11_slowloris_head_is_dropped_after_the_handshake_timeout() {
-    let s = server().await;
-    let mut r = Raw::connect(s.addr).await;
-    let start = Instant::now();
-    r.drip(
-        upgrade("/api/ws", &[]).into_bytes(),
-        Duration::from_millis(50),
-    );
+/// `r`, opened at `start`, is dropped without an answer within 2 s, once the handshake timeout
+/// has passed.
+async fn assert_dropped_at_handshake_timeout(r: &mut Raw, start: Instant, what: &str) {
     let got = r
         .until_closed(Duration::from_secs(2))
         .await
-        .expect("the slowloris is dropped within 2 s");
+        .unwrap_or_else(|| panic!("{what} is dropped within 2 s"));
     let waited = start.elapsed();
     assert!(
         got.is_empty(),
@@ -703,6 +687,18 @@ async fn h11_slowloris_head_is_dropped_after_the_handshake_timeout() {
         waited >= HANDSHAKE_TIMEOUT - Duration::from_millis(100),
         "{waited:?}"
     );
+}
+
+#[tokio::test]
+async fn h11_slowloris_head_is_dropped_after_the_handshake_timeout() {
+    let s = server().await;
+    let mut r = Raw::connect(s.addr).await;
+    let start = Instant::now();
+    r.drip(
+        upgrade("/api/ws", &[]).into_bytes(),
+        Duration::from_millis(50),
+    );
+    assert_dropped_at_handshake_timeout(&mut r, start, "the slowloris").await;
     assert_still_serving(&s).await;
 }
 
@@ -711,20 +707,7 @@ async fn h12_connection_that_sends_nothing_is_dropped_after_the_handshake_timeou
     let s = server().await;
     let mut r = Raw::connect(s.addr).await;
     let start = Instant::now();
-    let got = r
-        .until_closed(Duration::from_secs(2))
-        .await
-        .expect("a silent connection is dropped within 2 s");
-    assert!(
-        got.is_empty(),
-        "no answer: {}",
-        String::from_utf8_lossy(&got)
-    );
-    assert!(
-        start.elapsed() >= HANDSHAKE_TIMEOUT - Duration::from_millis(100),
-        "{:?}",
-        start.elapsed()
-    );
+    assert_dropped_at_handshake_timeout(&mut r, start, "a silent connection").await;
     assert_still_serving(&s).await;
 }
 
@@ -872,44 +855,37 @@ async fn h19_fragmented_message_over_64_kib_is_closed_with_1009() {
     assert_still_serving(&s).await;
 }
 
+/// Opens a raw WebSocket, writes `bytes` and asserts that the connection ends with `want`.
+async fn assert_ends(s: &TestServer, bytes: &[u8], want: Seen, what: &str) {
+    let mut r = Raw::websocket(s).await;
+    assert!(r.send(bytes).await, "{what}");
+    assert_eq!(r.ending().await, want, "{what}");
+}
+
 #[tokio::test]
 async fn h20_frame_header_claiming_2_pow_63_bytes_is_closed_with_1009_at_once() {
     let s = server().await;
-    let mut r = Raw::websocket(&s).await;
     let mut bytes = vec![FIN | TEXT, 0x80 | 127];
     bytes.extend(0x7fff_ffff_ffff_ffffu64.to_be_bytes());
     bytes.extend(MASK);
     bytes.extend(b"{\"type\":");
-    assert!(r.send(&bytes).await);
-    assert_eq!(r.ending().await, Seen::Close(Some(1009)));
+    assert_ends(&s, &bytes, Seen::Close(Some(1009)), "2^63").await;
     assert_still_serving(&s).await;
 }
 
 #[tokio::test]
 async fn h21_invalid_utf8_in_a_text_frame_drops_the_connection() {
     let s = server().await;
-    let mut r = Raw::websocket(&s).await;
-    assert!(
-        r.send(&frame(
-            FIN | TEXT,
-            b"{\"type\":\"ping\",\"ref\":\"\xff\xfe\xc3\"}",
-            true
-        ))
-        .await
-    );
-    assert_eq!(r.ending().await, Seen::Dropped);
+    let bad = b"{\"type\":\"ping\",\"ref\":\"\xff\xfe\xc3\"}";
+    assert_ends(&s, &frame(FIN | TEXT, bad, true), Seen::Dropped, "utf-8").await;
     assert_still_serving(&s).await;
 }
 
 #[tokio::test]
 async fn h22_unmasked_client_frame_drops_the_connection() {
     let s = server().await;
-    let mut r = Raw::websocket(&s).await;
-    assert!(
-        r.send(&frame(FIN | TEXT, br#"{"type":"ping"}"#, false))
-            .await
-    );
-    assert_eq!(r.ending().await, Seen::Dropped);
+    let unmasked = frame(FIN | TEXT, br#"{"type":"ping"}"#, false);
+    assert_ends(&s, &unmasked, Seen::Dropped, "unmasked").await;
     assert_still_serving(&s).await;
 }
 
@@ -917,9 +893,8 @@ async fn h22_unmasked_client_frame_drops_the_connection() {
 async fn h23_reserved_opcodes_drop_the_connection() {
     let s = server().await;
     for opcode in [0x3, 0x7, 0xb, 0xf] {
-        let mut r = Raw::websocket(&s).await;
-        assert!(r.send(&frame(FIN | opcode, b"x", true)).await);
-        assert_eq!(r.ending().await, Seen::Dropped, "opcode {opcode:#x}");
+        let bytes = frame(FIN | opcode, b"x", true);
+        assert_ends(&s, &bytes, Seen::Dropped, &format!("opcode {opcode:#x}")).await;
     }
     assert_still_serving(&s).await;
 }
@@ -928,12 +903,8 @@ async fn h23_reserved_opcodes_drop_the_connection() {
 async fn h24_rsv_bits_without_an_extension_drop_the_connection() {
     let s = server().await;
     for rsv in [RSV1, 0x20, 0x10] {
-        let mut r = Raw::websocket(&s).await;
-        assert!(
-            r.send(&frame(FIN | rsv | TEXT, br#"{"type":"ping"}"#, true))
-                .await
-        );
-        assert_eq!(r.ending().await, Seen::Dropped, "rsv {rsv:#x}");
+        let bytes = frame(FIN | rsv | TEXT, br#"{"type":"ping"}"#, true);
+        assert_ends(&s, &bytes, Seen::Dropped, &format!("rsv {rsv:#x}")).await;
     }
     assert_still_serving(&s).await;
 }
@@ -941,30 +912,27 @@ async fn h24_rsv_bits_without_an_extension_drop_the_connection() {
 #[tokio::test]
 async fn h25_control_frame_over_125_bytes_drops_the_connection() {
     let s = server().await;
-    let mut r = Raw::websocket(&s).await;
-    assert!(r.send(&frame(FIN | PING, &[b'p'; 126], true)).await);
-    assert_eq!(r.ending().await, Seen::Dropped);
+    let big_ping = frame(FIN | PING, &[b'p'; 126], true);
+    assert_ends(&s, &big_ping, Seen::Dropped, "126-byte ping").await;
     assert_still_serving(&s).await;
 }
 
 #[tokio::test]
 async fn h26_continuation_without_a_start_or_a_fragmented_ping_drops_the_connection() {
     let s = server().await;
-    let mut r = Raw::websocket(&s).await;
-    assert!(
-        r.send(&frame(FIN | CONT, br#"{"type":"ping"}"#, true))
-            .await
-    );
-    assert_eq!(r.ending().await, Seen::Dropped);
-    let mut r = Raw::websocket(&s).await;
-    assert!(r.send(&frame(PING, b"half", true)).await);
-    assert_eq!(r.ending().await, Seen::Dropped);
-    let mut r = Raw::websocket(&s).await;
+    let lone_continuation = frame(FIN | CONT, br#"{"type":"ping"}"#, true);
+    assert_ends(&s, &lone_continuation, Seen::Dropped, "continuation").await;
+    assert_ends(
+        &s,
+        &frame(PING, b"half", true),
+        Seen::Dropped,
+        "fragmented ping",
+    )
+    .await;
     // A new text message while a fragmented one is unfinished.
     let mut bytes = frame(TEXT, b"{\"type\":", true);
     bytes.extend(text(r#"{"type":"ping"}"#));
-    assert!(r.send(&bytes).await);
-    assert_eq!(r.ending().await, Seen::Dropped);
+    assert_ends(&s, &bytes, Seen::Dropped, "text inside a fragment").await;
     assert_still_serving(&s).await;
 }
 
@@ -986,9 +954,8 @@ async fn h27_ping_flood_is_answered_and_the_connection_stays() {
 async fn h28_close_frame_with_an_invalid_code_is_answered_with_1002() {
     let s = server().await;
     for code in [0u16, 999, 1005, 1006, 1015, 2999, 5000] {
-        let mut r = Raw::websocket(&s).await;
-        assert!(r.send(&frame(FIN | CLOSE, &code.to_be_bytes(), true)).await);
-        assert_eq!(r.ending().await, Seen::Close(Some(1002)), "code {code}");
+        let close = frame(FIN | CLOSE, &code.to_be_bytes(), true);
+        assert_ends(&s, &close, Seen::Close(Some(1002)), &format!("code {code}")).await;
     }
     assert_still_serving(&s).await;
 }
@@ -996,11 +963,10 @@ async fn h28_close_frame_with_an_invalid_code_is_answered_with_1002() {
 #[tokio::test]
 async fn h29_client_close_1000_is_answered_with_a_close() {
     let s = server().await;
-    let mut r = Raw::websocket(&s).await;
     let mut payload = 1000u16.to_be_bytes().to_vec();
     payload.extend(b"bye");
-    assert!(r.send(&frame(FIN | CLOSE, &payload, true)).await);
-    assert_eq!(r.ending().await, Seen::Close(Some(1000)));
+    let close = frame(FIN | CLOSE, &payload, true);
+    assert_ends(&s, &close, Seen::Close(Some(1000)), "close 1000").await;
     assert_still_serving(&s).await;
 }
 
@@ -1009,9 +975,8 @@ async fn h30_malformed_close_frames_drop_the_connection() {
     let s = server().await;
     // A one-byte close payload, and a close reason that is not UTF-8.
     for payload in [vec![0x03], vec![0x03, 0xe8, 0xff, 0xfe]] {
-        let mut r = Raw::websocket(&s).await;
-        assert!(r.send(&frame(FIN | CLOSE, &payload, true)).await);
-        assert_eq!(r.ending().await, Seen::Dropped, "{payload:?}");
+        let close = frame(FIN | CLOSE, &payload, true);
+        assert_ends(&s, &close, Seen::Dropped, &format!("{payload:?}")).await;
     }
     assert_still_serving(&s).await;
 }

@@ -191,6 +191,11 @@ impl Secrets {
     }
 }
 
+/// A token for `u_log` in `o_log` signed with `secret`, expiring at `exp`.
+fn log_token(secret: &str, exp: i64) -> String {
+    mint_hs256(secret, "u_log", "o_log", exp, None)
+}
+
 /// Runs `f` against a trace-level `serve` with known secrets, stops it, and checks its output.
 async fn with_traced_server<F, Fut>(secret: &str, publish_key: &str, f: F) -> Proc
 where
@@ -221,8 +226,8 @@ async fn no_token_key_or_secret_ever_appears_in_the_logs_even_at_trace_level() {
     let publish_key = "publish-key-8e2d4c6a0b1f3957-never-log";
     let bad_publish_key = "bad-publish-key-5a7c9e1b3d2f4680";
     let now = unix_now();
-    let good = mint_hs256(secret, "u_log", "o_log", now + 3600, None);
-    let good_2 = mint_hs256(secret, "u_log", "o_log", now + 3700, None);
+    let good = log_token(secret, now + 3600);
+    let good_2 = log_token(secret, now + 3700);
     let good_3 = mint_hs256(
         secret,
         "u_log",
@@ -230,16 +235,10 @@ async fn no_token_key_or_secret_ever_appears_in_the_logs_even_at_trace_level() {
         now + 3800,
         Some(&["task:*".to_owned()]),
     );
-    let refresh_ok = mint_hs256(secret, "u_log", "o_log", now + 7200, None);
+    let refresh_ok = log_token(secret, now + 7200);
     let refresh_other_user = mint_hs256(secret, "u_someone_else", "o_log", now + 7200, None);
-    let wrong_signature = mint_hs256(
-        "some-other-secret-entirely",
-        "u_log",
-        "o_log",
-        now + 3600,
-        None,
-    );
-    let expired = mint_hs256(secret, "u_log", "o_log", now - 3600, None);
+    let wrong_signature = log_token("some-other-secret-entirely", now + 3600);
+    let expired = log_token(secret, now - 3600);
     let garbage = "opaque-not-a-jwt-token-6d1e0f2a9b8c7d6e".to_owned();
     let secrets = Secrets(vec![
         secret.into(),
@@ -357,15 +356,9 @@ async fn a_token_sent_over_http_query_or_header_never_appears_in_the_logs_at_tra
     let secret = "jwt-secret-77aa55cc33ee11ff-never-log";
     let publish_key = "publish-key-2468ace013579bdf-never-log";
     let now = unix_now();
-    let good = mint_hs256(secret, "u_log", "o_log", now + 3600, None);
-    let wrong_signature = mint_hs256(
-        "yet-another-secret-value",
-        "u_log",
-        "o_log",
-        now + 3600,
-        None,
-    );
-    let expired = mint_hs256(secret, "u_log", "o_log", now - 3600, None);
+    let good = log_token(secret, now + 3600);
+    let wrong_signature = log_token("yet-another-secret-value", now + 3600);
+    let expired = log_token(secret, now - 3600);
     let secrets = Secrets(vec![good.clone(), wrong_signature.clone(), expired.clone()]);
     let p = with_traced_server(secret, publish_key, |addr| async move {
         let ws = format!("ws://{addr}/api/ws");

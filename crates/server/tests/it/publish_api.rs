@@ -26,20 +26,9 @@ impl Publisher {
     }
 
     async fn post(&self, body: &Value) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(&self.url)
-            .bearer_auth(PUBLISH_KEY)
-            .json(body)
-            .send()
+        try_publish_with(&self.http, &self.url, PUBLISH_KEY, body)
             .await
-            .expect("publish request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+            .expect("publish request")
     }
 
     /// Publishes and asserts 202; returns the answer.

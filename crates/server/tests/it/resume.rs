@@ -16,14 +16,25 @@ async fn subscribe_since(
     c.recv().await
 }
 
+/// Subscribes `c` to `channel` and returns the channel's epoch.
+async fn subscribe_epoch(c: &mut Client, channel: &str) -> String {
+    c.subscribe(channel).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A ping is answered by the next frame: nothing was replayed before it.
+async fn assert_nothing_replayed(c: &mut Client, what: &str) {
+    c.send(json!({"type":"ping"})).await;
+    assert_eq!(c.recv().await["type"], "pong", "{what}");
+}
+
 #[tokio::test]
 async fn a_resume_replays_exactly_the_missed_events_then_goes_live() {
     let s = TestServer::start().await;
     let mut c = s.client("u", "o_1").await;
-    let epoch = c.subscribe("task:t_1").await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let epoch = subscribe_epoch(&mut c, "task:t_1").await;
     for n in 1..=10 {
         s.publish(event("o_1", &["task:t_1"], n)).await;
     }
@@ -46,8 +57,7 @@ async fn a_resume_replays_exactly_the_missed_events_then_goes_live() {
     let mut d = s.client("u", "o_1").await;
     let sub = subscribe_since(&mut d, "task:t_1", 11, &epoch).await;
     assert_eq!(sub["recovered"], true);
-    d.send(json!({"type":"ping"})).await;
-    assert_eq!(d.recv().await["type"], "pong", "nothing was replayed");
+    assert_nothing_replayed(&mut d, "nothing was replayed").await;
 }
 
 #[tokio::test]
@@ -56,10 +66,7 @@ async fn continuity_that_cannot_be_proven_is_recovered_false_with_no_partial_rep
     cfg.history.per_channel = 5;
     let s = TestServer::with(cfg).await;
     let mut c = s.client("u", "o_1").await;
-    let epoch = c.subscribe("task:t_1").await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let epoch = subscribe_epoch(&mut c, "task:t_1").await;
     for n in 1..=20 {
         s.publish(event("o_1", &["task:t_1"], n)).await;
     }
@@ -73,8 +80,7 @@ async fn continuity_that_cannot_be_proven_is_recovered_false_with_no_partial_rep
         assert_eq!(sub["recovered"], false, "since {offset} {ep}");
         assert_eq!(sub["offset"], 20);
         assert_eq!(sub["epoch"], epoch.as_str());
-        d.send(json!({"type":"ping"})).await;
-        assert_eq!(d.recv().await["type"], "pong", "nothing replayed");
+        assert_nothing_replayed(&mut d, "nothing replayed").await;
     }
     // The oldest held event is 16: since 15 is exact.
     let sub = subscribe_since(&mut d, "task:t_1", 15, &epoch).await;
@@ -88,10 +94,7 @@ async fn continuity_that_cannot_be_proven_is_recovered_false_with_no_partial_rep
 async fn resuming_while_events_keep_flowing_leaves_no_gap_and_no_duplicate() {
     let s = TestServer::start().await;
     let mut c = s.client("u", "o_1").await;
-    let epoch = c.subscribe("project:p_1").await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let epoch = subscribe_epoch(&mut c, "project:p_1").await;
     let url = s.http("/api/events");
     let publisher = tokio::spawn(async move {
         for n in 1..=300u64 {
@@ -130,10 +133,7 @@ async fn resuming_while_events_keep_flowing_leaves_no_gap_and_no_duplicate() {
 async fn a_restarted_in_memory_node_has_a_new_epoch_and_recovers_nothing() {
     let s = TestServer::start().await;
     let mut c = s.client("u", "o_1").await;
-    let epoch = c.subscribe("task:t_1").await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let epoch = subscribe_epoch(&mut c, "task:t_1").await;
     s.publish(event("o_1", &["task:t_1"], 1)).await;
     c.recv().await;
     s.shutdown().await;

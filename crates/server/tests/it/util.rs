@@ -112,19 +112,25 @@ impl Drop for TestServer {
 }
 
 pub async fn publish_to(url: &str, key: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(key)
-        .json(&body)
-        .send()
+    try_publish_with(&reqwest::Client::new(), url, key, &body)
         .await
-        .expect("publish request");
+        .expect("publish request")
+}
+
+/// Publishes one event body over `http`; (status, JSON body, or the text when it is not JSON).
+pub async fn try_publish_with(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &Value,
+) -> reqwest::Result<(u16, Value)> {
+    let resp = http.post(url).bearer_auth(key).json(body).send().await?;
     let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
+    let text = resp.text().await?;
+    Ok((
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    ))
 }
 
 /// A token for `sub` in `org`, valid for an hour.
@@ -297,6 +303,22 @@ impl RawResponse {
     }
 }
 
+/// The status code and the `Content-Length` (when there is one) of an HTTP response head.
+pub fn parse_head(head: &str) -> (u16, Option<usize>) {
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    (status, length)
+}
+
 /// Writes a WebSocket upgrade request for `target` (e.g. `/api/ws?token=...`) by hand, with
 /// `headers` added, and reads the response head and, when it is not a 101, its body.
 pub async fn raw_upgrade(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> RawResponse {
@@ -327,17 +349,7 @@ pub async fn raw_upgrade(addr: SocketAddr, target: &str, headers: &[(&str, &str)
             buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line: {head}"));
-        let length = head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        });
+        let (status, length) = parse_head(&head);
         let mut body = buf[head_end..].to_vec();
         if status != 101 {
             match length {
@@ -448,19 +460,35 @@ pub struct Proc {
     status: Option<std::process::ExitStatus>,
 }
 
+/// Starts `program` with `args` and an environment of only `env`: no stdin, stdout and stderr
+/// piped.
+pub fn spawn_piped(program: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} starts: {e}"))
+}
+
+/// Sends SIGTERM to the process `pid`.
+pub fn sigterm(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill -TERM failed");
+}
+
 impl Proc {
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
         use std::io::{BufRead, Read};
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env_clear()
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
+        let mut child = spawn_piped(BIN, args, env);
         let (tx, lines) = std::sync::mpsc::channel();
         let stdout = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -569,12 +597,7 @@ impl Proc {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill -TERM failed");
+        sigterm(self.pid());
     }
 
     /// Waits for the process to exit within `within` and for its output to be read.
