@@ -13,7 +13,7 @@ use cortex_protocol::{
     ChannelId, ChannelKind, ClientMessage, CloseCode, ErrorCode, Ref, ServerMessage, Since,
 };
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -196,11 +196,22 @@ where
             // The client is not reading: nothing more can reach it.
             return;
         }
-        if !matches!(sent, Ok(Ok(()))) {
-            // tungstenite refused the close (its state ended with a read error, e.g. a frame
-            // over the limit): no frame of ours is half-written then, so write the close frame
-            // ourselves (server frames are unmasked: FIN+close opcode, length, code, reason).
-            use tokio::io::AsyncWriteExt as _;
+        if matches!(sent, Ok(Ok(()))) {
+            // Wait for the client's close so the TCP connection ends cleanly.
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => continue,
+                    // The stream ended without the client's close. After a read error (a frame
+                    // over the limit) tokio-tungstenite reads nothing more, though the client
+                    // may still be sending the rest of that frame: drain it below.
+                    Some(Err(_)) | None => break,
+                }
+            }
+        } else {
+            // tungstenite refused the close (its state ended with a read error): no frame of
+            // ours is half-written then, so write the close frame ourselves (server frames are
+            // unmasked: FIN+close opcode, length, code, reason).
             let mut raw = Vec::with_capacity(4 + reason.len());
             raw.extend_from_slice(&[0x88, (2 + reason.len()) as u8]);
             raw.extend_from_slice(&code.code().to_be_bytes());
@@ -209,28 +220,19 @@ where
             if io.write_all(&raw).await.is_err() || io.flush().await.is_err() {
                 return;
             }
-            // Half-close: the client sees our close frame and then the end of the stream even
-            // if it only reads once it has finished sending; its bytes are still read below.
-            let _ = io.shutdown().await;
-        } else {
-            // Wait for the client's close so the TCP connection ends cleanly.
-            loop {
-                match ws.next().await {
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) => break,
-                    None => return,
-                }
-            }
         }
-        // Whatever the client still sends is read and discarded: closing a socket with unread
-        // bytes makes the kernel send a reset, and a reset can destroy our close frame before
-        // the client reads it (after a frame over the limit, the rest of it is still coming).
-        let _ = tokio::io::copy(ws.get_mut(), &mut tokio::io::sink()).await;
+        // Half-close: the client sees our close frame and then the end of the stream even if it
+        // only reads once it has finished sending. Whatever it still sends is read and
+        // discarded: closing a socket with unread bytes makes the kernel send a reset, and a
+        // reset can destroy our close frame before the client reads it.
+        let io = ws.get_mut();
+        let _ = io.shutdown().await;
+        let _ = tokio::io::copy(io, &mut tokio::io::sink()).await;
     };
-    let limit = if matches!(sent, Ok(Ok(()))) {
-        CLOSE_DRAIN
-    } else {
+    let limit = if code == CloseCode::TooBig {
         OVERSIZE_DRAIN
+    } else {
+        CLOSE_DRAIN
     };
     let _ = tokio::time::timeout(limit, drain).await;
     End::Closed(code)
