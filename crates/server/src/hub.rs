@@ -56,6 +56,9 @@ type Shard = HashMap<ChannelKey, Members>;
 /// Past this many subscribers a channel keeps an index from connection to position, so that
 /// subscribing and leaving stay O(1) on a channel of tens of thousands (an `org:` channel).
 const INDEX_ABOVE: usize = 32;
+/// Channels with at most this many subscribers on the node let a delivery write to an idle
+/// connection's socket directly (see [`crate::socket`]).
+pub const DIRECT_FAN_OUT: usize = 64;
 
 /// One channel's subscribers: a list to fan out over, and for a long list an index into it.
 #[derive(Default)]
@@ -172,17 +175,20 @@ impl Hub {
             return 0;
         };
         let mut delivered = 0;
+        // A small channel's deliveries may skip the connections' tasks (see `socket`). A large
+        // one's go through them: a task that wakes for many events writes them in one syscall.
+        let direct = list.len() <= DIRECT_FAN_OUT;
         match seen {
             None => {
                 for s in list {
-                    if s.outbox.push(msg.clone()).is_ok() {
+                    if s.outbox.deliver(msg.clone(), direct).is_ok() {
                         delivered += 1;
                     }
                 }
             }
             Some(seen) => {
                 for s in list {
-                    if s.outbox.push(msg.clone()).is_ok() && seen.insert(s.conn) {
+                    if s.outbox.deliver(msg.clone(), direct).is_ok() && seen.insert(s.conn) {
                         delivered += 1;
                     }
                 }

@@ -11,6 +11,7 @@
 //! - [`server`]: the node's shared state, the router, the WebSocket upgrade, graceful serving.
 //! - [`session`]: one connection's state machine.
 //! - [`outbox`]: the bounded per-connection send queue.
+//! - [`socket`]: a connection's TCP socket, shared by its session and its outbox.
 //! - [`hub`]: channel -> subscribers on this node; local fan-out, no I/O.
 //! - [`history`]: per-channel offsets and epochs.
 //! - [`broker`]: delivery between the publish API and the hubs ([`broker::MemoryBroker`]).
@@ -36,6 +37,7 @@ pub mod outbox;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod socket;
 
 pub use api::{Accepted, ApiError};
 pub use config::{Config, Limits};

@@ -4,12 +4,21 @@
 //! either bound the queue is emptied (its memory freed at once) and marked overflowed: the
 //! connection is closed with 4009 and its client resumes from its last offset (CONTRACT.md
 //! sections 8 and 9). A slow client therefore costs at most its bound, never the publisher's time.
+//!
+//! While the connection's task has nothing of its own unwritten and has granted it (see
+//! [`crate::socket`]), a delivery to a small channel skips the queue: the publisher writes the
+//! frame to the socket itself, without blocking, and the task is not even woken. What the socket
+//! does not take at once is queued as usual.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::socket::{Written, try_write_text};
 
 /// A push was refused: the queue passed its bound, or the connection is already closing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +42,12 @@ struct State {
     queue: VecDeque<Utf8Bytes>,
     bytes: usize,
     overflowed: bool,
+    /// The connection's socket, for writes that skip the queue (see [`crate::socket`]).
+    socket: Option<Arc<TcpStream>>,
+    /// Whether the connection's task granted those writes (it has nothing unwritten).
+    granted: bool,
+    /// The rest of a frame a publisher wrote in part: the task writes it before anything else.
+    rest: Option<Box<Bytes>>,
 }
 
 /// What the connection's task gets from [`Outbox::next_batch`].
@@ -60,11 +75,39 @@ impl Outbox {
     /// Queues a message without blocking. On overflow the queue is dropped and the connection
     /// is told to close; every later push is refused.
     pub fn push(&self, msg: Utf8Bytes) -> Result<(), Overflow> {
+        self.deliver(msg, false)
+    }
+
+    /// Like [`Outbox::push`]; with `direct`, and while the connection's task has granted it,
+    /// the message is written to the socket at once when the socket takes it (the task is not
+    /// woken), and only what it does not take is left to the task.
+    pub fn deliver(&self, msg: Utf8Bytes, direct: bool) -> Result<(), Overflow> {
         let len = msg.len();
         {
             let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             if s.overflowed {
                 return Err(Overflow);
+            }
+            if direct
+                && s.granted
+                && s.queue.is_empty()
+                && let Some(socket) = &s.socket
+            {
+                match try_write_text(socket, &msg) {
+                    Ok(Written::All) => return Ok(()),
+                    Ok(Written::Part(rest)) => {
+                        // Part of the frame is on the wire: the task must finish it first.
+                        s.granted = false;
+                        s.bytes += rest.len();
+                        s.rest = Some(Box::new(rest));
+                        drop(s);
+                        self.shared.notify.notify_one();
+                        return Ok(());
+                    }
+                    // Nothing went out (the socket is full) or the socket failed: the task
+                    // takes over, and meets the same condition on its own write.
+                    Ok(Written::Nothing) | Err(_) => s.granted = false,
+                }
             }
             if s.queue.len() >= self.shared.max_messages || s.bytes + len > self.shared.max_bytes {
                 s.overflowed = true;
@@ -98,7 +141,8 @@ impl Outbox {
             return Some(Batch::Overflowed);
         }
         if s.queue.is_empty() {
-            return None;
+            // The rest of a publisher's frame is written by the task's next flush.
+            return s.rest.is_some().then_some(Batch::Ready);
         }
         // The queue's buffer itself goes to the caller (no copy), and the queue starts again
         // without one: an idle connection holds no queue memory.
@@ -111,6 +155,39 @@ impl Outbox {
             out.extend(queue);
         }
         Some(Batch::Ready)
+    }
+
+    /// Lets publishers write to `socket` while the task grants it ([`Outbox::grant`]).
+    pub(crate) fn attach(&self, socket: Arc<TcpStream>) {
+        self.lock().socket = Some(socket);
+    }
+
+    /// The task has nothing unwritten: publishers may write to the socket.
+    pub(crate) fn grant(&self) {
+        let mut s = self.lock();
+        s.granted = s.socket.is_some();
+    }
+
+    /// The task is about to write: publishers queue again. Returns the rest of a frame a
+    /// publisher wrote in part, which the task must write before anything else.
+    pub(crate) fn revoke(&self) -> Option<Bytes> {
+        let mut s = self.lock();
+        s.granted = false;
+        let rest = s.rest.take()?;
+        s.bytes -= rest.len();
+        Some(*rest)
+    }
+
+    /// The task is closing: no publisher writes to the socket again, and the outbox lets go
+    /// of it. Returns what [`Outbox::revoke`] does.
+    pub(crate) fn detach(&self) -> Option<Bytes> {
+        let rest = self.revoke();
+        self.lock().socket = None;
+        rest
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether `messages` more messages of `bytes` in all would fit now.

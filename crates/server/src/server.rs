@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cortex_protocol::PublishEvent;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::hub::{ConnId, Hub};
 use crate::idempotency::Idempotency;
 use crate::shutdown::Shutdown;
+use crate::socket::Socket;
 use crate::{id, metrics, session};
 
 /// Unix time in seconds, from the system clock.
@@ -483,7 +484,7 @@ fn switch_protocols<F, Fut>(
     run: F,
 ) -> Response
 where
-    F: FnOnce(WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>) -> Fut + Send + 'static,
+    F: FnOnce(WebSocketStream<Socket>) -> Fut + Send + 'static,
     Fut: Future + Send + 'static,
 {
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
@@ -499,14 +500,15 @@ where
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        // No named local for the stream: it moves straight into the session, so the task does
-        // not keep a second copy of it beside the session's (memory per connection).
-        run(WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(task_node.ws_config()),
+        let Some(socket) = into_socket(upgraded) else {
+            return;
+        };
+        // The socket moves straight into the session; `into_socket` keeps the downcast's parts
+        // out of this task, so it does not hold them beside the session (memory per connection).
+        run(
+            WebSocketStream::from_raw_socket(socket, Role::Server, Some(task_node.ws_config()))
+                .await,
         )
-        .await)
         .await;
     });
     Response::builder()
@@ -519,6 +521,18 @@ where
         )
         .body(Body::empty())
         .expect("valid response")
+}
+
+/// The upgraded connection's TCP stream, shared by its session and its outbox (see
+/// [`crate::socket`]). Every connection is one (see `accept_loop`).
+fn into_socket(upgraded: hyper::upgrade::Upgraded) -> Option<Socket> {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => Some(Socket::new(parts.io.into_inner(), parts.read_buf)),
+        Err(_) => {
+            tracing::error!("an upgraded connection is not a TCP stream");
+            None
+        }
+    }
 }
 
 /// `GET /api/ws`: checks, optional token verification, then the switch to WebSocket.

@@ -26,6 +26,7 @@ use crate::hub::{ChannelKey, Subscriber};
 use crate::metrics;
 use crate::outbox::{Batch, Outbox};
 use crate::server::{ConnectionGuard, Node, unix_now};
+use crate::socket::Transport;
 
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -101,7 +102,7 @@ pub fn run<S>(
     verified: Option<Verified>,
 ) -> impl Future<Output = End>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     let mut session = verified.map(|v| {
         let (claims, guard) = *v;
@@ -176,7 +177,7 @@ where
 /// Sends a close frame (bounded in time) and reports the end.
 async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode) -> End
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     close_with(ws, code, code.reason()).await
 }
@@ -184,8 +185,10 @@ where
 /// Like [`close`], with a reason other than the code's own.
 async fn close_with<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &'static str) -> End
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
+    // Nothing may follow the close frame: publishers stop writing to the socket.
+    ws.get_mut().detach();
     let frame = CloseFrame {
         code: WsCloseCode::from(code.code()),
         reason: reason.into(),
@@ -249,7 +252,7 @@ enum Stop {
 impl Stop {
     async fn run<S>(self, ws: &mut WebSocketStream<S>) -> End
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: Transport,
     {
         match self {
             Stop::Close(code, reason) => close_with(ws, code, reason).await,
@@ -316,10 +319,12 @@ impl Session {
 
     async fn serve<S>(&mut self, ws: &mut WebSocketStream<S>) -> End
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: Transport,
     {
         let node = self.node.clone();
         let limits = &node.config.limits;
+        // Deliveries to small channels may now skip this task while it is idle.
+        ws.get_mut().attach(&self.outbox);
         self.reply(&ServerMessage::Connected {
             connection_id: self.node.connection_id(self.guard.conn()),
             user_id: self.claims.sub.clone(),
@@ -395,7 +400,9 @@ impl Session {
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                         Some(Ok(Message::Close(_))) => {
-                            // tungstenite queued the answer to the client's close: send it.
+                            // tungstenite queued the answer to the client's close: send it,
+                            // and nothing after it.
+                            ws.get_mut().detach();
                             let _ = tokio::time::timeout(CLOSE_GRACE, async {
                                 let _ = ws.flush().await;
                                 while let Some(Ok(_)) = ws.next().await {}
@@ -656,6 +663,8 @@ impl Session {
     }
 
     fn leave_all(&mut self) {
+        // Publishers stop writing to the socket, and the outbox lets go of it.
+        self.outbox.detach();
         for key in std::mem::take(&mut self.subscriptions) {
             self.node.broker.unsubscribe(&key, self.guard.conn());
             metrics::subscriptions(-1.0);
@@ -669,7 +678,7 @@ impl Session {
 #[cfg(feature = "autobahn")]
 pub async fn echo<S>(mut ws: WebSocketStream<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     while let Some(frame) = ws.next().await {
         match frame {

@@ -1,0 +1,415 @@
+//! A WebSocket connection's TCP socket, shared between its session and its outbox.
+//!
+//! Most deliveries go to channels of a few subscribers and find the connection idle. Handing
+//! each of them to the connection's task (wake it, poll it, frame, write) costs more user-space
+//! CPU than the write itself, so while a session has nothing of its own unwritten its outbox may
+//! write a whole frame straight to the socket from the publisher's side ([`Outbox::deliver`]).
+//!
+//! [`Socket`] is the session's side of that arrangement. Every byte the session (through
+//! tungstenite) writes goes through it, and it keeps the two writers apart:
+//!
+//! - before the session writes anything, it takes the permission back (one lock, only when it
+//!   had granted it), together with the rest of any frame a publisher could only write in part,
+//!   and writes that rest first, so frames never interleave;
+//! - when a flush completes (tungstenite's buffer is then empty), it grants the permission again.
+//!
+//! Once the session starts to close, [`Transport::detach`] takes the permission away for good,
+//! so no event can follow a close frame.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+#[cfg(test)]
+use crate::outbox::Batch;
+use crate::outbox::Outbox;
+
+/// What the session needs of its transport beyond reading and writing.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Lets `outbox` write frames straight to the socket while the session is idle.
+    fn attach(&mut self, _outbox: &Outbox) {}
+    /// From now on only the session writes (it is closing).
+    fn detach(&mut self) {}
+}
+
+/// A transport without the shared path (in-memory pipes in tests, other streams).
+impl Transport for tokio::io::DuplexStream {}
+
+/// The session's side of a connection's TCP socket (see the module docs).
+pub struct Socket {
+    tcp: Arc<TcpStream>,
+    /// Bytes the HTTP layer read past the upgrade request, read before the socket. (Boxed,
+    /// like `rest`: both are almost always absent, and every idle connection holds a Socket.)
+    prefix: Option<Box<Bytes>>,
+    /// The outbox that may write while the permission is granted.
+    outbox: Option<Outbox>,
+    /// Whether this side granted the permission and has not taken it back since.
+    granted: bool,
+    /// The rest of a frame a publisher wrote in part: it goes out before any byte of ours.
+    rest: Option<Box<Bytes>>,
+}
+
+impl Socket {
+    /// Wraps an accepted socket; `prefix` holds bytes already read from it.
+    pub fn new(tcp: TcpStream, prefix: Bytes) -> Socket {
+        Socket {
+            tcp: Arc::new(tcp),
+            // A copy: the slice would keep the HTTP layer's whole read buffer alive (KiBs per
+            // connection).
+            prefix: (!prefix.is_empty()).then(|| Box::new(Bytes::copy_from_slice(&prefix))),
+            outbox: None,
+            granted: false,
+            rest: None,
+        }
+    }
+
+    /// Takes the permission back before writing (one lock, only when it was granted).
+    fn revoke(&mut self) {
+        if self.granted {
+            self.granted = false;
+            if let Some(outbox) = &self.outbox
+                && let Some(rest) = outbox.revoke()
+            {
+                self.rest = Some(Box::new(rest));
+            }
+        }
+    }
+
+    /// Writes what is left of a publisher's frame.
+    fn poll_rest(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(rest) = self.rest.as_mut() {
+            let n = ready!(poll_write_tcp(&self.tcp, cx, rest))?;
+            rest.advance(n);
+            if rest.is_empty() {
+                self.rest = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn poll_write_tcp(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(0) if !buf.is_empty() => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
+impl Transport for Socket {
+    fn attach(&mut self, outbox: &Outbox) {
+        outbox.attach(self.tcp.clone());
+        self.outbox = Some(outbox.clone());
+    }
+
+    fn detach(&mut self) {
+        if let Some(outbox) = self.outbox.take()
+            && let Some(rest) = outbox.detach()
+        {
+            self.rest = Some(Box::new(rest));
+        }
+        self.granted = false;
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(prefix) = this.prefix.as_mut() {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix[..n]);
+            prefix.advance(n);
+            if prefix.is_empty() {
+                this.prefix = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.tcp.poll_read_ready(cx))?;
+            match this.tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.revoke();
+        ready!(this.poll_rest(cx))?;
+        poll_write_tcp(&this.tcp, cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let buf = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
+        self.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // A flush comes when tungstenite's buffer is empty: a publisher's rest (if any) goes
+        // out, and the permission is granted again.
+        this.revoke();
+        ready!(this.poll_rest(cx))?;
+        if let Some(outbox) = &this.outbox {
+            outbox.grant();
+            this.granted = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.detach();
+        ready!(this.poll_rest(cx))?;
+        Poll::Ready(socket2::SockRef::from(&*this.tcp).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// What [`try_write_text`] managed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// The whole frame.
+    All,
+    /// Part of it: the rest must follow before any other byte.
+    Part(Bytes),
+    /// Nothing: the socket's buffer is full.
+    Nothing,
+}
+
+/// Writes `msg` as one unmasked, final text frame with a single non-blocking `writev`.
+pub(crate) fn try_write_text(tcp: &TcpStream, msg: &Utf8Bytes) -> io::Result<Written> {
+    let mut head = [0u8; 10];
+    let h = text_header(&mut head, msg.len());
+    let total = h + msg.len();
+    let n = match tcp.try_write_vectored(&[IoSlice::new(&head[..h]), IoSlice::new(msg.as_bytes())])
+    {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    Ok(if n == total {
+        Written::All
+    } else if n == 0 {
+        Written::Nothing
+    } else if n >= h {
+        Written::Part(Bytes::from(msg.clone()).slice(n - h..))
+    } else {
+        let mut rest = Vec::with_capacity(total - n);
+        rest.extend_from_slice(&head[n..h]);
+        rest.extend_from_slice(msg.as_bytes());
+        Written::Part(Bytes::from(rest))
+    })
+}
+
+/// Writes the header of an unmasked, final text frame of `len` bytes into `out`; returns its
+/// length (2, 4 or 10 bytes, RFC 6455 section 5.2).
+fn text_header(out: &mut [u8; 10], len: usize) -> usize {
+    out[0] = 0x81;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if len <= usize::from(u16::MAX) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Over real loopback sockets: frames written by a publisher, read back by tungstenite as
+    //! a client reads them, and the hand-over between the two writers.
+
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+    use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (s, c)
+    }
+
+    async fn client(c: TcpStream) -> WebSocketStream<TcpStream> {
+        let config = WebSocketConfig::default().max_message_size(Some(1 << 20));
+        WebSocketStream::from_raw_socket(c, Role::Client, Some(config)).await
+    }
+
+    async fn text(ws: &mut WebSocketStream<TcpStream>) -> String {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => t.to_string(),
+            other => panic!("want a text message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn text_headers_match_tungstenite_for_every_length_class() {
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 100_000] {
+            let mut head = [0u8; 10];
+            let h = text_header(&mut head, len);
+            let mut want = Vec::new();
+            Frame::message(vec![b'x'; len], OpCode::Data(Data::Text), true)
+                .format(&mut want)
+                .unwrap();
+            assert_eq!(&head[..h], &want[..h], "length {len}");
+            let (parsed, _) = FrameHeader::parse(&mut std::io::Cursor::new(&want[..h]))
+                .unwrap()
+                .unwrap();
+            assert!(parsed.is_final);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publisher_frame_reads_as_a_text_message() {
+        let (s, c) = pair().await;
+        let mut ws = client(c).await;
+        for len in [5, 300, 70_000] {
+            let msg = Utf8Bytes::from("y".repeat(len));
+            assert_eq!(try_write_text(&s, &msg).unwrap(), Written::All);
+            assert_eq!(text(&mut ws).await.len(), len);
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_granted_idle_session_lets_publishers_write() {
+        let (s, c) = pair().await;
+        let mut peer = client(c).await;
+        let outbox = Outbox::new(1 << 20, 1000);
+        let mut ws =
+            WebSocketStream::from_raw_socket(Socket::new(s, Bytes::new()), Role::Server, None)
+                .await;
+        ws.get_mut().attach(&outbox);
+        outbox.deliver("queued".into(), true).unwrap();
+        let mut batch = Vec::new();
+        assert!(
+            outbox.try_batch(&mut batch).is_some(),
+            "not granted yet: queued"
+        );
+        // The session writes its batch; the flush grants.
+        for m in batch.drain(..) {
+            ws.feed(Message::Text(m)).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        assert_eq!(text(&mut peer).await, "queued");
+        outbox.deliver("direct".into(), true).unwrap();
+        assert!(
+            outbox.try_batch(&mut batch).is_none(),
+            "written, not queued"
+        );
+        assert_eq!(text(&mut peer).await, "direct");
+        outbox.deliver("large channel".into(), false).unwrap();
+        assert!(
+            outbox.try_batch(&mut batch).is_some(),
+            "`direct` false: queued"
+        );
+        batch.clear();
+        // A session write takes the permission back until its flush.
+        ws.feed(Message::Ping(Default::default())).await.unwrap();
+        ws.get_mut().revoke();
+        outbox.deliver("after".into(), true).unwrap();
+        // Closing takes it away for good, flush or not.
+        ws.get_mut().detach();
+        ws.flush().await.unwrap();
+        outbox.deliver("late".into(), true).unwrap();
+        assert!(outbox.try_batch(&mut batch).is_some());
+        assert_eq!(batch.len(), 2, "`after` and `late` were queued");
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_partial_frame_goes_out_before_the_session_writes() {
+        let (s, c) = pair().await;
+        // Small buffers on both sides, and a peer that does not read yet: the socket fills.
+        socket2::SockRef::from(&s)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&c)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let outbox = Outbox::new(64 << 20, 100_000);
+        let mut ws =
+            WebSocketStream::from_raw_socket(Socket::new(s, Bytes::new()), Role::Server, None)
+                .await;
+        ws.get_mut().attach(&outbox);
+        ws.flush().await.unwrap(); // grants
+        let big = Utf8Bytes::from("z".repeat(200_000));
+        outbox.deliver(big.clone(), true).unwrap();
+        let mut batch = Vec::new();
+        assert_eq!(
+            outbox.try_batch(&mut batch),
+            Some(Batch::Ready),
+            "part of the frame is on the wire: the session must finish it"
+        );
+        assert!(batch.is_empty());
+        outbox.deliver("next".into(), true).unwrap();
+        outbox.try_batch(&mut batch);
+        assert_eq!(batch.len(), 1, "no longer granted: queued behind the rest");
+        let reader = tokio::spawn(async move {
+            let mut peer = client(c).await;
+            (text(&mut peer).await.len(), text(&mut peer).await)
+        });
+        let write = async {
+            for m in batch.drain(..) {
+                ws.feed(Message::Text(m)).await.unwrap();
+            }
+            ws.flush().await.unwrap();
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), write)
+            .await
+            .expect("the session's write finishes once the peer reads");
+        let (first, second) = reader.await.unwrap();
+        assert_eq!(first, 200_000, "the publisher's frame, whole");
+        assert_eq!(second, "next");
+    }
+
+    #[tokio::test]
+    async fn bytes_read_with_the_upgrade_come_first() {
+        let (s, mut c) = pair().await;
+        let mut sock = Socket::new(s, Bytes::from_static(b"early "));
+        c.write_all(b"later").await.unwrap();
+        let mut got = vec![0u8; 11];
+        sock.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"early later");
+    }
+}
