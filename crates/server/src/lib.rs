@@ -12,7 +12,7 @@
 //! - [`session`]: one connection's state machine.
 //! - [`outbox`]: the bounded per-connection send queue.
 //! - [`socket`]: a connection's TCP socket, shared by its session and its outbox.
-//! - [`hub`]: channel -> subscribers on this node; local fan-out, no I/O.
+//! - [`hub`]: channel -> subscribers on this node; the local fan-out.
 //! - [`history`]: per-channel offsets and epochs.
 //! - [`broker`]: delivery between the publish API and the hubs ([`broker::MemoryBroker`]).
 //! - [`api`]: the publish API and the one mapping of errors to HTTP responses.

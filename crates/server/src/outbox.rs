@@ -97,8 +97,8 @@ impl Outbox {
                     Ok(Written::All) => return Ok(()),
                     Ok(Written::Part(rest)) => {
                         // Part of the frame is on the wire: the task must finish it first.
+                        // (Not counted against the queue's bound: it is at most one frame.)
                         s.granted = false;
-                        s.bytes += rest.len();
                         s.rest = Some(Box::new(rest));
                         drop(s);
                         self.shared.notify.notify_one();
@@ -173,9 +173,7 @@ impl Outbox {
     pub(crate) fn revoke(&self) -> Option<Bytes> {
         let mut s = self.lock();
         s.granted = false;
-        let rest = s.rest.take()?;
-        s.bytes -= rest.len();
-        Some(*rest)
+        s.rest.take().map(|rest| *rest)
     }
 
     /// The task is closing: no publisher writes to the socket again, and the outbox lets go
