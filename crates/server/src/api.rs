@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
-use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cortex_protocol::event::MAX_BATCH;
@@ -210,10 +209,11 @@ fn authorized(node: &Node, headers: &HeaderMap) -> bool {
 /// `POST /api/events`.
 pub async fn post_events(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    if !authorized(&node, &headers) {
+    // The request whole rather than a `HeaderMap` extractor, which would copy every header.
+    let (parts, body) = req.into_parts();
+    if !authorized(&node, &parts.headers) {
         return Err(ApiError::Unauthorized);
     }
     let per_event = node.config.limits.max_event_bytes;
@@ -272,12 +272,16 @@ pub async fn post_events(
         (vec![parse_body(Value::Object(top), None)?], false)
     };
     let accepted = publish(&node, bodies).await?;
-    let body = if batch {
-        serde_json::json!({ "results": accepted })
+    // Serialized straight from the answers (no intermediate `Value`).
+    Ok(if batch {
+        #[derive(Serialize)]
+        struct Results<'a> {
+            results: &'a [Accepted],
+        }
+        (StatusCode::ACCEPTED, Json(Results { results: &accepted })).into_response()
     } else {
-        serde_json::to_value(&accepted[0]).expect("serializable")
-    };
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        (StatusCode::ACCEPTED, Json(&accepted[0])).into_response()
+    })
 }
 
 /// Whether a body read failed because the body passed the size limit.

@@ -263,39 +263,37 @@ pub fn router(node: Arc<Node>) -> Router {
     let echo = Router::new().route("/autobahn/echo", get(autobahn_echo));
     #[cfg(not(feature = "autobahn"))]
     let echo = Router::new();
-    echo.route("/api/ws", get(upgrade))
+    let routes = echo
+        .route("/api/ws", get(upgrade))
         .route("/api/events", post(api::post_events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|| async { metrics::render() }))
-        .layer(axum::middleware::from_fn_with_state(
-            node.clone(),
-            guard_host,
-        ))
-        .with_state(node)
+        .route("/metrics", get(|| async { metrics::render() }));
+    // Only `local` checks the Host header: elsewhere the layer would be a no-op on every request
+    // (a boxed future and a call through it per publish).
+    let routes = if node.config.loopback_host_only {
+        routes.layer(axum::middleware::from_fn(guard_host))
+    } else {
+        routes
+    };
+    routes.with_state(node)
 }
 
-/// Every route: in `local` mode, a `Host` that is not a loopback name is refused, so a
+/// Every route, in `local` mode only: a `Host` that is not a loopback name is refused, so a
 /// DNS-rebinding page cannot reach the node under its own host name.
-async fn guard_host(
-    State(node): State<Arc<Node>>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if node.config.loopback_host_only {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        if !is_loopback_host(host) {
-            metrics::refused("host");
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "forbidden_host",
-                "Host must be a loopback name",
-            );
-        }
+async fn guard_host(req: Request, next: axum::middleware::Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !is_loopback_host(host) {
+        metrics::refused("host");
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden_host",
+            "Host must be a loopback name",
+        );
     }
     next.run(req).await
 }
