@@ -84,7 +84,7 @@ impl Outbox {
     pub fn deliver(&self, msg: Utf8Bytes, direct: bool) -> Result<(), Overflow> {
         let len = msg.len();
         {
-            let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.lock();
             if s.overflowed {
                 return Err(Overflow);
             }
@@ -136,7 +136,7 @@ impl Outbox {
 
     /// Moves everything queued into `out` without waiting; `None` when the queue is empty.
     pub fn try_batch(&self, out: &mut Vec<Utf8Bytes>) -> Option<Batch> {
-        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
         if s.overflowed {
             return Some(Batch::Overflowed);
         }
@@ -179,9 +179,10 @@ impl Outbox {
     /// The task is closing: no publisher writes to the socket again, and the outbox lets go
     /// of it. Returns what [`Outbox::revoke`] does.
     pub(crate) fn detach(&self) -> Option<Bytes> {
-        let rest = self.revoke();
-        self.lock().socket = None;
-        rest
+        let mut s = self.lock();
+        s.granted = false;
+        s.socket = None;
+        s.rest.take().map(|rest| *rest)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -190,7 +191,7 @@ impl Outbox {
 
     /// Whether `messages` more messages of `bytes` in all would fit now.
     pub fn fits(&self, messages: usize, bytes: usize) -> bool {
-        let s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.lock();
         !s.overflowed
             && s.queue.len() + messages <= self.shared.max_messages
             && s.bytes + bytes <= self.shared.max_bytes
@@ -203,11 +204,7 @@ impl Outbox {
 
     /// Whether the queue has overflowed.
     pub fn overflowed(&self) -> bool {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .overflowed
+        self.lock().overflowed
     }
 
     /// Whether two handles share one queue.

@@ -26,7 +26,7 @@ use crate::hub::{ChannelKey, Subscriber};
 use crate::metrics;
 use crate::outbox::{Batch, Outbox};
 use crate::server::{ConnectionGuard, Node, unix_now};
-use crate::socket::Transport;
+use crate::socket::{CLOSE, Transport, frame_header};
 
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -213,10 +213,11 @@ where
             }
         } else {
             // tungstenite refused the close (its state ended with a read error): no frame of
-            // ours is half-written then, so write the close frame ourselves (server frames are
-            // unmasked: FIN+close opcode, length, code, reason).
-            let mut raw = Vec::with_capacity(4 + reason.len());
-            raw.extend_from_slice(&[0x88, (2 + reason.len()) as u8]);
+            // ours is half-written then, so write the close frame ourselves.
+            let mut head = [0u8; 10];
+            let h = frame_header(&mut head, CLOSE, 2 + reason.len());
+            let mut raw = Vec::with_capacity(h + 2 + reason.len());
+            raw.extend_from_slice(&head[..h]);
             raw.extend_from_slice(&code.code().to_be_bytes());
             raw.extend_from_slice(reason.as_bytes());
             let io = ws.get_mut();

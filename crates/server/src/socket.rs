@@ -163,18 +163,6 @@ impl AsyncWrite for Socket {
         poll_write_tcp(&this.tcp, cx, buf)
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let buf = bufs
-            .iter()
-            .find(|b| !b.is_empty())
-            .map_or(&[][..], |b| &**b);
-        self.poll_write(cx, buf)
-    }
-
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         // A flush comes when tungstenite's buffer is empty: a publisher's rest (if any) goes
@@ -210,7 +198,7 @@ pub(crate) enum Written {
 /// Writes `msg` as one unmasked, final text frame with a single non-blocking `writev`.
 pub(crate) fn try_write_text(tcp: &TcpStream, msg: &Utf8Bytes) -> io::Result<Written> {
     let mut head = [0u8; 10];
-    let h = text_header(&mut head, msg.len());
+    let h = frame_header(&mut head, TEXT, msg.len());
     let total = h + msg.len();
     let n = match tcp.try_write_vectored(&[IoSlice::new(&head[..h]), IoSlice::new(msg.as_bytes())])
     {
@@ -232,10 +220,16 @@ pub(crate) fn try_write_text(tcp: &TcpStream, msg: &Utf8Bytes) -> io::Result<Wri
     })
 }
 
-/// Writes the header of an unmasked, final text frame of `len` bytes into `out`; returns its
-/// length (2, 4 or 10 bytes, RFC 6455 section 5.2).
-fn text_header(out: &mut [u8; 10], len: usize) -> usize {
-    out[0] = 0x81;
+/// The first header byte of a final text frame (FIN + opcode 1).
+pub(crate) const TEXT: u8 = 0x81;
+/// The first header byte of a close frame (FIN + opcode 8).
+pub(crate) const CLOSE: u8 = 0x88;
+
+/// Writes the header of an unmasked (server) frame of `len` bytes whose first byte is `first`
+/// ([`TEXT`], [`CLOSE`]) into `out`; returns its length (2, 4 or 10 bytes, RFC 6455 section
+/// 5.2).
+pub(crate) fn frame_header(out: &mut [u8; 10], first: u8, len: usize) -> usize {
+    out[0] = first;
     if len < 126 {
         out[1] = len as u8;
         2
@@ -288,7 +282,7 @@ mod tests {
     fn text_headers_match_tungstenite_for_every_length_class() {
         for len in [0, 1, 125, 126, 127, 65_535, 65_536, 100_000] {
             let mut head = [0u8; 10];
-            let h = text_header(&mut head, len);
+            let h = frame_header(&mut head, TEXT, len);
             let mut want = Vec::new();
             Frame::message(vec![b'x'; len], OpCode::Data(Data::Text), true)
                 .format(&mut want)
