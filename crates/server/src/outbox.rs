@@ -12,10 +12,10 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::socket::{Written, try_write_text};
@@ -32,7 +32,6 @@ pub struct Outbox {
 
 struct Shared {
     state: Mutex<State>,
-    notify: Notify,
     max_bytes: usize,
     max_messages: usize,
 }
@@ -48,6 +47,19 @@ struct State {
     granted: bool,
     /// The rest of a frame a publisher wrote in part: the task writes it before anything else.
     rest: Option<Box<Bytes>>,
+    /// The connection's task, while it waits for a push or an overflow. Set and taken under
+    /// the same lock as the queue, so no wake-up falls between a check and a wait.
+    waker: Option<Waker>,
+}
+
+impl State {
+    /// Registers the task to be woken by the next push or overflow.
+    fn wait(&mut self, cx: &Context<'_>) {
+        match &self.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => self.waker = Some(cx.waker().clone()),
+        }
+    }
 }
 
 /// What the connection's task gets from [`Outbox::next_batch`].
@@ -65,7 +77,6 @@ impl Outbox {
         Outbox {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
-                notify: Notify::new(),
                 max_bytes,
                 max_messages,
             }),
@@ -100,8 +111,7 @@ impl Outbox {
                         // (Not counted against the queue's bound: it is at most one frame.)
                         s.granted = false;
                         s.rest = Some(Box::new(rest));
-                        drop(s);
-                        self.shared.notify.notify_one();
+                        wake(s);
                         return Ok(());
                     }
                     // Nothing went out (the socket is full) or the socket failed: the task
@@ -113,30 +123,40 @@ impl Outbox {
                 s.overflowed = true;
                 s.queue = VecDeque::new();
                 s.bytes = 0;
-                drop(s);
-                self.shared.notify.notify_one();
+                wake(s);
                 return Err(Overflow);
             }
             s.bytes += len;
             s.queue.push_back(msg);
+            wake(s);
         }
-        self.shared.notify.notify_one();
         Ok(())
     }
 
     /// Waits until there is something to send, then moves everything queued into `out`.
     pub async fn next_batch(&self, out: &mut Vec<Utf8Bytes>) -> Batch {
-        loop {
-            if let Some(batch) = self.try_batch(out) {
-                return batch;
+        std::future::poll_fn(|cx| self.poll_batch(cx, out)).await
+    }
+
+    /// [`Outbox::next_batch`] as a poll: the waiting task holds no future of its own, only its
+    /// waker in the outbox (memory per idle connection).
+    pub fn poll_batch(&self, cx: &Context<'_>, out: &mut Vec<Utf8Bytes>) -> Poll<Batch> {
+        let mut s = self.lock();
+        match Self::take_batch(&mut s, out) {
+            Some(batch) => Poll::Ready(batch),
+            None => {
+                s.wait(cx);
+                Poll::Pending
             }
-            self.shared.notify.notified().await;
         }
     }
 
     /// Moves everything queued into `out` without waiting; `None` when the queue is empty.
     pub fn try_batch(&self, out: &mut Vec<Utf8Bytes>) -> Option<Batch> {
-        let mut s = self.lock();
+        Self::take_batch(&mut self.lock(), out)
+    }
+
+    fn take_batch(s: &mut State, out: &mut Vec<Utf8Bytes>) -> Option<Batch> {
         if s.overflowed {
             return Some(Batch::Overflowed);
         }
@@ -148,7 +168,6 @@ impl Outbox {
         // without one: an idle connection holds no queue memory.
         let queue: Vec<Utf8Bytes> = std::mem::take(&mut s.queue).into();
         s.bytes = 0;
-        drop(s);
         if out.is_empty() {
             *out = queue;
         } else {
@@ -197,9 +216,15 @@ impl Outbox {
             && s.bytes + bytes <= self.shared.max_bytes
     }
 
-    /// Resolves at the next push or overflow (a wake-up, not a guarantee of either).
-    pub async fn changed(&self) {
-        self.shared.notify.notified().await;
+    /// Ready once the queue has overflowed; otherwise the task is woken by the next push or
+    /// overflow.
+    pub fn poll_overflowed(&self, cx: &Context<'_>) -> Poll<()> {
+        let mut s = self.lock();
+        if s.overflowed {
+            return Poll::Ready(());
+        }
+        s.wait(cx);
+        Poll::Pending
     }
 
     /// Whether the queue has overflowed.
@@ -210,6 +235,15 @@ impl Outbox {
     /// Whether two handles share one queue.
     pub fn same(&self, other: &Outbox) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+/// Wakes the waiting task, if any, after letting go of the lock.
+fn wake(mut s: std::sync::MutexGuard<'_, State>) {
+    let waker = s.waker.take();
+    drop(s);
+    if let Some(w) = waker {
+        w.wake();
     }
 }
 

@@ -92,6 +92,11 @@ impl ConnectionGuard {
     pub fn conn(&self) -> ConnId {
         self.conn
     }
+
+    /// The connection's org, shared with the node's per-user count.
+    pub fn org(&self) -> &Arc<str> {
+        &self.user.0
+    }
 }
 
 impl Drop for ConnectionGuard {

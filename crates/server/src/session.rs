@@ -37,12 +37,12 @@ const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// dropped, or the reset that unread bytes cause can destroy our close frame.
 const OVERSIZE_DRAIN: Duration = Duration::from_secs(10);
 /// `bad_request`s a connection may make in a burst before it is closed with 1008.
-const BAD_COMMAND_BURST: f64 = 10.0;
+const BAD_COMMAND_BURST: f32 = 10.0;
 /// How fast that allowance comes back, per second.
-const BAD_COMMAND_REFILL: f64 = 1.0;
+const BAD_COMMAND_REFILL: f32 = 1.0;
 /// Commands over the rate a connection may send (each answered `rate_limited`) before it is
 /// closed with 4008; the allowance comes back at one per second.
-const RATE_STRIKES: f64 = 10.0;
+const RATE_STRIKES: f32 = 10.0;
 
 /// Why a session ended, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,32 +53,51 @@ pub enum End {
     Gone,
 }
 
-/// A token bucket: `capacity` tokens, refilled at `per_sec`.
+/// A connection's three token buckets (commands, rate strikes, bad commands), refilled
+/// together from one clock reading: capacities and rates are the node's, not stored per
+/// connection (memory per connection).
 #[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    capacity: f64,
-    per_sec: f64,
+struct Allowance {
     at: Instant,
+    commands: f32,
+    strikes: f32,
+    bad_commands: f32,
 }
 
-impl Bucket {
-    fn new(capacity: f64, per_sec: f64) -> Bucket {
-        Bucket {
-            tokens: capacity,
-            capacity,
-            per_sec,
+/// Which of a connection's buckets to take from.
+#[derive(Debug, Clone, Copy)]
+enum Take {
+    Command,
+    Strike,
+    BadCommand,
+}
+
+impl Allowance {
+    /// Full buckets; `rate` is commands per second, which is also the command burst.
+    fn new(rate: f32) -> Allowance {
+        Allowance {
             at: Instant::now(),
+            commands: rate,
+            strikes: RATE_STRIKES,
+            bad_commands: BAD_COMMAND_BURST,
         }
     }
 
-    fn take(&mut self) -> bool {
+    /// Takes a token from one bucket, if it has one, after refilling all three.
+    fn take(&mut self, which: Take, rate: f32) -> bool {
         let now = Instant::now();
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        let dt = now.saturating_duration_since(self.at).as_secs_f32();
         self.at = now;
-        self.tokens = (self.tokens + dt * self.per_sec).min(self.capacity);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        self.commands = (self.commands + dt * rate).min(rate);
+        self.strikes = (self.strikes + dt).min(RATE_STRIKES);
+        self.bad_commands = (self.bad_commands + dt * BAD_COMMAND_REFILL).min(BAD_COMMAND_BURST);
+        let bucket = match which {
+            Take::Command => &mut self.commands,
+            Take::Strike => &mut self.strikes,
+            Take::BadCommand => &mut self.bad_commands,
+        };
+        if *bucket >= 1.0 {
+            *bucket -= 1.0;
             true
         } else {
             false
@@ -242,6 +261,25 @@ where
     End::Closed(code)
 }
 
+/// Hands `batch[*fed..]` to tungstenite frame by frame, then flushes. `fed` keeps the place
+/// across polls; each frame is taken out of `batch` as it goes.
+fn poll_write_batch<S>(
+    ws: &mut WebSocketStream<S>,
+    batch: &mut [Utf8Bytes],
+    fed: &mut usize,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Result<(), WsError>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(msg) = batch.get_mut(*fed) {
+        std::task::ready!(ws.poll_ready_unpin(cx))?;
+        ws.start_send_unpin(Message::Text(std::mem::take(msg)))?;
+        *fed += 1;
+    }
+    ws.poll_flush_unpin(cx)
+}
+
 /// How a blocked write ends the session.
 enum Stop {
     /// Send this close frame (bounded by the close grace).
@@ -264,7 +302,6 @@ impl Stop {
 
 struct Session {
     node: Arc<Node>,
-    org: Arc<str>,
     claims: Claims,
     /// The connection's slot in the node's limits (and its id), freed when the session is
     /// dropped.
@@ -273,29 +310,29 @@ struct Session {
     /// A short list (at most `max_subscriptions`): smaller than a map for the usual handful.
     subscriptions: Vec<ChannelKey>,
     expires: Instant,
-    commands: Bucket,
-    strikes: Bucket,
-    bad_commands: Bucket,
+    allowance: Allowance,
 }
 
 impl Session {
     fn new(node: Arc<Node>, claims: Claims, guard: ConnectionGuard) -> Session {
         let limits = &node.config.limits;
         let outbox = Outbox::new(limits.outbox_bytes, limits.outbox_events);
-        let rate = f64::from(limits.commands_per_sec);
         let expires = expiry_instant(&claims, node.verifier.leeway_secs());
         Session {
-            org: Arc::from(claims.org.as_str()),
             claims,
             guard,
             outbox,
             subscriptions: Vec::new(),
             expires,
-            commands: Bucket::new(rate, rate),
-            strikes: Bucket::new(RATE_STRIKES, 1.0),
-            bad_commands: Bucket::new(BAD_COMMAND_BURST, BAD_COMMAND_REFILL),
+            allowance: Allowance::new(limits.commands_per_sec as f32),
             node,
         }
+    }
+
+    /// Takes a token from one of the connection's rate buckets.
+    fn take(&mut self, which: Take) -> bool {
+        let rate = self.node.config.limits.commands_per_sec as f32;
+        self.allowance.take(which, rate)
     }
 
     fn reply(&self, msg: &ServerMessage) {
@@ -371,14 +408,14 @@ impl Session {
                     }
                     timer.as_mut().reset(next_ping.min(self.expires));
                 }
-                b = self.outbox.next_batch(&mut batch) => {
+                b = std::future::poll_fn(|cx| self.outbox.poll_batch(cx, &mut batch)) => {
                     if b == Batch::Overflowed {
                         return Box::pin(close(ws, CloseCode::SlowConsumer)).await;
                     }
                     if let Err(stop) = self.write(ws, &mut batch).await {
                         return Box::pin(stop.run(ws)).await;
                     }
-                    // Written and empty: give its buffer back rather than hold it while idle.
+                    // Written: give its buffer back rather than hold it while idle.
                     batch = Vec::new();
                 }
                 frame = ws.next() => {
@@ -394,7 +431,7 @@ impl Session {
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            if !self.bad_commands.take() {
+                            if !self.take(Take::BadCommand) {
                                 return Box::pin(close(ws, CloseCode::Policy)).await;
                             }
                             self.error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None, None);
@@ -420,11 +457,11 @@ impl Session {
         }
     }
 
-    /// Writes a drained batch. A write that cannot finish (the client stopped reading) is
-    /// abandoned when the outbox overflows (4009), when no byte was taken for the idle timeout
-    /// (the client is gone), when the token expires (4002), or at the drain deadline (1001);
-    /// `Err` says how to close. Frames are whole in tungstenite's buffer, so a close frame can
-    /// still follow.
+    /// Writes a drained batch, and empties it. A write that cannot finish (the client stopped
+    /// reading) is abandoned when the outbox overflows (4009), when no byte was taken for the
+    /// idle timeout (the client is gone), when the token expires (4002), or at the drain
+    /// deadline (1001); `Err` says how to close. Frames are whole in tungstenite's buffer, so a
+    /// close frame can still follow.
     async fn write<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
@@ -433,28 +470,31 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let write = async {
-            for msg in batch.drain(..) {
-                ws.feed(Message::Text(msg)).await?;
-            }
-            ws.flush().await
+        // Polled by hand rather than as a future, so the task holds no write state while idle.
+        let mut fed = 0;
+        let first =
+            std::future::poll_fn(|cx| Poll::Ready(poll_write_batch(ws, batch, &mut fed, cx))).await;
+        let res = match first {
+            // The common case: the socket took the whole batch at once, and no timer is needed.
+            Poll::Ready(r) => r.map_err(|_| Stop::Abandon(End::Gone)),
+            // The client is slow: wait with timers, on the heap so idle tasks stay small.
+            Poll::Pending => Box::pin(self.write_blocked(ws, batch, fed)).await,
         };
-        let mut write = std::pin::pin!(write);
-        // The common case: the socket takes the whole batch at once, and no timer is needed.
-        if let Poll::Ready(res) =
-            std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
-        {
-            return res.map_err(|_| Stop::Abandon(End::Gone));
-        }
-        // The client is slow: wait with timers, on the heap so idle tasks stay small.
-        Box::pin(self.write_blocked(write)).await
+        batch.clear();
+        res
     }
 
-    /// The rest of a write the socket did not take at once (see [`Session::write`]).
-    async fn write_blocked(
+    /// The rest of a write the socket did not take at once (see [`Session::write`]): `fed`
+    /// frames of `batch` are in tungstenite's hands already.
+    async fn write_blocked<S>(
         &self,
-        write: std::pin::Pin<&mut impl Future<Output = Result<(), WsError>>>,
-    ) -> Result<(), Stop> {
+        ws: &mut WebSocketStream<S>,
+        batch: &mut [Utf8Bytes],
+        mut fed: usize,
+    ) -> Result<(), Stop>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let shutdown = self.node.shutdown.clone();
         let drain = self.node.config.drain_timeout;
         let drained = async move {
@@ -462,27 +502,22 @@ impl Session {
             tokio::time::sleep(drain).await;
         };
         let outbox = &self.outbox;
-        let overflowed = async {
-            while !outbox.overflowed() {
-                outbox.changed().await;
-            }
-        };
+        let write = std::future::poll_fn(|cx| poll_write_batch(ws, batch, &mut fed, cx));
         let stalled = tokio::time::sleep(self.node.config.limits.idle_timeout);
         let res = tokio::select! {
             r = write => r,
-            _ = overflowed => return Err(Stop::Close(CloseCode::SlowConsumer, CloseCode::SlowConsumer.reason())),
+            _ = std::future::poll_fn(|cx| outbox.poll_overflowed(cx)) => return Err(Stop::Close(CloseCode::SlowConsumer, CloseCode::SlowConsumer.reason())),
             _ = stalled => return Err(Stop::Close(CloseCode::GoingAway, "idle timeout")),
             _ = sleep_until(self.expires) => return Err(Stop::Close(CloseCode::TokenExpired, CloseCode::TokenExpired.reason())),
             _ = drained => return Err(Stop::Abandon(End::Closed(CloseCode::GoingAway))),
         };
-        // `batch` is empty again: the write drained it (a `Drain` dropped early drops the rest).
         res.map_err(|_| Stop::Abandon(End::Gone))
     }
 
     /// Handles one text frame. `Err` closes the connection with that code.
     async fn command(&mut self, text: &str) -> Result<(), CloseCode> {
-        if !self.commands.take() {
-            if !self.strikes.take() {
+        if !self.take(Take::Command) {
+            if !self.take(Take::Strike) {
                 return Err(CloseCode::RateLimited);
             }
             let r#ref = ClientMessage::decode(text)
@@ -499,7 +534,7 @@ impl Session {
         let msg = match ClientMessage::decode(text) {
             Ok(m) => m,
             Err(e) => {
-                if !self.bad_commands.take() {
+                if !self.take(Take::BadCommand) {
                     return Err(CloseCode::Policy);
                 }
                 self.error(ErrorCode::BadRequest, e.message, None, e.r#ref);
@@ -569,7 +604,7 @@ impl Session {
                 r#ref,
             );
         }
-        let key = ChannelKey::new(self.org.clone(), channel.clone());
+        let key = ChannelKey::new(self.guard.org().clone(), channel.clone());
         let sub = Subscriber {
             conn: self.guard.conn(),
             outbox: self.outbox.clone(),
@@ -595,6 +630,9 @@ impl Session {
             Ok(_) => {
                 if fresh {
                     metrics::subscriptions(1.0);
+                    // Exactly as long as it needs to be: a connection keeps its handful of
+                    // subscriptions for hours (growth would round three up to four).
+                    self.subscriptions.reserve_exact(1);
                     self.subscriptions.push(key);
                 }
             }
@@ -778,9 +816,10 @@ mod tests {
         let fut = run(node.clone(), server, None);
         let size = std::mem::size_of_val(&fut);
         eprintln!("session future: {size} bytes, of which the WebSocket {ws}");
-        // 1,464 bytes when this was written (2,040 before the session stopped keeping second
-        // copies of its arguments), of which the WebSocket is 296.
-        assert!(size <= 1536, "the session future grew to {size} bytes");
+        // 1,272 bytes when this was written, of which the WebSocket is 296 (2,040 before the
+        // session stopped keeping second copies of its arguments; 1,456 before the outbox wait
+        // and the batch write became polls and the rate buckets shared one clock).
+        assert!(size <= 1344, "the session future grew to {size} bytes");
     }
 
     /// Reads until the close frame; returns its code and the virtual time it took.
@@ -870,19 +909,31 @@ mod tests {
     }
 
     #[test]
-    fn bucket_allows_a_burst_then_the_rate() {
+    fn buckets_allow_a_burst_then_the_rate() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()
             .unwrap();
         rt.block_on(async {
-            let mut b = Bucket::new(3.0, 1.0);
-            assert!(b.take() && b.take() && b.take());
-            assert!(!b.take());
+            let mut b = Allowance::new(3.0);
+            let mut take = |which| b.take(which, 3.0);
+            assert!(take(Take::Command) && take(Take::Command) && take(Take::Command));
+            assert!(!take(Take::Command));
+            // The other buckets are separate.
+            assert!(take(Take::Strike) && take(Take::BadCommand));
             tokio::time::advance(Duration::from_secs(1)).await;
-            assert!(b.take());
-            assert!(!b.take());
+            let mut take = |which| b.take(which, 3.0);
+            assert!(take(Take::Command) && take(Take::Command) && take(Take::Command));
+            assert!(!take(Take::Command), "refilled to the burst, not beyond");
+            for _ in 0..9 {
+                assert!(take(Take::Strike));
+            }
+            assert!(
+                take(Take::Strike),
+                "one second refilled the strike taken above"
+            );
+            assert!(!take(Take::Strike));
         });
     }
 }
