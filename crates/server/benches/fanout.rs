@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use cortex_realtime::Limits;
 use cortex_realtime::hub::{ChannelKey, ConnId, Hub, Subscriber};
-use cortex_realtime::outbox::{Batch, Outbox};
+use cortex_realtime::outbox::{Batch, Outbox, Queue};
 use cortex_realtime::protocol::event::write_delivery;
 use cortex_realtime::protocol::{ChannelId, EventType};
 use divan::Bencher;
@@ -120,7 +120,7 @@ impl Fixture {
     /// outbox, so the first one being empty means all are. Panics on an overflow, which would
     /// mean the benchmark timed refused pushes.
     fn drain(&self) {
-        let mut out = Vec::new();
+        let mut out = Queue::new();
         if self.outboxes[0].try_batch(&mut out).is_none() {
             return;
         }

@@ -233,9 +233,9 @@ mod tests {
     }
 
     fn drained(o: &Outbox) -> Vec<Utf8Bytes> {
-        let mut v = Vec::new();
+        let mut v = crate::outbox::Queue::new();
         o.try_batch(&mut v);
-        v
+        v.into_vec()
     }
 
     #[test]

@@ -10,15 +10,20 @@
 //! frame to the socket itself, without blocking, and the task is not even woken. What the socket
 //! does not take at once is queued as usual.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::socket::{Written, try_write_text};
+
+/// Queued messages, and a drained batch: one message is held inline, so a connection that
+/// gets an event at a time (most of them, most of the time) allocates nothing for it, and an
+/// idle one holds no buffer. The same size as a `Vec`.
+pub type Queue = SmallVec<[Utf8Bytes; 1]>;
 
 /// A push was refused: the queue passed its bound, or the connection is already closing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +43,7 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Utf8Bytes>,
+    queue: Queue,
     bytes: usize,
     overflowed: bool,
     /// The connection's socket, for writes that skip the queue (see [`crate::socket`]).
@@ -121,26 +126,26 @@ impl Outbox {
             }
             if s.queue.len() >= self.shared.max_messages || s.bytes + len > self.shared.max_bytes {
                 s.overflowed = true;
-                s.queue = VecDeque::new();
+                s.queue = Queue::new();
                 s.bytes = 0;
                 wake(s);
                 return Err(Overflow);
             }
             s.bytes += len;
-            s.queue.push_back(msg);
+            s.queue.push(msg);
             wake(s);
         }
         Ok(())
     }
 
     /// Waits until there is something to send, then moves everything queued into `out`.
-    pub async fn next_batch(&self, out: &mut Vec<Utf8Bytes>) -> Batch {
+    pub async fn next_batch(&self, out: &mut Queue) -> Batch {
         std::future::poll_fn(|cx| self.poll_batch(cx, out)).await
     }
 
     /// [`Outbox::next_batch`] as a poll: the waiting task holds no future of its own, only its
     /// waker in the outbox (memory per idle connection).
-    pub fn poll_batch(&self, cx: &Context<'_>, out: &mut Vec<Utf8Bytes>) -> Poll<Batch> {
+    pub fn poll_batch(&self, cx: &Context<'_>, out: &mut Queue) -> Poll<Batch> {
         let mut s = self.lock();
         match Self::take_batch(&mut s, out) {
             Some(batch) => Poll::Ready(batch),
@@ -152,11 +157,11 @@ impl Outbox {
     }
 
     /// Moves everything queued into `out` without waiting; `None` when the queue is empty.
-    pub fn try_batch(&self, out: &mut Vec<Utf8Bytes>) -> Option<Batch> {
+    pub fn try_batch(&self, out: &mut Queue) -> Option<Batch> {
         Self::take_batch(&mut self.lock(), out)
     }
 
-    fn take_batch(s: &mut State, out: &mut Vec<Utf8Bytes>) -> Option<Batch> {
+    fn take_batch(s: &mut State, out: &mut Queue) -> Option<Batch> {
         if s.overflowed {
             return Some(Batch::Overflowed);
         }
@@ -166,7 +171,7 @@ impl Outbox {
         }
         // The queue's buffer itself goes to the caller (no copy), and the queue starts again
         // without one: an idle connection holds no queue memory.
-        let queue: Vec<Utf8Bytes> = std::mem::take(&mut s.queue).into();
+        let queue = std::mem::take(&mut s.queue);
         s.bytes = 0;
         if out.is_empty() {
             *out = queue;
@@ -260,9 +265,9 @@ mod tests {
         let o = Outbox::new(1000, 10);
         o.push("a".into()).unwrap();
         o.push("b".into()).unwrap();
-        let mut out = Vec::new();
+        let mut out = Queue::new();
         assert_eq!(o.next_batch(&mut out).await, Batch::Ready);
-        assert_eq!(out, vec![Utf8Bytes::from("a"), Utf8Bytes::from("b")]);
+        assert_eq!(out.as_slice(), [Utf8Bytes::from("a"), Utf8Bytes::from("b")]);
         assert!(o.try_batch(&mut out).is_none());
     }
 
@@ -275,7 +280,7 @@ mod tests {
         assert_eq!(o.push(msg(1)), Err(Overflow));
         assert!(o.overflowed());
         assert_eq!(o.push(msg(1)), Err(Overflow), "stays closed");
-        let mut out = Vec::new();
+        let mut out = Queue::new();
         assert_eq!(o.try_batch(&mut out), Some(Batch::Overflowed));
         assert!(out.is_empty());
     }
@@ -292,7 +297,7 @@ mod tests {
         let o = Outbox::new(100, 2);
         o.push(msg(50)).unwrap();
         o.push(msg(50)).unwrap();
-        let mut out = Vec::new();
+        let mut out = Queue::new();
         o.try_batch(&mut out);
         o.push(msg(50)).unwrap();
         o.push(msg(50)).unwrap();
@@ -303,7 +308,7 @@ mod tests {
         let o = Outbox::new(10, 10);
         let o2 = o.clone();
         let t = tokio::spawn(async move {
-            let mut out = Vec::new();
+            let mut out = Queue::new();
             o2.next_batch(&mut out).await
         });
         tokio::task::yield_now().await;

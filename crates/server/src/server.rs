@@ -230,7 +230,9 @@ impl Node {
     /// every publish that passed the check is waited for by [`Node::publishes_settled`], so an
     /// event answered 202 is always in the outboxes before the sessions' last flush.
     pub fn begin_publish(&self) -> Option<InFlight<'_>> {
-        self.publishing.fetch_add(1, Ordering::AcqRel);
+        // SeqCst here, in the flag's store and load, and in `publishes_settled`'s load: a
+        // publish and a trigger racing must not both miss the other.
+        self.publishing.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(self);
         (!self.shutdown.is_triggered()).then_some(guard)
     }
@@ -239,7 +241,7 @@ impl Node {
     pub async fn publishes_settled(&self) {
         loop {
             let notified = self.published.notified();
-            if self.publishing.load(Ordering::Acquire) == 0 {
+            if self.publishing.load(Ordering::SeqCst) == 0 {
                 return;
             }
             notified.await;

@@ -24,7 +24,7 @@ use crate::auth::{AuthError, Claims};
 use crate::broker::Subscribed;
 use crate::hub::{ChannelKey, Subscriber};
 use crate::metrics;
-use crate::outbox::{Batch, Outbox};
+use crate::outbox::{Batch, Outbox, Queue};
 use crate::server::{ConnectionGuard, Node, unix_now};
 use crate::socket::{CLOSE, Transport, frame_header};
 
@@ -369,7 +369,7 @@ impl Session {
             org_id: self.claims.org.clone(),
             expires_at: rfc3339_secs(self.claims.exp),
         });
-        let mut batch = Vec::new();
+        let mut batch = Queue::new();
         let mut last_seen = Instant::now();
         // One timer serves both the next ping and the token's expiry. It, and the cancellation
         // waiter, live across turns of the loop: a fresh timer or waiter per delivered batch
@@ -377,12 +377,15 @@ impl Session {
         let mut next_ping = Instant::now() + limits.ping_interval;
         let mut timer = std::pin::pin!(sleep_until(next_ping.min(self.expires)));
         let mut cancelled = std::pin::pin!(node.shutdown.cancelled());
+        // Polled once here, so that it is registered to wake the task, and after that only once
+        // the drain has begun: polling it takes the token's locks, on every wake-up.
+        let _ = futures_util::poll!(cancelled.as_mut());
         // The rare, large paths (closing, commands) are boxed so that every idle connection's
         // task does not carry their state.
         loop {
             tokio::select! {
                 biased;
-                _ = cancelled.as_mut() => {
+                _ = cancelled.as_mut(), if node.shutdown.is_triggered() => {
                     // Deliver what was accepted before the drain began, then say goodbye.
                     self.node.publishes_settled().await;
                     if self.outbox.try_batch(&mut batch) == Some(Batch::Ready)
@@ -415,8 +418,8 @@ impl Session {
                     if let Err(stop) = self.write(ws, &mut batch).await {
                         return Box::pin(stop.run(ws)).await;
                     }
-                    // Written: give its buffer back rather than hold it while idle.
-                    batch = Vec::new();
+                    // Written: give a spilled buffer back rather than hold it while idle.
+                    batch = Queue::new();
                 }
                 frame = ws.next() => {
                     last_seen = Instant::now();
@@ -462,11 +465,7 @@ impl Session {
     /// idle timeout (the client is gone), when the token expires (4002), or at the drain
     /// deadline (1001); `Err` says how to close. Frames are whole in tungstenite's buffer, so a
     /// close frame can still follow.
-    async fn write<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        batch: &mut Vec<Utf8Bytes>,
-    ) -> Result<(), Stop>
+    async fn write<S>(&mut self, ws: &mut WebSocketStream<S>, batch: &mut Queue) -> Result<(), Stop>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {

@@ -316,7 +316,7 @@ mod tests {
                 .await;
         ws.get_mut().attach(&outbox);
         outbox.deliver("queued".into(), true).unwrap();
-        let mut batch = Vec::new();
+        let mut batch = crate::outbox::Queue::new();
         assert!(
             outbox.try_batch(&mut batch).is_some(),
             "not granted yet: queued"
@@ -369,7 +369,7 @@ mod tests {
         ws.flush().await.unwrap(); // grants
         let big = Utf8Bytes::from("z".repeat(200_000));
         outbox.deliver(big.clone(), true).unwrap();
-        let mut batch = Vec::new();
+        let mut batch = crate::outbox::Queue::new();
         assert_eq!(
             outbox.try_batch(&mut batch),
             Some(Batch::Ready),

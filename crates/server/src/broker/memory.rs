@@ -161,15 +161,14 @@ mod tests {
         futures_util::FutureExt::now_or_never(b.subscribe(&key, sub, None, &reply))
             .unwrap()
             .unwrap();
-        let mut v = Vec::new();
-        outbox.try_batch(&mut v);
+        outbox.try_batch(&mut crate::outbox::Queue::new());
         outbox
     }
 
     fn drain(o: &Outbox) -> Vec<Utf8Bytes> {
-        let mut v = Vec::new();
+        let mut v = crate::outbox::Queue::new();
         o.try_batch(&mut v);
-        v
+        v.into_vec()
     }
 
     #[tokio::test]
