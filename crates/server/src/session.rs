@@ -385,7 +385,15 @@ impl Session {
         loop {
             tokio::select! {
                 biased;
-                _ = cancelled.as_mut(), if node.shutdown.is_triggered() => {
+                _ = std::future::poll_fn(|cx| {
+                    // A precondition would not do: it is read once per turn of the loop, not
+                    // on the wake-up the cancellation causes.
+                    if node.shutdown.is_triggered() {
+                        cancelled.as_mut().poll(cx)
+                    } else {
+                        Poll::Pending
+                    }
+                }) => {
                     // Deliver what was accepted before the drain began, then say goodbye.
                     self.node.publishes_settled().await;
                     if self.outbox.try_batch(&mut batch) == Some(Batch::Ready)
