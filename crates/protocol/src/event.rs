@@ -410,8 +410,12 @@ pub fn is_rfc3339(s: &str) -> bool {
 
 /// `2026-11-25T20:40:16.123Z`: UTC, millisecond precision.
 pub fn rfc3339_millis(t: OffsetDateTime) -> String {
+    use std::fmt::Write as _;
     let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
+    // Written into one buffer of the final size (`format!` grows its own, several times).
+    let mut s = String::with_capacity(24);
+    let _ = write!(
+        s,
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),
         u8::from(t.month()),
@@ -420,7 +424,8 @@ pub fn rfc3339_millis(t: OffsetDateTime) -> String {
         t.minute(),
         t.second(),
         t.millisecond()
-    )
+    );
+    s
 }
 
 /// `2026-11-25T21:40:16Z` for a unix time in seconds (used for `expiresAt`).
@@ -456,7 +461,7 @@ pub fn write_delivery(
     s.push_str("\",\"id\":\"");
     s.push_str(id);
     s.push_str("\",\"offset\":");
-    s.push_str(&offset.to_string());
+    let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{offset}"));
     s.push_str(",\"epoch\":\"");
     s.push_str(epoch);
     s.push_str("\",\"payload\":");

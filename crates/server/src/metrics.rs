@@ -4,9 +4,34 @@
 
 use std::sync::OnceLock;
 
+use ::metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Handles of the unlabelled metrics, looked up once: a lookup hashes the name and takes the
+/// registry's lock, and the publish path would do it for every event.
+struct Hot {
+    connections: Gauge,
+    connections_total: Counter,
+    published: Counter,
+    delivered: Counter,
+    subscriptions: Gauge,
+}
+
+static HOT: OnceLock<Hot> = OnceLock::new();
+
+/// The handles, from whichever recorder is installed when they are first used ([`install`]
+/// runs before a server takes its first connection or event).
+fn hot() -> &'static Hot {
+    HOT.get_or_init(|| Hot {
+        connections: ::metrics::gauge!("cortex_connections"),
+        connections_total: ::metrics::counter!("cortex_connections_total"),
+        published: ::metrics::counter!("cortex_events_published_total"),
+        delivered: ::metrics::counter!("cortex_deliveries_total"),
+        subscriptions: ::metrics::gauge!("cortex_subscriptions"),
+    })
+}
 
 /// Installs the process-wide recorder (once; later calls are no-ops).
 pub fn install() {
@@ -19,6 +44,7 @@ pub fn install() {
             .ok()
             .map(|()| handle)
     });
+    hot();
 }
 
 /// The Prometheus text of every metric.
@@ -31,13 +57,13 @@ pub fn render() -> String {
 
 /// A WebSocket connection was authenticated.
 pub fn connection_opened() {
-    ::metrics::gauge!("cortex_connections").increment(1.0);
-    ::metrics::counter!("cortex_connections_total").increment(1);
+    hot().connections.increment(1.0);
+    hot().connections_total.increment(1);
 }
 
 /// An authenticated connection ended, with this close code.
 pub fn connection_closed(code: u16) {
-    ::metrics::gauge!("cortex_connections").decrement(1.0);
+    hot().connections.decrement(1.0);
     ::metrics::counter!("cortex_closes_total", "code" => code.to_string()).increment(1);
 }
 
@@ -48,15 +74,15 @@ pub fn refused(reason: &'static str) {
 
 /// Events accepted by the publish API.
 pub fn published(n: usize) {
-    ::metrics::counter!("cortex_events_published_total").increment(n as u64);
+    hot().published.increment(n as u64);
 }
 
 /// Deliveries into outboxes on this node.
 pub fn delivered(n: usize) {
-    ::metrics::counter!("cortex_deliveries_total").increment(n as u64);
+    hot().delivered.increment(n as u64);
 }
 
 /// A subscription was added or removed.
 pub fn subscriptions(delta: f64) {
-    ::metrics::gauge!("cortex_subscriptions").increment(delta);
+    hot().subscriptions.increment(delta);
 }
