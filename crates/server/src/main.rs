@@ -303,15 +303,10 @@ struct TailArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    // On one core (a process pinned to it, a container limited to one CPU) a single-threaded
-    // runtime runs the same tasks without the cross-thread scheduling machinery.
-    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
-    let mut builder = if one_core {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let rt = match builder.enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

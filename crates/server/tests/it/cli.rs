@@ -405,31 +405,6 @@ async fn sigterm_closes_every_connection_with_1001_and_exits_0_within_the_drain_
 }
 
 #[tokio::test]
-async fn serve_pinned_to_one_core_runs_one_thread_delivers_and_drains() {
-    // On one core the binary runs a single-threaded runtime: the whole server on one thread.
-    let mut args = vec!["-c", "0", BIN, "serve"];
-    args.extend_from_slice(&MINIMAL);
-    let mut p = Proc::spawn_program("taskset", &args, &[]);
-    let addr = p.listening().await;
-    let threads = std::fs::read_dir(format!("/proc/{}/task", p.pid()))
-        .expect("the process's threads")
-        .count();
-    assert_eq!(threads, 1, "one thread on one core");
-    let mut c = connect(addr, &token_signed("s", "u_1", "o_1"))
-        .await
-        .unwrap();
-    assert_eq!(c.subscribe("task:t_9").await["type"], "subscribed");
-    assert_eq!(publish_status(addr, "k").await, 202);
-    let ev = c.recv().await;
-    assert_eq!(ev["channelId"], "task:t_9", "{ev}");
-    p.sigterm_caught().await;
-    p.terminate();
-    assert_eq!(c.closed().await, Some(1001));
-    let status = p.wait_exit(DRAIN).await;
-    assert!(status.success(), "exit {status:?}; stderr:\n{}", p.stderr());
-}
-
-#[tokio::test]
 async fn sigterm_with_no_connections_exits_0_at_once() {
     let (p, _addr) = serve(&MINIMAL, &[]).await;
     p.sigterm_caught().await;

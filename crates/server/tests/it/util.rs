@@ -487,13 +487,8 @@ pub fn sigterm(pid: u32) {
 
 impl Proc {
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        Proc::spawn_program(BIN, args, env)
-    }
-
-    /// Like [`Proc::spawn`], for another program (`taskset` running the binary, say).
-    pub fn spawn_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         use std::io::{BufRead, Read};
-        let mut child = spawn_piped(program, args, env);
+        let mut child = spawn_piped(BIN, args, env);
         let (tx, lines) = std::sync::mpsc::channel();
         let stdout = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
