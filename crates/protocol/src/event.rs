@@ -453,6 +453,7 @@ pub fn write_delivery(
     epoch: &str,
     payload_json: &str,
 ) -> String {
+    use std::fmt::Write as _;
     let mut s = String::with_capacity(80 + channel.as_str().len() + payload_json.len());
     s.push_str("{\"type\":\"");
     s.push_str(event_type.as_str());
@@ -461,7 +462,7 @@ pub fn write_delivery(
     s.push_str("\",\"id\":\"");
     s.push_str(id);
     s.push_str("\",\"offset\":");
-    let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{offset}"));
+    let _ = write!(s, "{offset}");
     s.push_str(",\"epoch\":\"");
     s.push_str(epoch);
     s.push_str("\",\"payload\":");

@@ -241,19 +241,34 @@ pub async fn post_events(
         }
         Ok(Ok(b)) => b,
     };
+    let (bodies, batch) = parse_bodies(&bytes, per_event)?;
+    let accepted = publish(&node, bodies).await?;
+    // Serialized straight from the answers (no intermediate `Value`).
+    Ok(if batch {
+        #[derive(Serialize)]
+        struct Results<'a> {
+            results: &'a [Accepted],
+        }
+        (StatusCode::ACCEPTED, Json(Results { results: &accepted })).into_response()
+    } else {
+        (StatusCode::ACCEPTED, Json(&accepted[0])).into_response()
+    })
+}
+
+/// The events of a publish body, and whether it was a batch (`{"events": [...]}`).
+fn parse_bodies(bytes: &[u8], per_event: usize) -> Result<(Vec<PublishEvent>, bool), ApiError> {
     // The usual body, one event, parses straight into its type. Anything else (a batch, a
     // mistake) takes the general road below, which also words the errors.
     if bytes.len() <= per_event
-        && let Ok(body) = serde_json::from_slice::<PublishEvent>(&bytes)
+        && let Ok(body) = serde_json::from_slice::<PublishEvent>(bytes)
     {
-        let accepted = publish(&node, vec![body]).await?;
-        return Ok((StatusCode::ACCEPTED, Json(&accepted[0])).into_response());
+        return Ok((vec![body], false));
     }
-    let value: Value = serde_json::from_slice(&bytes).map_err(|_| ApiError::BadJson)?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| ApiError::BadJson)?;
     let Value::Object(mut top) = value else {
         return Err(ApiError::BadBody("the body must be a JSON object".into()));
     };
-    let (bodies, batch) = if top.contains_key("events") {
+    if top.contains_key("events") {
         if top.len() != 1 {
             return Err(ApiError::BadBody("a batch body holds only `events`".into()));
         }
@@ -275,26 +290,15 @@ pub async fn post_events(
             }
             bodies.push(parse_body(item, Some(i))?);
         }
-        (bodies, true)
+        Ok((bodies, true))
     } else {
         if bytes.len() > per_event {
             return Err(ApiError::TooLarge(format!(
                 "an event is at most {per_event} bytes"
             )));
         }
-        (vec![parse_body(Value::Object(top), None)?], false)
-    };
-    let accepted = publish(&node, bodies).await?;
-    // Serialized straight from the answers (no intermediate `Value`).
-    Ok(if batch {
-        #[derive(Serialize)]
-        struct Results<'a> {
-            results: &'a [Accepted],
-        }
-        (StatusCode::ACCEPTED, Json(Results { results: &accepted })).into_response()
-    } else {
-        (StatusCode::ACCEPTED, Json(&accepted[0])).into_response()
-    })
+        Ok((vec![parse_body(Value::Object(top), None)?], false))
+    }
 }
 
 /// Whether a body read failed because the body passed the size limit.

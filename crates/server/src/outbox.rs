@@ -58,6 +58,12 @@ struct State {
 }
 
 impl State {
+    /// Publishers queue again; the rest of a frame one of them wrote in part, if any.
+    fn revoke(&mut self) -> Option<Bytes> {
+        self.granted = false;
+        self.rest.take().map(|rest| *rest)
+    }
+
     /// Registers the task to be woken by the next push or overflow.
     fn wait(&mut self, cx: &Context<'_>) {
         match &self.waker {
@@ -195,18 +201,15 @@ impl Outbox {
     /// The task is about to write: publishers queue again. Returns the rest of a frame a
     /// publisher wrote in part, which the task must write before anything else.
     pub(crate) fn revoke(&self) -> Option<Bytes> {
-        let mut s = self.lock();
-        s.granted = false;
-        s.rest.take().map(|rest| *rest)
+        self.lock().revoke()
     }
 
     /// The task is closing: no publisher writes to the socket again, and the outbox lets go
     /// of it. Returns what [`Outbox::revoke`] does.
     pub(crate) fn detach(&self) -> Option<Bytes> {
         let mut s = self.lock();
-        s.granted = false;
         s.socket = None;
-        s.rest.take().map(|rest| *rest)
+        s.revoke()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
