@@ -179,6 +179,10 @@ impl Outbox {
         // without one: an idle connection holds no queue memory.
         let queue = std::mem::take(&mut s.queue);
         s.bytes = 0;
+        // The task now holds messages it has not written: from here until its flush, a
+        // publisher writing to the socket would overtake them (with the task on another
+        // thread). The grant ends under the same lock as the queue it emptied.
+        s.granted = false;
         if out.is_empty() {
             *out = queue;
         } else {

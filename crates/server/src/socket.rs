@@ -352,6 +352,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_taken_by_the_session_is_not_overtaken_by_a_publisher() {
+        let (s, c) = pair().await;
+        let mut peer = client(c).await;
+        let outbox = Outbox::new(1 << 20, 1000);
+        let mut ws =
+            WebSocketStream::from_raw_socket(Socket::new(s, Bytes::new()), Role::Server, None)
+                .await;
+        ws.get_mut().attach(&outbox);
+        ws.flush().await.unwrap(); // grants
+        // The session takes a queued message (a reply, a replay) and, before it writes it, a
+        // publisher on another thread delivers the next event.
+        outbox.deliver("first".into(), false).unwrap();
+        let mut batch = crate::outbox::Queue::new();
+        assert!(outbox.try_batch(&mut batch).is_some());
+        outbox.deliver("second".into(), true).unwrap();
+        for m in batch.drain(..) {
+            ws.feed(Message::Text(m)).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        assert_eq!(
+            text(&mut peer).await,
+            "first",
+            "the taken batch goes out first"
+        );
+        assert!(
+            outbox.try_batch(&mut batch).is_some(),
+            "the publisher's event waited in the queue"
+        );
+        assert_eq!(batch.as_slice(), [Utf8Bytes::from("second")]);
+    }
+
+    #[tokio::test]
     async fn the_rest_of_a_partial_frame_goes_out_before_the_session_writes() {
         let (s, c) = pair().await;
         // Small buffers on both sides, and a peer that does not read yet: the socket fills.
