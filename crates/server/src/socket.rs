@@ -271,6 +271,18 @@ mod tests {
         WebSocketStream::from_raw_socket(c, Role::Client, Some(config)).await
     }
 
+    /// A server WebSocket over a `Socket` attached to a fresh outbox, and its client.
+    async fn attached() -> (WebSocketStream<Socket>, WebSocketStream<TcpStream>, Outbox) {
+        let (s, c) = pair().await;
+        let peer = client(c).await;
+        let outbox = Outbox::new(1 << 20, 1000);
+        let mut ws =
+            WebSocketStream::from_raw_socket(Socket::new(s, Bytes::new()), Role::Server, None)
+                .await;
+        ws.get_mut().attach(&outbox);
+        (ws, peer, outbox)
+    }
+
     async fn text(ws: &mut WebSocketStream<TcpStream>) -> String {
         match ws.next().await.unwrap().unwrap() {
             Message::Text(t) => t.to_string(),
@@ -308,13 +320,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_granted_idle_session_lets_publishers_write() {
-        let (s, c) = pair().await;
-        let mut peer = client(c).await;
-        let outbox = Outbox::new(1 << 20, 1000);
-        let mut ws =
-            WebSocketStream::from_raw_socket(Socket::new(s, Bytes::new()), Role::Server, None)
-                .await;
-        ws.get_mut().attach(&outbox);
+        let (mut ws, mut peer, outbox) = attached().await;
         outbox.deliver("queued".into(), true).unwrap();
         let mut batch = crate::outbox::Queue::new();
         assert!(
@@ -353,13 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_taken_by_the_session_is_not_overtaken_by_a_publisher() {
-        let (s, c) = pair().await;
-        let mut peer = client(c).await;
-        let outbox = Outbox::new(1 << 20, 1000);
-        let mut ws =
-            WebSocketStream::from_raw_socket(Socket::new(s, Bytes::new()), Role::Server, None)
-                .await;
-        ws.get_mut().attach(&outbox);
+        let (mut ws, mut peer, outbox) = attached().await;
         ws.flush().await.unwrap(); // grants
         // The session takes a queued message (a reply, a replay) and, before it writes it, a
         // publisher on another thread delivers the next event.
