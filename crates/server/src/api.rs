@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -93,11 +92,44 @@ impl From<BrokerError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The error's status and JSON body; a 503 also carries `Retry-After: 1`.
+    pub(crate) fn status_and_body(&self) -> (StatusCode, Vec<u8>) {
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
-        let mut resp = (status, Json(body)).into_response();
+        (status, body.to_string().into_bytes())
+    }
+
+    /// The body did not arrive within `body_timeout`.
+    pub(crate) fn body_timeout() -> ApiError {
+        ApiError::BadBody("the body did not arrive in time".into())
+    }
+
+    /// The body is over the limit of a whole batch.
+    pub(crate) fn body_too_large(per_event: usize) -> ApiError {
+        ApiError::TooLarge(format!(
+            "a body holds at most {MAX_BATCH} events of {per_event} bytes"
+        ))
+    }
+
+    /// The body ended before its announced length, or was malformed.
+    pub(crate) fn body_cut() -> ApiError {
+        ApiError::BadBody("the body could not be read (cut short or malformed)".into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
+        let mut resp = (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -194,9 +226,18 @@ pub async fn publish(node: &Node, bodies: Vec<PublishEvent>) -> Result<Vec<Accep
 
 /// Whether the request carries one of the configured publish keys (constant-time compare).
 fn authorized(node: &Node, headers: &HeaderMap) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    publish_key_ok(
+        node,
+        headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+    )
+}
+
+/// Whether an `Authorization` header value (as sent) is `Bearer <one of the publish keys>`.
+/// Only visible ASCII counts, as for `HeaderValue::to_str`.
+pub(crate) fn publish_key_ok(node: &Node, authorization: Option<&[u8]>) -> bool {
+    let Some(given) = authorization
+        .filter(|v| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)))
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(crate::server::bearer)
     else {
         return false;
@@ -219,7 +260,7 @@ pub async fn post_events(
         return Err(ApiError::Unauthorized);
     }
     let per_event = node.config.limits.max_event_bytes;
-    let limit = per_event * MAX_BATCH + 1024;
+    let limit = body_limit(&node);
     // A publisher's body has usually arrived with its head: read it without arming a timer,
     // and bound the wait only when it has not.
     let mut read = std::pin::pin!(axum::body::to_bytes(body, limit));
@@ -228,31 +269,44 @@ pub async fn post_events(
         Poll::Pending => tokio::time::timeout(node.config.limits.body_timeout, read).await,
     };
     let bytes = match read {
-        Err(_) => return Err(ApiError::BadBody("the body did not arrive in time".into())),
-        Ok(Err(e)) if over_limit(&e) => {
-            return Err(ApiError::TooLarge(format!(
-                "a body holds at most {MAX_BATCH} events of {per_event} bytes"
-            )));
-        }
-        Ok(Err(_)) => {
-            return Err(ApiError::BadBody(
-                "the body could not be read (cut short or malformed)".into(),
-            ));
-        }
+        Err(_) => return Err(ApiError::body_timeout()),
+        Ok(Err(e)) if over_limit(&e) => return Err(ApiError::body_too_large(per_event)),
+        Ok(Err(_)) => return Err(ApiError::body_cut()),
         Ok(Ok(b)) => b,
     };
-    let (bodies, batch) = parse_bodies(&bytes, per_event)?;
-    let accepted = publish(&node, bodies).await?;
+    let answer = publish_body(&node, &bytes).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        answer,
+    )
+        .into_response())
+}
+
+/// The largest publish body read: a full batch of the largest events, and some room.
+pub(crate) fn body_limit(node: &Node) -> usize {
+    node.config.limits.max_event_bytes * MAX_BATCH + 1024
+}
+
+/// Parses and publishes an authorized publish body; returns the JSON of the 202 answer. The
+/// one road of `POST /api/events`, whichever HTTP layer read the request.
+pub(crate) async fn publish_body(node: &Node, bytes: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let (bodies, batch) = parse_bodies(bytes, node.config.limits.max_event_bytes)?;
+    let accepted = publish(node, bodies).await?;
     // Serialized straight from the answers (no intermediate `Value`).
     Ok(if batch {
         #[derive(Serialize)]
         struct Results<'a> {
             results: &'a [Accepted],
         }
-        (StatusCode::ACCEPTED, Json(Results { results: &accepted })).into_response()
+        serde_json::to_vec(&Results { results: &accepted })
     } else {
-        (StatusCode::ACCEPTED, Json(&accepted[0])).into_response()
-    })
+        serde_json::to_vec(&accepted[0])
+    }
+    .expect("answers serialize"))
 }
 
 /// The events of a publish body, and whether it was a batch (`{"events": [...]}`).

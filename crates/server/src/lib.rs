@@ -16,6 +16,7 @@
 //! - [`history`]: per-channel offsets and epochs.
 //! - [`broker`]: delivery between the publish API and the hubs ([`broker::MemoryBroker`]).
 //! - [`api`]: the publish API and the one mapping of errors to HTTP responses.
+//! - [`publisher`]: publishers' keep-alive connections, read without hyper.
 //! - [`auth`]: JWT verification.
 //! - [`idempotency`]: publish de-duplication.
 //! - [`shutdown`]: the drain signal and task tracking.
@@ -34,6 +35,7 @@ pub mod idempotency;
 pub mod local;
 pub mod metrics;
 pub mod outbox;
+pub mod publisher;
 pub mod server;
 pub mod session;
 pub mod shutdown;

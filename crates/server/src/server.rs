@@ -13,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bytes::BytesMut;
 use cortex_protocol::PublishEvent;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -26,6 +27,7 @@ use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
 use crate::idempotency::Idempotency;
+use crate::publisher::{self, Prefixed};
 use crate::shutdown::Shutdown;
 use crate::socket::Socket;
 use crate::{id, metrics, session};
@@ -531,8 +533,19 @@ where
 /// The upgraded connection's TCP stream, shared by its session and its outbox (see
 /// [`crate::socket`]). Every connection is one (see `accept_loop`).
 fn into_socket(upgraded: hyper::upgrade::Upgraded) -> Option<Socket> {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => Some(Socket::new(parts.io.into_inner(), parts.read_buf)),
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => return Some(Socket::new(parts.io.into_inner(), parts.read_buf)),
+        Err(upgraded) => upgraded,
+    };
+    // A publisher's connection handed to hyper, then upgraded: what is left of the bytes read
+    // before the hand-over comes first.
+    match upgraded.downcast::<TokioIo<Prefixed>>() {
+        Ok(parts) => {
+            let (tcp, prefix) = parts.io.into_inner().into_parts();
+            let mut read = BytesMut::from(prefix);
+            read.extend_from_slice(&parts.read_buf);
+            Some(Socket::new(tcp, read.freeze()))
+        }
         Err(_) => {
             tracing::error!("an upgraded connection is not a TCP stream");
             None
@@ -841,24 +854,57 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
             },
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut app = app.clone();
-                async move { tower::Service::call(&mut app, req.map(Body::new)).await }
-            });
-        let conn = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let shutdown = node.shutdown.token();
-        let drain = node.config.drain_timeout;
+        let (node, http, app) = (node.clone(), http.clone(), app.clone());
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            // `local` checks every request's Host header in the router: no lean path there.
+            if node.config.loopback_host_only {
+                return serve_http(&node, &http, app, stream).await;
             }
-            let _ = tokio::time::timeout(drain, conn).await;
+            match publishing(&node, &stream).await {
+                None => {}
+                Some(false) => serve_http(&node, &http, app, stream).await,
+                Some(true) => {
+                    if let Some(rest) = publisher::serve(&node, stream).await {
+                        serve_http(&node, &http, app, rest).await;
+                    }
+                }
+            }
         });
     }
+}
+
+/// Whether a new connection's first bytes are a publish (`None`: it closed, sent nothing within
+/// the handshake timeout, or the node is draining). Peeked, not read, so any other connection
+/// reaches hyper untouched.
+async fn publishing(node: &Node, stream: &TcpStream) -> Option<bool> {
+    let mut first = [0u8; publisher::PEEK];
+    let peeked = tokio::select! {
+        r = tokio::time::timeout(node.config.limits.handshake_timeout, stream.peek(&mut first)) => r,
+        _ = node.shutdown.cancelled() => return None,
+    };
+    match peeked {
+        Ok(Ok(n)) if n > 0 => Some(publisher::starts_publishing(&first[..n])),
+        _ => None,
+    }
+}
+
+/// Serves one connection with hyper and the router until it closes, or gracefully once the node
+/// drains.
+async fn serve_http<I>(node: &Node, http: &hyper::server::conn::http1::Builder, app: Router, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut app = app.clone();
+        async move { tower::Service::call(&mut app, req.map(Body::new)).await }
+    });
+    let conn = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = node.shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = tokio::time::timeout(node.config.drain_timeout, conn).await;
 }
