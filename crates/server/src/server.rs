@@ -181,7 +181,11 @@ pub struct InFlight<'a>(&'a Node);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.0.publishing.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // Only the drain waits (`publishes_settled`, after the trigger): before it, the last
+        // publish out skips the notification's lock. SeqCst pairs with the trigger's store
+        // and `publishes_settled`'s load: either the drain sees this publish gone, or this
+        // publish sees the drain begun.
+        if self.0.publishing.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.shutdown.is_triggered() {
             self.0.published.notify_waiters();
         }
     }
