@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -882,12 +883,20 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
 /// reaches hyper untouched.
 async fn publishing(node: &Node, stream: &TcpStream) -> Option<bool> {
     let mut first = [0u8; publisher::PEEK];
-    let peeked = tokio::select! {
-        r = tokio::time::timeout(node.config.limits.handshake_timeout, stream.peek(&mut first)) => r,
-        _ = node.shutdown.cancelled() => return None,
+    // Without a timer when the bytes are already there.
+    let now = std::future::poll_fn(|cx| {
+        Poll::Ready(stream.poll_peek(cx, &mut tokio::io::ReadBuf::new(&mut first)))
+    })
+    .await;
+    let peeked = match now {
+        Poll::Ready(r) => r,
+        Poll::Pending => tokio::select! {
+            r = tokio::time::timeout(node.config.limits.handshake_timeout, stream.peek(&mut first)) => r.ok()?,
+            _ = node.shutdown.cancelled() => return None,
+        },
     };
     match peeked {
-        Ok(Ok(n)) if n > 0 => Some(publisher::starts_publishing(&first[..n])),
+        Ok(n) if n > 0 => Some(publisher::starts_publishing(&first[..n])),
         _ => None,
     }
 }

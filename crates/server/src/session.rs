@@ -429,7 +429,14 @@ impl Session {
                     // Written: give a spilled buffer back rather than hold it while idle.
                     batch = Queue::new();
                 }
-                frame = ws.next() => {
+                // Only when bytes may have arrived (see `Transport::read_wanted`).
+                frame = std::future::poll_fn(|cx| {
+                    if ws.get_ref().read_wanted() {
+                        ws.poll_next_unpin(cx)
+                    } else {
+                        Poll::Pending
+                    }
+                }) => {
                     last_seen = Instant::now();
                     match frame {
                         Some(Ok(Message::Text(text))) => {
@@ -475,10 +482,27 @@ impl Session {
     /// close frame can still follow.
     async fn write<S>(&mut self, ws: &mut WebSocketStream<S>, batch: &mut Queue) -> Result<(), Stop>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: Transport,
     {
         // Polled by hand rather than as a future, so the task holds no write state while idle.
         let mut fed = 0;
+        // One message, the usual batch at a low rate: straight to the socket when the WebSocket
+        // layer is idle (no framing into its buffer, no waker registrations). A rest the socket
+        // did not take is written by the flush below.
+        if let [msg] = &batch[..] {
+            match ws.get_mut().write_now(msg) {
+                Ok(true) => fed = 1,
+                Ok(false) => {}
+                Err(_) => {
+                    batch.clear();
+                    return Err(Stop::Abandon(End::Gone));
+                }
+            }
+            if fed == 1 && !ws.get_ref().unwritten() {
+                batch.clear();
+                return Ok(());
+            }
+        }
         let first =
             std::future::poll_fn(|cx| Poll::Ready(poll_write_batch(ws, batch, &mut fed, cx))).await;
         let res = match first {

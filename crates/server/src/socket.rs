@@ -19,9 +19,11 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker, ready};
 
 use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -36,6 +38,22 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
     fn attach(&mut self, _outbox: &Outbox) {}
     /// From now on only the session writes (it is closing).
     fn detach(&mut self) {}
+    /// Whether a read may make progress: false only while the last read found nothing and no
+    /// byte has arrived since. The session skips its read side otherwise, so a wake-up for a
+    /// delivery does not also re-poll (and re-register) the reading half.
+    fn read_wanted(&self) -> bool {
+        true
+    }
+    /// Writes `msg` as a frame straight to the socket, beside the WebSocket layer, when that
+    /// layer holds nothing unwritten; `false` when it may (write through it then). On `true`
+    /// the frame is out, or its rest waits in the transport for the next flush.
+    fn write_now(&mut self, _msg: &Utf8Bytes) -> io::Result<bool> {
+        Ok(false)
+    }
+    /// Whether the rest of a frame waits in the transport for the next flush.
+    fn unwritten(&self) -> bool {
+        false
+    }
 }
 
 /// A transport without the shared path (in-memory pipes in tests, other streams).
@@ -53,6 +71,27 @@ pub struct Socket {
     granted: bool,
     /// The rest of a frame a publisher wrote in part: it goes out before any byte of ours.
     rest: Option<Box<Bytes>>,
+    /// Whether a read may make progress, and the reader to wake when it may.
+    read: Arc<ReadWake>,
+}
+
+/// The waker a [`Socket`] registers for readability: it notes that bytes may have arrived, then
+/// wakes the reader (tungstenite's waker for the session's read side).
+struct ReadWake {
+    /// Cleared when a read finds the socket empty; set by the wake-up that follows.
+    wanted: AtomicBool,
+    reader: AtomicWaker,
+}
+
+impl Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wanted.store(true, Ordering::Release);
+        self.reader.wake();
+    }
 }
 
 impl Socket {
@@ -66,6 +105,10 @@ impl Socket {
             outbox: None,
             granted: false,
             rest: None,
+            read: Arc::new(ReadWake {
+                wanted: AtomicBool::new(true),
+                reader: AtomicWaker::new(),
+            }),
         }
     }
 
@@ -106,6 +149,51 @@ fn poll_write_tcp(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io:
 }
 
 impl Transport for Socket {
+    fn read_wanted(&self) -> bool {
+        self.read.wanted.load(Ordering::Acquire)
+    }
+
+    fn write_now(&mut self, msg: &Utf8Bytes) -> io::Result<bool> {
+        // Granted, and not revoked since: tungstenite's last flush completed and it has written
+        // nothing since, so its buffer is empty and a whole frame of ours cannot split one of
+        // its own.
+        if !self.granted {
+            return Ok(false);
+        }
+        // Publishers queue from here on (the batch was taken, which ended their grant); a rest
+        // one of them left goes first.
+        self.revoke();
+        if let Some(rest) = self.rest.as_mut() {
+            match self.tcp.try_write(rest) {
+                Ok(n) => rest.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if !rest.is_empty() {
+                return Ok(false);
+            }
+            self.rest = None;
+        }
+        match try_write_text(&self.tcp, msg)? {
+            Written::All => {
+                if let Some(outbox) = &self.outbox {
+                    outbox.grant();
+                    self.granted = true;
+                }
+                Ok(true)
+            }
+            Written::Part(rest) => {
+                self.rest = Some(Box::new(rest));
+                Ok(true)
+            }
+            Written::Nothing => Ok(false),
+        }
+    }
+
+    fn unwritten(&self) -> bool {
+        self.rest.is_some()
+    }
+
     fn attach(&mut self, outbox: &Outbox) {
         outbox.attach(self.tcp.clone());
         self.outbox = Some(outbox.clone());
@@ -138,7 +226,16 @@ impl AsyncRead for Socket {
             return Poll::Ready(Ok(()));
         }
         loop {
-            ready!(this.tcp.poll_read_ready(cx))?;
+            // Readiness is awaited with the noting waker: cleared before the check, so a
+            // wake-up after it always sets the flag again.
+            this.read.reader.register(cx.waker());
+            this.read.wanted.store(false, Ordering::Release);
+            let noting = Waker::from(this.read.clone());
+            let ready = this.tcp.poll_read_ready(&mut Context::from_waker(&noting));
+            if ready.is_ready() {
+                this.read.wanted.store(true, Ordering::Release);
+            }
+            ready!(ready)?;
             match this.tcp.try_read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
@@ -427,6 +524,92 @@ mod tests {
         let (first, second) = reader.await.unwrap();
         assert_eq!(first, 200_000, "the publisher's frame, whole");
         assert_eq!(second, "next");
+    }
+
+    #[tokio::test]
+    async fn the_session_writes_a_message_itself_only_while_tungstenite_holds_nothing() {
+        let (mut ws, mut peer, outbox) = attached().await;
+        let msg = Utf8Bytes::from("now");
+        assert!(
+            !ws.get_mut().write_now(&msg).unwrap(),
+            "before the first flush tungstenite may hold bytes"
+        );
+        ws.flush().await.unwrap(); // grants
+        assert!(ws.get_mut().write_now(&msg).unwrap());
+        assert!(!ws.get_ref().unwritten());
+        assert_eq!(text(&mut peer).await, "now");
+        // Written whole: publishers may write again.
+        outbox.deliver("direct".into(), true).unwrap();
+        let mut batch = crate::outbox::Queue::new();
+        assert!(
+            outbox.try_batch(&mut batch).is_none(),
+            "written, not queued"
+        );
+        assert_eq!(text(&mut peer).await, "direct");
+        // tungstenite has started a frame: not until its flush.
+        ws.feed(Message::Ping(Default::default())).await.unwrap();
+        ws.get_mut().revoke();
+        assert!(!ws.get_mut().write_now(&msg).unwrap());
+        ws.flush().await.unwrap();
+        assert!(ws.get_mut().write_now(&msg).unwrap());
+        assert!(matches!(peer.next().await, Some(Ok(Message::Ping(_)))));
+        assert_eq!(text(&mut peer).await, "now");
+    }
+
+    #[tokio::test]
+    async fn a_message_the_socket_takes_in_part_is_finished_by_the_next_flush() {
+        let (s, c) = pair().await;
+        socket2::SockRef::from(&s)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&c)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let outbox = Outbox::new(64 << 20, 100_000);
+        let mut ws =
+            WebSocketStream::from_raw_socket(Socket::new(s, Bytes::new()), Role::Server, None)
+                .await;
+        ws.get_mut().attach(&outbox);
+        ws.flush().await.unwrap(); // grants
+        let big = Utf8Bytes::from("w".repeat(200_000));
+        assert!(ws.get_mut().write_now(&big).unwrap());
+        assert!(ws.get_ref().unwritten(), "the socket took only part of it");
+        assert!(
+            !ws.get_mut().write_now(&"next".into()).unwrap(),
+            "nothing overtakes the rest"
+        );
+        let reader = tokio::spawn(async move {
+            let mut peer = client(c).await;
+            (text(&mut peer).await.len(), text(&mut peer).await)
+        });
+        let write = async {
+            ws.send(Message::text("next")).await.unwrap();
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), write)
+            .await
+            .expect("the flush finishes once the peer reads");
+        assert_eq!(reader.await.unwrap(), (200_000, "next".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn the_read_side_is_wanted_again_only_when_bytes_arrive() {
+        let (s, mut c) = pair().await;
+        let mut sock = Socket::new(s, Bytes::new());
+        assert!(sock.read_wanted(), "a new socket is read");
+        let mut buf = [0u8; 16];
+        let empty = futures_util::poll!(std::pin::pin!(sock.read(&mut buf)));
+        assert!(empty.is_pending());
+        assert!(!sock.read_wanted(), "found empty: not wanted");
+        c.write_all(b"hello").await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !sock.read_wanted() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the arrival sets the flag");
+        assert_eq!(sock.read(&mut buf).await.unwrap(), 5);
+        assert!(sock.read_wanted(), "after bytes, read again");
     }
 
     #[tokio::test]
