@@ -31,6 +31,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::api::{self, ApiError};
 use crate::server::Node;
+use crate::socket::read_prefix;
 
 /// The first bytes of a connection this module serves.
 const MARKER: &[u8] = b"POST /api/events ";
@@ -74,9 +75,7 @@ impl AsyncRead for Prefixed {
         if this.prefix.is_empty() {
             return Pin::new(&mut this.tcp).poll_read(cx, buf);
         }
-        let n = this.prefix.len().min(buf.remaining());
-        buf.put_slice(&this.prefix[..n]);
-        this.prefix.advance(n);
+        read_prefix(&mut this.prefix, buf);
         Poll::Ready(Ok(()))
     }
 }

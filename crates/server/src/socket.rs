@@ -217,9 +217,7 @@ impl AsyncRead for Socket {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Some(prefix) = this.prefix.as_mut() {
-            let n = prefix.len().min(buf.remaining());
-            buf.put_slice(&prefix[..n]);
-            prefix.advance(n);
+            read_prefix(prefix, buf);
             if prefix.is_empty() {
                 this.prefix = None;
             }
@@ -279,6 +277,13 @@ impl AsyncWrite for Socket {
         ready!(this.poll_rest(cx))?;
         Poll::Ready(socket2::SockRef::from(&*this.tcp).shutdown(std::net::Shutdown::Write))
     }
+}
+
+/// Moves what fits of `prefix` (bytes taken off a socket before its reader) into `buf`.
+pub(crate) fn read_prefix(prefix: &mut Bytes, buf: &mut ReadBuf<'_>) {
+    let n = prefix.len().min(buf.remaining());
+    buf.put_slice(&prefix[..n]);
+    prefix.advance(n);
 }
 
 /// What [`try_write_text`] managed.
@@ -480,10 +485,10 @@ mod tests {
         assert_eq!(batch.as_slice(), [Utf8Bytes::from("second")]);
     }
 
-    #[tokio::test]
-    async fn the_rest_of_a_partial_frame_goes_out_before_the_session_writes() {
+    /// Like [`attached`], granted, with small buffers on both sides and a peer that does not
+    /// read yet (its raw socket): a large frame fills the socket.
+    async fn choked() -> (WebSocketStream<Socket>, TcpStream, Outbox) {
         let (s, c) = pair().await;
-        // Small buffers on both sides, and a peer that does not read yet: the socket fills.
         socket2::SockRef::from(&s)
             .set_send_buffer_size(4096)
             .unwrap();
@@ -496,6 +501,12 @@ mod tests {
                 .await;
         ws.get_mut().attach(&outbox);
         ws.flush().await.unwrap(); // grants
+        (ws, c, outbox)
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_partial_frame_goes_out_before_the_session_writes() {
+        let (mut ws, c, outbox) = choked().await;
         let big = Utf8Bytes::from("z".repeat(200_000));
         outbox.deliver(big.clone(), true).unwrap();
         let mut batch = crate::outbox::Queue::new();
@@ -558,19 +569,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_the_socket_takes_in_part_is_finished_by_the_next_flush() {
-        let (s, c) = pair().await;
-        socket2::SockRef::from(&s)
-            .set_send_buffer_size(4096)
-            .unwrap();
-        socket2::SockRef::from(&c)
-            .set_recv_buffer_size(4096)
-            .unwrap();
-        let outbox = Outbox::new(64 << 20, 100_000);
-        let mut ws =
-            WebSocketStream::from_raw_socket(Socket::new(s, Bytes::new()), Role::Server, None)
-                .await;
-        ws.get_mut().attach(&outbox);
-        ws.flush().await.unwrap(); // grants
+        let (mut ws, c, _outbox) = choked().await;
         let big = Utf8Bytes::from("w".repeat(200_000));
         assert!(ws.get_mut().write_now(&big).unwrap());
         assert!(ws.get_ref().unwritten(), "the socket took only part of it");

@@ -1343,6 +1343,13 @@ impl RawPublisher {
         }
     }
 
+    /// Publishes event `n` on `task:t_1` of `o_1`; returns its id.
+    async fn publish(&mut self, n: u64) -> String {
+        self.send(publish_request(&event("o_1", &["task:t_1"], n), "").as_bytes())
+            .await;
+        self.accepted().await
+    }
+
     /// The next response, which must be a 202; returns the event's id.
     async fn accepted(&mut self) -> String {
         let (status, head, body) = self.response().await.expect("an answer");
@@ -1409,9 +1416,7 @@ async fn a_publish_head_and_body_in_pieces_are_put_together() {
 async fn a_publishers_connection_hands_other_requests_to_the_router_and_errors_keep_their_words() {
     let s = TestServer::start().await;
     let mut p = RawPublisher::connect(&s).await;
-    p.send(publish_request(&event("o_1", &["task:t_1"], 1), "").as_bytes())
-        .await;
-    p.accepted().await;
+    p.publish(1).await;
     // An invalid event is answered on the same road, and the connection stays.
     p.send(publish_request(&json!({"orgId": "o_1", "type": "no.such"}), "").as_bytes())
         .await;
@@ -1427,18 +1432,14 @@ async fn a_publishers_connection_hands_other_requests_to_the_router_and_errors_k
     p.send(no_key.as_bytes()).await;
     let (status, _, body) = p.response().await.unwrap();
     assert_eq!(status, 401, "{body}");
-    p.send(publish_request(&event("o_1", &["task:t_1"], 3), "").as_bytes())
-        .await;
-    p.accepted().await;
+    p.publish(3).await;
 }
 
 #[tokio::test]
 async fn a_publishers_connection_can_become_a_websocket() {
     let s = TestServer::start().await;
     let mut p = RawPublisher::connect(&s).await;
-    p.send(publish_request(&event("o_1", &["task:t_1"], 1), "").as_bytes())
-        .await;
-    p.accepted().await;
+    p.publish(1).await;
     let (ws, _) = tokio_tungstenite::client_async(
         s.ws_url(),
         tokio_tungstenite::MaybeTlsStream::Plain(p.tcp),
@@ -1476,9 +1477,7 @@ async fn an_idle_publishers_connection_ends_after_the_handshake_timeout_and_at_t
     config.limits.handshake_timeout = Duration::from_millis(400);
     let s = TestServer::with(config).await;
     let mut p = RawPublisher::connect(&s).await;
-    p.send(publish_request(&event("o_1", &["task:t_1"], 1), "").as_bytes())
-        .await;
-    p.accepted().await;
+    p.publish(1).await;
     let idle = std::time::Instant::now();
     assert!(p.response().await.is_none());
     let waited = idle.elapsed();
@@ -1489,9 +1488,7 @@ async fn an_idle_publishers_connection_ends_after_the_handshake_timeout_and_at_t
 
     let s = TestServer::start().await;
     let mut p = RawPublisher::connect(&s).await;
-    p.send(publish_request(&event("o_1", &["task:t_1"], 1), "").as_bytes())
-        .await;
-    p.accepted().await;
+    p.publish(1).await;
     let ended = tokio::spawn(async move { p.response().await.is_none() });
     s.shutdown().await;
     assert!(ended.await.unwrap(), "closed by the drain");
