@@ -5,7 +5,7 @@
 //! connection whose first bytes are `POST /api/events ` is served here. Each request head is
 //! parsed with httparse; one of the usual shape (HTTP/1.1, exactly that path, one
 //! `Content-Length` within the body limit, the publish key, no `Transfer-Encoding`, `Expect` or
-//! `Upgrade`) has its body read and is answered through [`api::publish_body`], the road the
+//! `Upgrade`) has its body read and is answered through `api::publish_body`, the road the
 //! router's handler takes too. Any other request, at a request boundary and before a byte of its
 //! body is read, hands the connection (the bytes read so far first) to hyper and the router,
 //! which answer it exactly as they would have from the start: errors such as 401, 413 or 431,
