@@ -93,7 +93,7 @@ impl From<BrokerError> for ApiError {
 }
 
 impl ApiError {
-    /// The error's status and JSON body; a 503 also carries `Retry-After: 1`.
+    /// The error's status and JSON body (the HTTP layers add `Retry-After: 1` to a 503).
     pub(crate) fn status_and_body(&self) -> (StatusCode, Vec<u8>) {
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({ "error": code, "message": self.to_string() });

@@ -236,23 +236,20 @@ pub(crate) async fn serve(node: &Node, mut tcp: TcpStream) -> Option<Prefixed> {
         };
         // Its body.
         let end = publish.head + publish.body;
-        let mut close = publish.close;
         let mut failed = None;
         if buf.len() < end {
             buf.reserve(end - buf.len());
             wait.until(Instant::now() + limits.body_timeout);
-            while buf.len() < end {
-                match wait.read(&mut tcp, &mut buf, node).await {
-                    Read::Bytes => {}
-                    Read::Timeout => failed = Some(ApiError::body_timeout()),
-                    Read::Closed => failed = Some(ApiError::body_cut()),
-                }
-                if failed.is_some() {
-                    close = true;
-                    break;
-                }
+            while failed.is_none() && buf.len() < end {
+                failed = match wait.read(&mut tcp, &mut buf, node).await {
+                    Read::Bytes => None,
+                    Read::Timeout => Some(ApiError::body_timeout()),
+                    Read::Closed => Some(ApiError::body_cut()),
+                };
             }
         }
+        // A body that did not arrive whole ends the connection.
+        let close = publish.close || failed.is_some() || node.shutdown.is_triggered();
         let answer = match failed {
             Some(e) => Err(e),
             None => api::publish_body(node, &buf[publish.head..end]).await,
@@ -262,7 +259,6 @@ pub(crate) async fn serve(node: &Node, mut tcp: TcpStream) -> Option<Prefixed> {
             Ok(body) => (StatusCode::ACCEPTED, body),
             Err(e) => e.status_and_body(),
         };
-        close |= node.shutdown.is_triggered();
         write_answer(&mut out, status, &body, date.now(), close);
         if tcp.write_all(&out).await.is_err() || close {
             let _ = tcp.shutdown().await;
