@@ -2,9 +2,9 @@
 
 use serde_json::Value;
 
-/// Equal JSON, except that two floats within one unit in the last place count as equal:
-/// without serde_json's `float_roundtrip` feature (which the crates do not enable) parsing a
-/// printed float is not guaranteed to give back the very same `f64`.
+/// Equal JSON, except that two floats within one unit in the last place count as equal (kept
+/// from before the workspace enabled serde_json's `float_roundtrip`, without which a printed
+/// float read back could land two units off: seed `client_message/ref-float-roundtrip`).
 pub fn same_json(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
