@@ -4,12 +4,14 @@
 //! shard lock (no `.await`): fan-out pushes pre-serialized bytes into bounded outboxes, which
 //! never block. On a channel of at most [`DIRECT_FAN_OUT`] subscribers a push to an idle
 //! connection is a non-blocking write to its socket (see [`crate::socket`]): at most that many
-//! `writev` calls under the lock, each a few microseconds.
+//! `writev` calls under the lock, each a few microseconds. On a longer channel, the idle
+//! connections' queues are written, after the lock is let go, by flusher tasks of
+//! [`FLUSH_CHUNK`] connections each rather than by each connection's own task.
 
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use cortex_protocol::ChannelId;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -61,21 +63,31 @@ const INDEX_ABOVE: usize = 32;
 /// Channels with at most this many subscribers on the node let a delivery write to an idle
 /// connection's socket directly (see [`crate::socket`]).
 pub const DIRECT_FAN_OUT: usize = 64;
+// A channel past `DIRECT_FAN_OUT` is long: it keeps the `Long` part its fan-out relies on.
+const _: () = assert!(DIRECT_FAN_OUT > INDEX_ABOVE);
 
 /// One channel's subscribers: a list to fan out over, and for a long list an index into it.
 #[derive(Default)]
 struct Members {
     list: Vec<Subscriber>,
     /// Boxed: most channels never have one, and every channel's entry carries the field (8
-    /// bytes rather than a map's 32 in each of tens of thousands of entries).
-    #[allow(clippy::box_collection)]
-    index: Option<Box<HashMap<ConnId, usize>>>,
+    /// bytes rather than a map's 32 and more in each of tens of thousands of entries).
+    long: Option<Box<Long>>,
+}
+
+/// What only a long channel keeps.
+struct Long {
+    /// Connection -> position in the list.
+    index: HashMap<ConnId, usize>,
+    /// Alive while the flushers of the channel's last fan-out are at work (see
+    /// [`Hub::fan_out`]).
+    round: Weak<()>,
 }
 
 impl Members {
     fn position(&self, conn: ConnId) -> Option<usize> {
-        match &self.index {
-            Some(index) => index.get(&conn).copied(),
+        match &self.long {
+            Some(long) => long.index.get(&conn).copied(),
             None => self.list.iter().position(|s| s.conn == conn),
         }
     }
@@ -84,18 +96,20 @@ impl Members {
         if self.position(sub.conn).is_some() {
             return false;
         }
-        if let Some(index) = &mut self.index {
-            index.insert(sub.conn, self.list.len());
+        if let Some(long) = &mut self.long {
+            long.index.insert(sub.conn, self.list.len());
         }
         self.list.push(sub);
-        if self.index.is_none() && self.list.len() > INDEX_ABOVE {
-            self.index = Some(Box::new(
-                self.list
+        if self.long.is_none() && self.list.len() > INDEX_ABOVE {
+            self.long = Some(Box::new(Long {
+                index: self
+                    .list
                     .iter()
                     .enumerate()
                     .map(|(i, s)| (s.conn, i))
                     .collect(),
-            ));
+                round: Weak::new(),
+            }));
         }
         true
     }
@@ -105,19 +119,68 @@ impl Members {
             return false;
         };
         self.list.swap_remove(i);
-        if let Some(index) = &mut self.index {
-            index.remove(&conn);
+        if let Some(long) = &mut self.long {
+            long.index.remove(&conn);
             if let Some(moved) = self.list.get(i) {
-                index.insert(moved.conn, i);
+                long.index.insert(moved.conn, i);
             }
             if self.list.len() < INDEX_ABOVE / 2 {
-                self.index = None;
+                self.long = None;
             }
         }
         if self.list.capacity() > 8 && self.list.len() < self.list.capacity() / 4 {
             self.list.shrink_to(self.list.len() * 2);
         }
         true
+    }
+}
+
+/// How many idle connections one flusher writes to: many enough that scheduling the flushers
+/// costs little beside the writes, few enough that they spread over a runtime's workers and that
+/// the runtime still polls its I/O driver (and reads the next publish) often during a burst.
+const FLUSH_CHUNK: usize = 16;
+
+/// The outboxes a large channel's fan-out left for flushers ([`Outbox::deliver_later`]), in
+/// chunks of [`FLUSH_CHUNK`].
+#[derive(Default)]
+struct Flushes {
+    chunks: Vec<Vec<Outbox>>,
+    /// Held by the flushers until they are done: the channel sees its round in progress.
+    round: Arc<()>,
+    /// Whether the channel's previous round is over: only then are flushers started.
+    quiet: bool,
+}
+
+impl Flushes {
+    fn add(&mut self, due: bool, outbox: &Outbox) {
+        if !due {
+            return;
+        }
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < FLUSH_CHUNK => chunk.push(outbox.clone()),
+            _ => {
+                let mut chunk = Vec::with_capacity(FLUSH_CHUNK);
+                chunk.push(outbox.clone());
+                self.chunks.push(chunk);
+            }
+        }
+    }
+
+    /// Runs a flusher task for each chunk; outside a runtime (an embedder publishing from its
+    /// own thread), flushes them in place.
+    fn start(self) {
+        let runtime = tokio::runtime::Handle::try_current();
+        for chunk in self.chunks {
+            let round = self.round.clone();
+            let flush = move || {
+                chunk.iter().for_each(Outbox::flush);
+                drop(round);
+            };
+            match &runtime {
+                Ok(runtime) => drop(runtime.spawn(async move { flush() })),
+                Err(_) => flush(),
+            }
+        }
     }
 }
 
@@ -173,31 +236,49 @@ impl Hub {
         &self,
         key: &ChannelKey,
         msg: &Utf8Bytes,
-        seen: Option<&mut HashSet<ConnId>>,
+        mut seen: Option<&mut HashSet<ConnId>>,
     ) -> usize {
-        let shard = self.shard(key);
-        let Some(list) = shard.get(key).map(|m| &m.list) else {
+        let mut shard = self.shard(key);
+        let Some(members) = shard.get_mut(key) else {
             return 0;
         };
         let mut delivered = 0;
-        // A small channel's deliveries may skip the connections' tasks (see `socket`). A large
-        // one's go through them: a task that wakes for many events writes them in one syscall.
-        let direct = list.len() <= DIRECT_FAN_OUT;
-        match seen {
-            None => {
-                for s in list {
-                    if s.outbox.deliver(msg.clone(), direct).is_ok() {
-                        delivered += 1;
-                    }
+        // A small channel's deliveries may skip the connections' tasks (see `socket`). A long
+        // one's are queued, and each connection's queue goes out in one system call however many
+        // events wait in it. An idle connection's queue is written by a flusher: one task writing
+        // many connections' queues costs a third of the instructions of waking, scheduling and
+        // polling each connection's task, and the burst ends sooner. But while the flushers of
+        // the channel's previous event are still at work, the channel is published to faster
+        // than they write, and the connections' own tasks take over: their longer round lets
+        // the runtime read the next publishes in between, so events pile up in the queues and go
+        // out several to a write (a broadcast at saturation).
+        let direct = members.list.len() <= DIRECT_FAN_OUT;
+        let mut flushes = match members.long.as_deref_mut() {
+            Some(long) if !direct => {
+                let mut flushes = Flushes::default();
+                if long.round.strong_count() == 0 {
+                    long.round = Arc::downgrade(&flushes.round);
+                    flushes.quiet = true;
                 }
+                Some(flushes)
             }
-            Some(seen) => {
-                for s in list {
-                    if s.outbox.deliver(msg.clone(), direct).is_ok() && seen.insert(s.conn) {
-                        delivered += 1;
-                    }
-                }
+            _ => None,
+        };
+        for s in &members.list {
+            let taken = match &mut flushes {
+                Some(flushes) => s
+                    .outbox
+                    .deliver_later(msg.clone(), flushes.quiet)
+                    .map(|due| flushes.add(due, &s.outbox)),
+                None => s.outbox.deliver(msg.clone(), direct),
+            };
+            if taken.is_ok() && seen.as_deref_mut().is_none_or(|seen| seen.insert(s.conn)) {
+                delivered += 1;
             }
+        }
+        drop(shard);
+        if let Some(flushes) = flushes.filter(|f| f.quiet) {
+            flushes.start();
         }
         delivered
     }

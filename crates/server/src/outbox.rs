@@ -8,7 +8,9 @@
 //! While the connection's task has nothing of its own unwritten and has granted it (see
 //! [`crate::socket`]), a delivery to a small channel skips the queue: the publisher writes the
 //! frame to the socket itself, without blocking, and the task is not even woken. What the socket
-//! does not take at once is queued as usual.
+//! does not take at once is queued as usual. A delivery to a long channel is queued without
+//! waking an idle task either: a flusher writes the queues of many such connections
+//! ([`Outbox::deliver_later`], [`Outbox::flush`]).
 
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -18,7 +20,7 @@ use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::socket::{Written, try_write_text};
+use crate::socket::{MAX_FRAMES, Written, try_write_text, try_write_texts};
 
 /// Queued messages, and a drained batch: one message is held inline, so a connection that
 /// gets an event at a time (most of them, most of the time) allocates nothing for it, and an
@@ -52,6 +54,8 @@ struct State {
     granted: bool,
     /// The rest of a frame a publisher wrote in part: the task writes it before anything else.
     rest: Option<Box<Bytes>>,
+    /// Whether a flusher has been asked to write the queue ([`Outbox::deliver_later`]).
+    flush_due: bool,
     /// The connection's task, while it waits for a push or an overflow. Set and taken under
     /// the same lock as the queue, so no wake-up falls between a check and a wait.
     waker: Option<Waker>,
@@ -104,7 +108,6 @@ impl Outbox {
     /// the message is written to the socket at once when the socket takes it (the task is not
     /// woken), and only what it does not take is left to the task.
     pub fn deliver(&self, msg: Utf8Bytes, direct: bool) -> Result<(), Overflow> {
-        let len = msg.len();
         {
             let mut s = self.lock();
             if s.overflowed {
@@ -130,18 +133,106 @@ impl Outbox {
                     Ok(Written::Nothing) | Err(_) => s.granted = false,
                 }
             }
-            if s.queue.len() >= self.shared.max_messages || s.bytes + len > self.shared.max_bytes {
-                s.overflowed = true;
-                s.queue = Queue::new();
-                s.bytes = 0;
+            if !self.enqueue(&mut s, msg) {
                 wake(s);
                 return Err(Overflow);
             }
-            s.bytes += len;
-            s.queue.push(msg);
             wake(s);
         }
         Ok(())
+    }
+
+    /// Queues `msg` for a long channel's fan-out, waking the connection's task only when it
+    /// sleeps and nobody else will write the queue. With `flush`, a task that sleeps while it
+    /// grants direct writes is not woken either: `Ok(true)` asks the caller to have
+    /// [`Outbox::flush`] called (once, for the first message since the last flush). `Ok(false)`
+    /// means the message will be written anyway: a flush is due already, or the task is awake
+    /// (it takes the queue before it sleeps again), or it was woken.
+    ///
+    /// One flusher writing the queues of many idle connections, each in one system call, does
+    /// the work of waking, scheduling and polling each connection's task; whoever writes the
+    /// queue writes it in order.
+    pub fn deliver_later(&self, msg: Utf8Bytes, flush: bool) -> Result<bool, Overflow> {
+        let mut s = self.lock();
+        if s.overflowed {
+            return Err(Overflow);
+        }
+        if !self.enqueue(&mut s, msg) {
+            wake(s);
+            return Err(Overflow);
+        }
+        if s.flush_due {
+            return Ok(false);
+        }
+        if flush && s.granted && s.waker.is_some() {
+            s.flush_due = true;
+            return Ok(true);
+        }
+        // Wakes a sleeping task; an awake one has no waker here and finds the queue itself.
+        wake(s);
+        Ok(false)
+    }
+
+    /// Writes everything queued straight to the socket, each [`MAX_FRAMES`] frames in one
+    /// non-blocking system call, while the connection's task still grants it. What the socket
+    /// does not take, and a queue the task no longer grants writes for, is left to the task,
+    /// which is woken.
+    pub fn flush(&self) {
+        let mut s = self.lock();
+        s.flush_due = false;
+        if s.overflowed || s.queue.is_empty() {
+            return;
+        }
+        let state = &mut *s;
+        let (true, Some(socket)) = (state.granted, &state.socket) else {
+            wake(s);
+            return;
+        };
+        let queue = std::mem::take(&mut state.queue);
+        let mut sent = 0;
+        while sent < queue.len() {
+            let chunk = &queue[sent..queue.len().min(sent + MAX_FRAMES)];
+            match try_write_texts(socket, chunk) {
+                Ok((whole, rest)) => {
+                    sent += whole;
+                    if let Some(rest) = rest {
+                        // Part of a frame is on the wire: the task finishes it first. (Not
+                        // counted against the queue's bound: it is at most one frame.)
+                        sent += 1;
+                        state.rest = Some(Box::new(rest));
+                        break;
+                    }
+                    if whole < chunk.len() {
+                        break; // the socket is full
+                    }
+                }
+                Err(_) => break, // the task meets the same error on its own write
+            }
+        }
+        if sent == queue.len() && state.rest.is_none() {
+            state.bytes = 0;
+            return;
+        }
+        // The task writes what the socket did not take, after any partial frame.
+        state.granted = false;
+        state.queue = queue.into_iter().skip(sent).collect();
+        state.bytes = state.queue.iter().map(|m| m.len()).sum();
+        wake(s);
+    }
+
+    /// Queues `msg` within the bounds; on overflow drops the queue (its memory freed at once),
+    /// marks the outbox overflowed and returns false.
+    fn enqueue(&self, s: &mut State, msg: Utf8Bytes) -> bool {
+        let len = msg.len();
+        if s.queue.len() >= self.shared.max_messages || s.bytes + len > self.shared.max_bytes {
+            s.overflowed = true;
+            s.queue = Queue::new();
+            s.bytes = 0;
+            return false;
+        }
+        s.bytes += len;
+        s.queue.push(msg);
+        true
     }
 
     /// Waits until there is something to send, then moves everything queued into `out`.

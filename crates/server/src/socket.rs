@@ -322,6 +322,72 @@ pub(crate) fn try_write_text(tcp: &TcpStream, msg: &Utf8Bytes) -> io::Result<Wri
     })
 }
 
+/// How many frames [`try_write_texts`] takes at once (two `iovec`s each, far below the
+/// system's `IOV_MAX` of 1,024).
+pub(crate) const MAX_FRAMES: usize = 32;
+
+/// Writes `msgs` (at most [`MAX_FRAMES`]) as consecutive unmasked, final text frames with a
+/// single non-blocking `writev`. Returns how many went out whole and, when the write stopped
+/// inside the next one, the rest of that frame, which must follow before any other byte.
+pub(crate) fn try_write_texts(
+    tcp: &TcpStream,
+    msgs: &[Utf8Bytes],
+) -> io::Result<(usize, Option<Bytes>)> {
+    if let [msg] = msgs {
+        return Ok(match try_write_text(tcp, msg)? {
+            Written::All => (1, None),
+            Written::Part(rest) => (0, Some(rest)),
+            Written::Nothing => (0, None),
+        });
+    }
+    assert!(
+        msgs.len() <= MAX_FRAMES,
+        "at most {MAX_FRAMES} frames a write"
+    );
+    let mut heads = [[0u8; 10]; MAX_FRAMES];
+    let mut head_lens = [0; MAX_FRAMES];
+    let mut total = 0;
+    for (i, msg) in msgs.iter().enumerate() {
+        head_lens[i] = frame_header(&mut heads[i], TEXT, msg.len());
+        total += head_lens[i] + msg.len();
+    }
+    let mut iov = [IoSlice::new(&[]); 2 * MAX_FRAMES];
+    for (i, msg) in msgs.iter().enumerate() {
+        iov[2 * i] = IoSlice::new(&heads[i][..head_lens[i]]);
+        iov[2 * i + 1] = IoSlice::new(msg.as_bytes());
+    }
+    let mut n = match tcp.try_write_vectored(&iov[..2 * msgs.len()]) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if n == total {
+        return Ok((msgs.len(), None));
+    }
+    let mut whole = 0;
+    for (i, msg) in msgs.iter().enumerate() {
+        let h = iov[2 * i].len();
+        if n < h + msg.len() {
+            whole = i;
+            break;
+        }
+        n -= h + msg.len();
+    }
+    if n == 0 {
+        return Ok((whole, None));
+    }
+    let (head, msg) = (&*iov[2 * whole], &msgs[whole]);
+    let rest = if n >= head.len() {
+        Bytes::from(msg.clone()).slice(n - head.len()..)
+    } else {
+        let mut rest = Vec::with_capacity(head.len() - n + msg.len());
+        rest.extend_from_slice(&head[n..]);
+        rest.extend_from_slice(msg.as_bytes());
+        Bytes::from(rest)
+    };
+    Ok((whole, Some(rest)))
+}
+
 /// The first header byte of a final text frame (FIN + opcode 1).
 pub(crate) const TEXT: u8 = 0x81;
 /// The first header byte of a close frame (FIN + opcode 8).
@@ -386,7 +452,8 @@ mod tests {
     }
 
     async fn text(ws: &mut WebSocketStream<TcpStream>) -> String {
-        match ws.next().await.unwrap().unwrap() {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next());
+        match next.await.expect("a message within 10 s").unwrap().unwrap() {
             Message::Text(t) => t.to_string(),
             other => panic!("want a text message, got {other:?}"),
         }
@@ -587,6 +654,226 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), write)
             .await
             .expect("the flush finishes once the peer reads");
+        assert_eq!(reader.await.unwrap(), (200_000, "next".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn several_frames_in_one_write_read_as_messages_in_order() {
+        let (s, c) = pair().await;
+        let mut ws = client(c).await;
+        let msgs: Vec<Utf8Bytes> = [5, 300, 70_000, 0]
+            .iter()
+            .map(|&n| Utf8Bytes::from("v".repeat(n)))
+            .collect();
+        assert_eq!(try_write_texts(&s, &msgs).unwrap(), (4, None));
+        for m in &msgs {
+            assert_eq!(text(&mut ws).await.len(), m.len());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_stops_inside_a_frame_returns_its_rest() {
+        let (s, c) = pair().await;
+        socket2::SockRef::from(&s)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&c)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let msgs: Vec<Utf8Bytes> = (0..8)
+            .map(|i| Utf8Bytes::from(format!("{i}").repeat(20_000)))
+            .collect();
+        let (whole, rest) = try_write_texts(&s, &msgs).unwrap();
+        assert!(
+            whole < msgs.len(),
+            "the peer reads nothing: the socket fills"
+        );
+        assert!(whole > 0 || rest.is_some(), "the socket took something");
+        let reader = tokio::spawn(async move {
+            let mut peer = client(c).await;
+            let mut got = Vec::new();
+            for _ in 0..8 {
+                got.push(text(&mut peer).await);
+            }
+            got
+        });
+        // The rest, then the frames not begun, written as a session would.
+        let mut s = s;
+        if let Some(rest) = &rest {
+            s.write_all(rest).await.unwrap();
+        }
+        let next = whole + usize::from(rest.is_some());
+        for m in &msgs[next..] {
+            let mut head = [0u8; 10];
+            let h = frame_header(&mut head, TEXT, m.len());
+            s.write_all(&head[..h]).await.unwrap();
+            s.write_all(m.as_bytes()).await.unwrap();
+        }
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .expect("every frame arrives")
+            .unwrap();
+        let want: Vec<String> = msgs.iter().map(|m| m.to_string()).collect();
+        assert_eq!(got, want);
+    }
+
+    /// Counts wake-ups: whether a delivery woke the connection's task.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Wakes {
+        /// Registers as the waiting task of an empty `outbox`.
+        fn wait_on(self: &Arc<Self>, outbox: &Outbox) {
+            let waker = Waker::from(self.clone());
+            let mut q = crate::outbox::Queue::new();
+            let polled = outbox.poll_batch(&Context::from_waker(&waker), &mut q);
+            assert!(polled.is_pending());
+        }
+
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_channels_deliveries_to_an_idle_session_wait_for_one_flush_not_the_task() {
+        let (mut ws, mut peer, outbox) = attached().await;
+        ws.flush().await.unwrap(); // grants
+        let wakes = Arc::new(Wakes::default());
+        wakes.wait_on(&outbox);
+        assert_eq!(
+            outbox.deliver_later("a".into(), true),
+            Ok(true),
+            "a flush is due"
+        );
+        assert_eq!(
+            outbox.deliver_later("b".into(), true),
+            Ok(false),
+            "already due"
+        );
+        assert_eq!(wakes.count(), 0, "the task sleeps on");
+        outbox.flush();
+        assert_eq!(text(&mut peer).await, "a");
+        assert_eq!(text(&mut peer).await, "b");
+        let mut batch = crate::outbox::Queue::new();
+        assert!(
+            outbox.try_batch(&mut batch).is_none(),
+            "written, not queued"
+        );
+        assert_eq!(
+            outbox.deliver_later("c".into(), true),
+            Ok(true),
+            "the next round"
+        );
+        outbox.flush();
+        assert_eq!(text(&mut peer).await, "c");
+        assert_eq!(wakes.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_writes_keeps_a_long_channels_deliveries_to_itself() {
+        let (mut ws, _peer, outbox) = attached().await;
+        // Not granted yet (no flush): the task is woken at once.
+        let wakes = Arc::new(Wakes::default());
+        wakes.wait_on(&outbox);
+        assert_eq!(outbox.deliver_later("a".into(), true), Ok(false));
+        assert_eq!(wakes.count(), 1);
+        let mut batch = crate::outbox::Queue::new();
+        outbox.try_batch(&mut batch);
+        ws.flush().await.unwrap(); // grants
+        // A flush is due, then the session starts a write of its own before it runs.
+        wakes.wait_on(&outbox);
+        assert_eq!(outbox.deliver_later("b".into(), true), Ok(true));
+        ws.feed(Message::Ping(Default::default())).await.unwrap();
+        ws.get_mut().revoke();
+        outbox.flush();
+        assert_eq!(wakes.count(), 2, "the flusher hands the queue to the task");
+        batch.clear();
+        assert_eq!(outbox.try_batch(&mut batch), Some(Batch::Ready));
+        assert_eq!(batch.as_slice(), [Utf8Bytes::from("b")]);
+    }
+
+    #[tokio::test]
+    async fn a_long_channels_event_during_a_flushers_round_goes_to_the_tasks() {
+        use crate::hub::{ChannelKey, DIRECT_FAN_OUT, Hub, Subscriber};
+        let hub = Hub::new();
+        let key = ChannelKey::new(Arc::from("o_1"), "org:o_1".parse().unwrap());
+        let wakes = Arc::new(Wakes::default());
+        let mut conns = Vec::new();
+        for conn in 0..=DIRECT_FAN_OUT as u64 {
+            let (mut ws, peer, outbox) = attached().await;
+            ws.flush().await.unwrap(); // grants
+            wakes.wait_on(&outbox);
+            hub.subscribe(
+                &key,
+                Subscriber {
+                    conn,
+                    outbox: outbox.clone(),
+                },
+            );
+            conns.push((ws, peer, outbox));
+        }
+        let n = conns.len();
+        // On this single-threaded runtime the flushers run only once this task yields.
+        assert_eq!(hub.fan_out(&key, &"1".into(), None), n);
+        assert_eq!(wakes.count(), 0, "flushers write for the idle tasks");
+        // One connection's flush is done before the channel's next event, the others' not.
+        conns[0].2.flush();
+        assert_eq!(hub.fan_out(&key, &"2".into(), None), n);
+        assert_eq!(
+            wakes.count(),
+            1,
+            "the round is not over: no new flush, the task of the flushed connection is woken"
+        );
+        for (_, peer, _) in &mut conns {
+            assert_eq!(text(peer).await, "1");
+            assert_eq!(text(peer).await, "2");
+        }
+        // The round is over: flushers again.
+        wakes.wait_on(&conns[0].2);
+        assert_eq!(hub.fan_out(&key, &"3".into(), None), n);
+        for (_, peer, _) in &mut conns {
+            assert_eq!(text(peer).await, "3");
+        }
+        assert_eq!(wakes.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_flush_the_socket_takes_in_part_leaves_the_rest_then_the_queue_to_the_task() {
+        let (mut ws, c, outbox) = choked().await;
+        let wakes = Arc::new(Wakes::default());
+        wakes.wait_on(&outbox);
+        let big = Utf8Bytes::from("q".repeat(200_000));
+        assert_eq!(outbox.deliver_later(big, true), Ok(true));
+        assert_eq!(outbox.deliver_later("next".into(), true), Ok(false));
+        outbox.flush();
+        assert_eq!(wakes.count(), 1, "the task finishes the write");
+        let mut batch = crate::outbox::Queue::new();
+        assert_eq!(outbox.try_batch(&mut batch), Some(Batch::Ready));
+        assert_eq!(
+            batch.as_slice(),
+            [Utf8Bytes::from("next")],
+            "queued behind the rest"
+        );
+        let reader = tokio::spawn(async move {
+            let mut peer = client(c).await;
+            (text(&mut peer).await.len(), text(&mut peer).await)
+        });
+        let write = async {
+            for m in batch.drain(..) {
+                ws.feed(Message::Text(m)).await.unwrap();
+            }
+            ws.flush().await.unwrap();
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), write)
+            .await
+            .expect("the session's write finishes once the peer reads");
         assert_eq!(reader.await.unwrap(), (200_000, "next".to_owned()));
     }
 

@@ -116,3 +116,59 @@ async fn a_client_that_never_reads_is_closed_with_4009_and_never_slows_publishin
     // socket was dropped first (the close frame had 1 s to get out).
     assert!(matches!(slow.closed().await, Some(4009) | None));
 }
+
+#[tokio::test]
+async fn a_long_channel_gets_every_event_once_in_order_published_slowly_or_in_bursts() {
+    // More subscribers than a channel whose deliveries are written straight from the publish
+    // (hub::DIRECT_FAN_OUT): idle connections are written by flushers, busy ones by their tasks.
+    const CLIENTS: usize = 80;
+    let s = TestServer::start().await;
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut c = s.client(&format!("u_{i}"), "o_1").await;
+        c.subscribe("org:o_1").await;
+        clients.push(c);
+    }
+    // One at a time, each delivered before the next: every one a flushers' round.
+    for n in 0..5 {
+        assert_eq!(s.publish(event("o_1", &["org:o_1"], n)).await.0, 202);
+        for c in &mut clients {
+            assert_eq!(c.recv().await["payload"]["n"], n);
+        }
+    }
+    // Bursts from concurrent publishers: rounds overlap, and the tasks take over.
+    let url = s.http("/api/events");
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let body = event("o_1", &["org:o_1"], 1000 * (w + 1) + i);
+                assert_eq!(publish_to(&url, PUBLISH_KEY, body).await.0, 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut first: Option<Vec<u64>> = None;
+    for c in &mut clients {
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            let ev = c.recv().await;
+            got.push(ev["offset"].as_u64().unwrap());
+        }
+        assert_eq!(got, (6..=105).collect::<Vec<_>>(), "contiguous, in order");
+        match &first {
+            None => first = Some(got),
+            Some(f) => assert_eq!(f, &got),
+        }
+    }
+    // Nothing more: no event twice.
+    futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|c| c.silent_for(Duration::from_millis(300))),
+    )
+    .await;
+}
