@@ -5,8 +5,8 @@
 //! never block. On a channel of at most [`DIRECT_FAN_OUT`] subscribers a push to an idle
 //! connection is a non-blocking write to its socket (see [`crate::socket`]): at most that many
 //! `writev` calls under the lock, each a few microseconds. On a longer channel, the idle
-//! connections' queues are written, after the lock is let go, by flusher tasks of
-//! [`FLUSH_CHUNK`] connections each rather than by each connection's own task.
+//! connections' queues are written, after the lock is let go, by flusher tasks of a
+//! few connections each rather than by each connection's own task.
 
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{HashMap, HashSet};

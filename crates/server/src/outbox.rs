@@ -173,7 +173,7 @@ impl Outbox {
         Ok(false)
     }
 
-    /// Writes everything queued straight to the socket, each [`MAX_FRAMES`] frames in one
+    /// Writes everything queued straight to the socket, up to 32 frames in one
     /// non-blocking system call, while the connection's task still grants it. What the socket
     /// does not take, and a queue the task no longer grants writes for, is left to the task,
     /// which is woken.
