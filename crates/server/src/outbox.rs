@@ -330,6 +330,11 @@ impl Outbox {
         Poll::Pending
     }
 
+    /// How many messages are queued.
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
     /// Whether the queue has overflowed.
     pub fn overflowed(&self) -> bool {
         self.lock().overflowed

@@ -30,6 +30,8 @@ use crate::socket::{CLOSE, Transport, frame_header};
 
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How many queued messages (replies, events) a session lets wait while it reads on.
+const READ_AHEAD: usize = 32;
 /// How long, once our close frame is out, the client's remaining bytes and close are awaited.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// The same after a frame over the limit: the rest of that frame (up to the client's whole
@@ -419,19 +421,13 @@ impl Session {
                     }
                     timer.as_mut().reset(next_ping.min(self.expires));
                 }
-                b = std::future::poll_fn(|cx| self.outbox.poll_batch(cx, &mut batch)) => {
-                    if b == Batch::Overflowed {
-                        return Box::pin(close(ws, CloseCode::SlowConsumer)).await;
-                    }
-                    if let Err(stop) = self.write(ws, &mut batch).await {
-                        return Box::pin(stop.run(ws)).await;
-                    }
-                    // Written: give a spilled buffer back rather than hold it while idle.
-                    batch = Queue::new();
-                }
+                // Reading comes before writing: commands that arrived together (a client's
+                // subscribes after it connects) are all handled before their replies go out, in
+                // one write. Up to READ_AHEAD queued messages: a client that keeps sending cannot
+                // hold its replies and deliveries back, nor fill its own queue.
                 // Only when bytes may have arrived (see `Transport::read_wanted`).
                 frame = std::future::poll_fn(|cx| {
-                    if ws.get_ref().read_wanted() {
+                    if ws.get_ref().read_wanted() && self.outbox.queued() < READ_AHEAD {
                         ws.poll_next_unpin(cx)
                     } else {
                         Poll::Pending
@@ -441,7 +437,7 @@ impl Session {
                     match frame {
                         Some(Ok(Message::Text(text))) => {
                             if let Err(code) = Box::pin(self.command(&text)).await {
-                                return Box::pin(close(ws, code)).await;
+                                return Box::pin(self.close_after_replies(ws, &mut batch, code)).await;
                             }
                             if timer.deadline() != next_ping.min(self.expires) {
                                 // A refresh moved the token's expiry.
@@ -450,7 +446,7 @@ impl Session {
                         }
                         Some(Ok(Message::Binary(_))) => {
                             if !self.take(Take::BadCommand) {
-                                return Box::pin(close(ws, CloseCode::Policy)).await;
+                                return Box::pin(self.close_after_replies(ws, &mut batch, CloseCode::Policy)).await;
                             }
                             self.error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None, None);
                         }
@@ -471,8 +467,35 @@ impl Session {
                         Some(Err(_)) => return End::Gone,
                     }
                 }
+                b = std::future::poll_fn(|cx| self.outbox.poll_batch(cx, &mut batch)) => {
+                    if b == Batch::Overflowed {
+                        return Box::pin(close(ws, CloseCode::SlowConsumer)).await;
+                    }
+                    if let Err(stop) = self.write(ws, &mut batch).await {
+                        return Box::pin(stop.run(ws)).await;
+                    }
+                    // Written: give a spilled buffer back rather than hold it while idle.
+                    batch = Queue::new();
+                }
             }
         }
+    }
+
+    /// Closes for a client's command after writing what is queued (its earlier replies, and
+    /// events accepted before them), for at most the close grace.
+    async fn close_after_replies<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        batch: &mut Queue,
+        code: CloseCode,
+    ) -> End
+    where
+        S: Transport,
+    {
+        if self.outbox.try_batch(batch) == Some(Batch::Ready) {
+            let _ = tokio::time::timeout(CLOSE_GRACE, self.write(ws, batch)).await;
+        }
+        close(ws, code).await
     }
 
     /// Writes a drained batch, and empties it. A write that cannot finish (the client stopped
@@ -486,19 +509,20 @@ impl Session {
     {
         // Polled by hand rather than as a future, so the task holds no write state while idle.
         let mut fed = 0;
-        // One message, the usual batch at a low rate: straight to the socket when the WebSocket
-        // layer is idle (no framing into its buffer, no waker registrations). A rest the socket
-        // did not take is written by the flush below.
-        if let [msg] = &batch[..] {
-            match ws.get_mut().write_now(msg) {
-                Ok(true) => fed = 1,
-                Ok(false) => {}
+        // Straight to the socket when the WebSocket layer is idle (no framing into its buffer,
+        // which would then stay allocated, and no waker registrations): the usual batch, one
+        // event at a low rate, the replies to a client's first commands, a burst. What the
+        // socket does not take goes through the layer; a rest of a frame it took in part is
+        // written by the flush below.
+        if !batch.is_empty() {
+            match ws.get_mut().write_now(batch) {
+                Ok(n) => fed = n,
                 Err(_) => {
                     batch.clear();
                     return Err(Stop::Abandon(End::Gone));
                 }
             }
-            if fed == 1 && !ws.get_ref().unwritten() {
+            if fed == batch.len() && !ws.get_ref().unwritten() {
                 batch.clear();
                 return Ok(());
             }
@@ -791,7 +815,10 @@ mod tests {
     use super::*;
     use crate::auth::{KeySource, mint_hs256};
     use crate::config::Config;
-    use tokio::io::DuplexStream;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::Context;
+    use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 
     const SECRET: &str = "session-test-secret";
 
@@ -863,6 +890,111 @@ mod tests {
             }
         }
         None
+    }
+
+    /// An in-memory transport that counts the server's writes.
+    struct Counting {
+        inner: DuplexStream,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for Counting {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    impl Transport for Counting {}
+
+    #[tokio::test]
+    async fn commands_that_arrive_together_are_answered_in_one_write() {
+        let node = node();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = WebSocketStream::from_raw_socket(
+            Counting {
+                inner: a,
+                writes: writes.clone(),
+            },
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(node.ws_config()),
+        )
+        .await;
+        let mut client = WebSocketStream::from_raw_socket(
+            b,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        let _task = tokio::spawn(run(node.clone(), server, None));
+        auth(&mut client, unix_now() + 600).await;
+        let before = writes.load(std::sync::atomic::Ordering::SeqCst);
+        // Three subscribes in one write, as a client sends them after it connects.
+        for ch in ["agent:a_1", "project:p_1", "org:o_1"] {
+            let frame = serde_json::json!({"type": "subscribe", "channelId": ch}).to_string();
+            client.feed(Message::Text(frame.into())).await.unwrap();
+        }
+        client.flush().await.unwrap();
+        for ch in ["agent:a_1", "project:p_1", "org:o_1"] {
+            let Some(Ok(Message::Text(t))) = client.next().await else {
+                panic!("no reply")
+            };
+            assert!(t.contains("\"subscribed\"") && t.contains(ch), "{t}");
+        }
+        let after = writes.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(after - before, 1, "the three replies in one write");
+    }
+
+    #[tokio::test]
+    async fn a_client_sending_faster_than_it_reads_never_overflows_its_own_queue() {
+        // A queue of 40: without the read-ahead bound, 60 replies would wait at once (4009).
+        let mut c = Config::default();
+        c.auth.keys = vec![KeySource::Secret(SECRET.into())];
+        c.publish_keys = vec!["k".into()];
+        c.limits.outbox_events = READ_AHEAD + 8;
+        let node = Node::new(c).expect("node");
+        let (mut client, task) = pair(&node).await;
+        auth(&mut client, unix_now() + 600).await;
+        for i in 0..60 {
+            let frame = serde_json::json!({"type": "ping", "ref": i}).to_string();
+            client.feed(Message::Text(frame.into())).await.unwrap();
+        }
+        client.flush().await.unwrap();
+        for i in 0..60 {
+            let Some(Ok(Message::Text(t))) = client.next().await else {
+                panic!("no pong {i}")
+            };
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(
+                (v["type"].as_str(), v["ref"].as_i64()),
+                (Some("pong"), Some(i))
+            );
+        }
+        assert!(!task.is_finished(), "still open");
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,11 +44,13 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
     fn read_wanted(&self) -> bool {
         true
     }
-    /// Writes `msg` as a frame straight to the socket, beside the WebSocket layer, when that
-    /// layer holds nothing unwritten; `false` when it may (write through it then). On `true`
-    /// the frame is out, or its rest waits in the transport for the next flush.
-    fn write_now(&mut self, _msg: &Utf8Bytes) -> io::Result<bool> {
-        Ok(false)
+    /// Writes the first of `msgs` (up to [`MAX_FRAMES`]) as frames straight to the socket,
+    /// beside the WebSocket layer, when that layer holds nothing unwritten; returns how many it
+    /// took, 0 when the layer may hold bytes (write through it then). Those taken are out, the
+    /// last of them possibly in part with its rest waiting in the transport for the next flush;
+    /// the others go through the layer.
+    fn write_now(&mut self, _msgs: &[Utf8Bytes]) -> io::Result<usize> {
+        Ok(0)
     }
     /// Whether the rest of a frame waits in the transport for the next flush.
     fn unwritten(&self) -> bool {
@@ -153,12 +155,12 @@ impl Transport for Socket {
         self.read.wanted.load(Ordering::Acquire)
     }
 
-    fn write_now(&mut self, msg: &Utf8Bytes) -> io::Result<bool> {
+    fn write_now(&mut self, msgs: &[Utf8Bytes]) -> io::Result<usize> {
         // Granted, and not revoked since: tungstenite's last flush completed and it has written
         // nothing since, so its buffer is empty and a whole frame of ours cannot split one of
         // its own.
         if !self.granted {
-            return Ok(false);
+            return Ok(0);
         }
         // Publishers queue from here on (the batch was taken, which ended their grant); a rest
         // one of them left goes first.
@@ -170,23 +172,27 @@ impl Transport for Socket {
                 Err(e) => return Err(e),
             }
             if !rest.is_empty() {
-                return Ok(false);
+                return Ok(0);
             }
             self.rest = None;
         }
-        match try_write_text(&self.tcp, msg)? {
-            Written::All => {
-                if let Some(outbox) = &self.outbox {
+        let now = &msgs[..msgs.len().min(MAX_FRAMES)];
+        match try_write_texts(&self.tcp, now)? {
+            (whole, Some(rest)) => {
+                self.rest = Some(Box::new(rest));
+                Ok(whole + 1)
+            }
+            (whole, None) => {
+                // Only once the whole batch is out: a publisher's frame must not overtake the
+                // messages still to go through the WebSocket layer.
+                if whole == msgs.len()
+                    && let Some(outbox) = &self.outbox
+                {
                     outbox.grant();
                     self.granted = true;
                 }
-                Ok(true)
+                Ok(whole)
             }
-            Written::Part(rest) => {
-                self.rest = Some(Box::new(rest));
-                Ok(true)
-            }
-            Written::Nothing => Ok(false),
         }
     }
 
@@ -609,11 +615,14 @@ mod tests {
         let (mut ws, mut peer, outbox) = attached().await;
         let msg = Utf8Bytes::from("now");
         assert!(
-            !ws.get_mut().write_now(&msg).unwrap(),
+            ws.get_mut().write_now(std::slice::from_ref(&msg)).unwrap() == 0,
             "before the first flush tungstenite may hold bytes"
         );
         ws.flush().await.unwrap(); // grants
-        assert!(ws.get_mut().write_now(&msg).unwrap());
+        assert_eq!(
+            ws.get_mut().write_now(std::slice::from_ref(&msg)).unwrap(),
+            1
+        );
         assert!(!ws.get_ref().unwritten());
         assert_eq!(text(&mut peer).await, "now");
         // Written whole: publishers may write again.
@@ -627,21 +636,64 @@ mod tests {
         // tungstenite has started a frame: not until its flush.
         ws.feed(Message::Ping(Default::default())).await.unwrap();
         ws.get_mut().revoke();
-        assert!(!ws.get_mut().write_now(&msg).unwrap());
+        assert_eq!(
+            ws.get_mut().write_now(std::slice::from_ref(&msg)).unwrap(),
+            0
+        );
         ws.flush().await.unwrap();
-        assert!(ws.get_mut().write_now(&msg).unwrap());
+        assert_eq!(
+            ws.get_mut().write_now(std::slice::from_ref(&msg)).unwrap(),
+            1
+        );
         assert!(matches!(peer.next().await, Some(Ok(Message::Ping(_)))));
         assert_eq!(text(&mut peer).await, "now");
+    }
+
+    #[tokio::test]
+    async fn the_session_writes_a_batch_itself_and_grants_only_once_all_of_it_is_out() {
+        let (mut ws, mut peer, outbox) = attached().await;
+        ws.flush().await.unwrap(); // grants
+        let three: Vec<Utf8Bytes> = ["a", "b", "c"].map(Utf8Bytes::from).to_vec();
+        assert_eq!(ws.get_mut().write_now(&three).unwrap(), 3);
+        for m in ["a", "b", "c"] {
+            assert_eq!(text(&mut peer).await, m);
+        }
+        outbox.deliver("direct".into(), true).unwrap();
+        let mut batch = crate::outbox::Queue::new();
+        assert!(outbox.try_batch(&mut batch).is_none(), "granted again");
+        assert_eq!(text(&mut peer).await, "direct");
+        // More than one write's worth: the rest goes through tungstenite, and until it is out
+        // a publisher's event waits in the queue.
+        let many: Vec<Utf8Bytes> = (0..MAX_FRAMES + 3)
+            .map(|i| Utf8Bytes::from(i.to_string()))
+            .collect();
+        assert_eq!(ws.get_mut().write_now(&many).unwrap(), MAX_FRAMES);
+        outbox.deliver("later".into(), true).unwrap();
+        assert!(
+            outbox.try_batch(&mut batch).is_some(),
+            "not granted: queued"
+        );
+        // The session writes the rest of its batch, then the event it found queued.
+        for m in many[MAX_FRAMES..].iter().chain(&batch) {
+            ws.feed(Message::Text(m.clone())).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        for m in many.iter().chain(&batch) {
+            assert_eq!(&text(&mut peer).await, m.as_str());
+        }
     }
 
     #[tokio::test]
     async fn a_message_the_socket_takes_in_part_is_finished_by_the_next_flush() {
         let (mut ws, c, _outbox) = choked().await;
         let big = Utf8Bytes::from("w".repeat(200_000));
-        assert!(ws.get_mut().write_now(&big).unwrap());
+        assert_eq!(
+            ws.get_mut().write_now(std::slice::from_ref(&big)).unwrap(),
+            1
+        );
         assert!(ws.get_ref().unwritten(), "the socket took only part of it");
         assert!(
-            !ws.get_mut().write_now(&"next".into()).unwrap(),
+            ws.get_mut().write_now(&["next".into()]).unwrap() == 0,
             "nothing overtakes the rest"
         );
         let reader = tokio::spawn(async move {
