@@ -352,9 +352,12 @@ impl Conn {
         match self.target.kind {
             Kind::Cortex => {
                 expect(&mut ws, |t| t.contains(r#""type":"connected""#)).await?;
+                // All subscribes in one write, as a client (re)subscribing to several
+                // channels sends them.
                 for frame in target::cortex_subscribes(&subs, &self.target.org) {
-                    ws.send(Message::text(frame)).await?;
+                    ws.feed(Message::text(frame)).await?;
                 }
+                ws.flush().await?;
                 let mut acked = 0;
                 while acked < subs.len() {
                     let text = next_text(&mut ws).await?;
