@@ -577,6 +577,29 @@ mod tests {
         (ws, c, outbox)
     }
 
+    /// The session writes `batch` while the peer of a [`choked`] socket starts reading; returns
+    /// the length of the first message the peer reads and the text of the second.
+    async fn session_writes_while_the_peer_reads(
+        ws: &mut WebSocketStream<Socket>,
+        c: TcpStream,
+        batch: &mut crate::outbox::Queue,
+    ) -> (usize, String) {
+        let reader = tokio::spawn(async move {
+            let mut peer = client(c).await;
+            (text(&mut peer).await.len(), text(&mut peer).await)
+        });
+        let write = async {
+            for m in batch.drain(..) {
+                ws.feed(Message::Text(m)).await.unwrap();
+            }
+            ws.flush().await.unwrap();
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), write)
+            .await
+            .expect("the session's write finishes once the peer reads");
+        reader.await.unwrap()
+    }
+
     #[tokio::test]
     async fn the_rest_of_a_partial_frame_goes_out_before_the_session_writes() {
         let (mut ws, c, outbox) = choked().await;
@@ -592,20 +615,7 @@ mod tests {
         outbox.deliver("next".into(), true).unwrap();
         outbox.try_batch(&mut batch);
         assert_eq!(batch.len(), 1, "no longer granted: queued behind the rest");
-        let reader = tokio::spawn(async move {
-            let mut peer = client(c).await;
-            (text(&mut peer).await.len(), text(&mut peer).await)
-        });
-        let write = async {
-            for m in batch.drain(..) {
-                ws.feed(Message::Text(m)).await.unwrap();
-            }
-            ws.flush().await.unwrap();
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), write)
-            .await
-            .expect("the session's write finishes once the peer reads");
-        let (first, second) = reader.await.unwrap();
+        let (first, second) = session_writes_while_the_peer_reads(&mut ws, c, &mut batch).await;
         assert_eq!(first, 200_000, "the publisher's frame, whole");
         assert_eq!(second, "next");
     }
@@ -913,20 +923,10 @@ mod tests {
             [Utf8Bytes::from("next")],
             "queued behind the rest"
         );
-        let reader = tokio::spawn(async move {
-            let mut peer = client(c).await;
-            (text(&mut peer).await.len(), text(&mut peer).await)
-        });
-        let write = async {
-            for m in batch.drain(..) {
-                ws.feed(Message::Text(m)).await.unwrap();
-            }
-            ws.flush().await.unwrap();
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), write)
-            .await
-            .expect("the session's write finishes once the peer reads");
-        assert_eq!(reader.await.unwrap(), (200_000, "next".to_owned()));
+        assert_eq!(
+            session_writes_while_the_peer_reads(&mut ws, c, &mut batch).await,
+            (200_000, "next".to_owned())
+        );
     }
 
     #[tokio::test]
