@@ -140,15 +140,12 @@ impl Members {
 /// the runtime still polls its I/O driver (and reads the next publish) often during a burst.
 const FLUSH_CHUNK: usize = 16;
 
-/// The outboxes a large channel's fan-out left for flushers ([`Outbox::deliver_later`]), in
+/// The outboxes a long channel's fan-out left for flushers ([`Outbox::deliver_later`]), in
 /// chunks of [`FLUSH_CHUNK`].
-#[derive(Default)]
 struct Flushes {
     chunks: Vec<Vec<Outbox>>,
     /// Held by the flushers until they are done: the channel sees its round in progress.
     round: Arc<()>,
-    /// Whether the channel's previous round is over: only then are flushers started.
-    quiet: bool,
 }
 
 impl Flushes {
@@ -253,31 +250,37 @@ impl Hub {
         // the runtime read the next publishes in between, so events pile up in the queues and go
         // out several to a write (a broadcast at saturation).
         let direct = members.list.len() <= DIRECT_FAN_OUT;
-        let mut flushes = match members.long.as_deref_mut() {
-            Some(long) if !direct => {
-                let mut flushes = Flushes::default();
-                if long.round.strong_count() == 0 {
-                    long.round = Arc::downgrade(&flushes.round);
-                    flushes.quiet = true;
-                }
-                Some(flushes)
+        let long = members.long.as_deref_mut().filter(|_| !direct);
+        // Flushers when the channel's previous round is over; `None` otherwise.
+        let mut flushes = match long {
+            Some(long) if long.round.strong_count() == 0 => {
+                let round = Arc::new(());
+                long.round = Arc::downgrade(&round);
+                Some(Flushes {
+                    chunks: Vec::new(),
+                    round,
+                })
             }
             _ => None,
         };
         for s in &members.list {
-            let taken = match &mut flushes {
-                Some(flushes) => s
-                    .outbox
-                    .deliver_later(msg.clone(), flushes.quiet)
-                    .map(|due| flushes.add(due, &s.outbox)),
-                None => s.outbox.deliver(msg.clone(), direct),
+            let taken = if direct {
+                s.outbox.deliver(msg.clone(), true)
+            } else {
+                s.outbox
+                    .deliver_later(msg.clone(), flushes.is_some())
+                    .map(|due| {
+                        if let Some(flushes) = &mut flushes {
+                            flushes.add(due, &s.outbox);
+                        }
+                    })
             };
             if taken.is_ok() && seen.as_deref_mut().is_none_or(|seen| seen.insert(s.conn)) {
                 delivered += 1;
             }
         }
         drop(shard);
-        if let Some(flushes) = flushes.filter(|f| f.quiet) {
+        if let Some(flushes) = flushes {
             flushes.start();
         }
         delivered
