@@ -44,7 +44,7 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
     fn read_wanted(&self) -> bool {
         true
     }
-    /// Writes the first of `msgs` (up to [`MAX_FRAMES`]) as frames straight to the socket,
+    /// Writes the first of `msgs` (up to 32) as frames straight to the socket,
     /// beside the WebSocket layer, when that layer holds nothing unwritten; returns how many it
     /// took, 0 when the layer may hold bytes (write through it then). Those taken are out, the
     /// last of them possibly in part with its rest waiting in the transport for the next flush;
