@@ -449,17 +449,18 @@ async fn publish_phase(
     let start = Instant::now();
     let deadline = start + args.duration;
     let mut handles = Vec::new();
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(f64::from(tasks) / args.rate));
     for k in 0..tasks {
         let owned: Vec<u32> = (k..channels).step_by(tasks as usize).collect();
         let task = Publisher {
+            first_send: start + interval.map_or(Duration::ZERO, |i| phase(i, k, tasks)),
             client: client.clone(),
             plan: plan.clone(),
             target: target.clone(),
             workers: workers.clone(),
             counters: counters.clone(),
             owned,
-            interval: (args.rate > 0.0)
-                .then(|| Duration::from_secs_f64(f64::from(tasks) / args.rate)),
+            interval,
             max_lag,
             received_before,
             deadline,
@@ -553,7 +554,14 @@ fn finish_publish_report(p: &mut PublishReport, reports: &[Report]) -> Result<()
     Ok(())
 }
 
+/// When publisher `k` of `tasks`, each sending every `interval`, sends its first event: the
+/// tasks take turns, so a fixed rate is events evenly spaced rather than `tasks` at a time.
+fn phase(interval: Duration, k: u32, tasks: u32) -> Duration {
+    interval * k / tasks.max(1)
+}
+
 struct Publisher {
+    first_send: Instant,
     client: reqwest::Client,
     plan: Rc<Plan>,
     target: Rc<Target>,
@@ -570,7 +578,7 @@ struct Publisher {
 impl Publisher {
     async fn run(self) {
         let mut seqs = vec![0u64; self.owned.len()];
-        let mut next_send = Instant::now();
+        let mut next_send = self.first_send;
         let mut turn = 0usize;
         while Instant::now() < self.deadline {
             if let Some(interval) = self.interval {
@@ -671,5 +679,24 @@ async fn hold_phase(args: &RunArgs, workers: &Rc<Workers>, full: u32) -> HoldRep
         all_back_secs: all_back,
         back_after_server_secs: back_after_server,
         reconnects: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publishers_at_a_fixed_rate_take_turns() {
+        // 4 tasks at 1,000 events/s: each every 4 ms, the four 1 ms apart.
+        let interval = Duration::from_millis(4);
+        let phases: Vec<_> = (0..4).map(|k| phase(interval, k, 4)).collect();
+        assert_eq!(
+            phases,
+            [0, 1, 2, 3].map(Duration::from_millis),
+            "first sends spread over one interval"
+        );
+        assert_eq!(phase(interval, 0, 1), Duration::ZERO);
+        assert_eq!(phase(interval, 0, 0), Duration::ZERO, "no division by zero");
     }
 }
