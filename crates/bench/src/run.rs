@@ -5,7 +5,8 @@
 //! request in flight, so the order of events on a channel is the order they were published in
 //! and any reordering the subscribers see is the server's. At saturation the publishers hold
 //! the deliveries still owed to subscribers under `--max-lag`: the rate found is the one the
-//! server sustains, not a queue growing until something gives.
+//! server sustains, not a queue growing until something gives. At a fixed rate the tasks take
+//! turns, so the events are evenly spaced.
 
 use std::cell::{Cell, RefCell};
 use std::process::Stdio;
@@ -56,7 +57,7 @@ pub struct RunArgs {
     /// Connections each worker opens at once.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
-    /// Events per second to publish; 0 publishes at saturation.
+    /// Events per second to publish, evenly spaced; 0 publishes at saturation.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// How long to publish; 0 skips the publish phase.
