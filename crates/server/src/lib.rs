@@ -42,6 +42,10 @@ pub mod shutdown;
 pub mod socket;
 
 pub use api::{Accepted, ApiError};
+pub use auth::{KeySource, VerifierConfig, mint_hs256};
 pub use config::{Config, Limits};
+pub use history::Retention;
+/// Why an in-process publish was refused (the name the library's API keeps).
+pub type PublishError = ApiError;
 pub use cortex_protocol as protocol;
 pub use server::{Builder, Node, Server, ServerHandle, StartError};

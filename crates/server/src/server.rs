@@ -265,6 +265,22 @@ impl Node {
         self.ws_config
     }
 
+    /// How many connections are open on this node.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
+    }
+
+    /// How many connections of this node are subscribed to `channel` of `org` (0 for a
+    /// channel id that does not parse).
+    pub fn subscribers(&self, org: &str, channel: &str) -> usize {
+        match cortex_protocol::ChannelId::parse(channel) {
+            Ok(channel) => self
+                .hub
+                .subscribers(&crate::hub::ChannelKey::new(Arc::from(org), channel)),
+            Err(_) => 0,
+        }
+    }
+
     /// Publishes events in-process: the same validation and routing as `POST /api/events`.
     pub async fn publish(&self, events: Vec<PublishEvent>) -> Result<Vec<Accepted>, ApiError> {
         api::publish(self, events).await
