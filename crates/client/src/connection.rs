@@ -17,6 +17,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::event::Connected;
 use crate::token::TokenTransport;
 
+/// How long a close handshake may take before the socket is dropped.
+pub(crate) const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A byte stream a WebSocket runs over: a TCP stream, or an in-memory pipe in tests.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 
@@ -203,7 +206,7 @@ pub(crate) async fn open(
                     (u16::from(f.code), f.reason.as_str().to_owned())
                 });
                 // Answer the close so the server's side ends cleanly.
-                let _ = tokio::time::timeout(crate::worker::CLOSE_GRACE, ws.close(None)).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
                 return Err(Failure::Closed { code, reason });
             }
             Some(Ok(_)) => continue,

@@ -30,12 +30,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::connection::{self, Dial, Failure, Target, Ws, describe};
+use crate::connection::{self, CLOSE_GRACE, Dial, Failure, Target, Ws, describe};
 use crate::event::{ClientEvent, Disconnect, Event, Stop};
 use crate::token::{TokenError, TokenFuture, TokenProvider, TokenTransport};
 
-/// How long a close handshake may take before the socket is dropped.
-pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Commands the client sends in a burst; the server allows 100 a second (CONTRACT.md
 /// section 9) and closes with 4008 past a few more, so a client resubscribing 128 channels
 /// paces itself.

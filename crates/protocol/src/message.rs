@@ -206,6 +206,9 @@ pub enum ErrorCode {
     InvalidToken,
     /// A refresh token for another `sub` or `org`.
     TokenMismatch,
+    /// The node cannot serve the command now (its backplane is unreachable); the connection
+    /// stays open: retry later.
+    Unavailable,
 }
 
 /// A message from server to client, other than an event (events are pre-serialized by the server,

@@ -407,6 +407,7 @@ impl JwtVerifier {
     }
 
     /// The accepted `alg` values, for the startup log (e.g. `["RS256", "EdDSA"]`).
+    #[cfg(test)]
     pub fn algorithms(&self) -> Vec<&'static str> {
         [
             Algorithm::HS256,

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::auth::VerifierConfig;
-use crate::history::Retention;
 
 /// The configuration of one node. `Config::default()` is a working loopback node with the
 /// contract's limits, no keys (see [`crate::Server::builder`] for what must be set).
@@ -51,6 +50,17 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// History bounds (CONTRACT.md section 6).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Events kept per channel.
+    pub per_channel: usize,
+    /// How long an event is kept.
+    pub max_age: Duration,
+    /// Bytes of history across all channels (ids and payloads, and a fixed cost per event).
+    pub max_bytes: usize,
 }
 
 /// Limits and timeouts (CONTRACT.md section 9). Every one is per node unless it says otherwise.

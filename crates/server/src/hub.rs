@@ -11,12 +11,13 @@
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use cortex_protocol::ChannelId;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::outbox::Outbox;
+use crate::ws::Outbox;
 
 /// A connection's id on this node.
 pub type ConnId = u64;
@@ -43,6 +44,32 @@ impl ChannelKey {
         let mut h = DefaultHasher::new();
         self.hash(&mut h);
         (h.finish() as usize) % n
+    }
+}
+
+/// How many connections of this node one event reached, each counted once however many of the
+/// event's channels it holds (the publish API's `recipients`). Carried with the event from the
+/// publish service through the broker to the fan-out; an event from another node brings a fresh
+/// one nobody reads.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    delivered: AtomicUsize,
+    /// For an event on several channels: the connections reached so far.
+    seen: Option<Mutex<HashSet<ConnId>>>,
+}
+
+impl Tally {
+    /// A tally for an event on `channels` channels.
+    pub(crate) fn new(channels: usize) -> Tally {
+        Tally {
+            delivered: AtomicUsize::new(0),
+            seen: (channels > 1).then(|| Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Connections reached so far.
+    pub(crate) fn delivered(&self) -> usize {
+        self.delivered.load(Ordering::Relaxed)
     }
 }
 
@@ -226,19 +253,25 @@ impl Hub {
         removed
     }
 
-    /// Pushes `msg` to every subscriber of `key`. Returns how many outboxes took it; when `seen`
-    /// is given, counts only connections not already in it (an event on several channels).
-    /// A full outbox is marked overflowed and its connection closes itself with 4009.
+    /// Pushes the message `make` builds (only when `key` has subscribers here) to every
+    /// subscriber of `key`. Returns how many outboxes took it, and adds to `tally` the
+    /// connections it had not counted yet (an event on several channels). A full outbox is
+    /// marked overflowed and its connection closes itself with 4009.
     pub fn fan_out(
         &self,
         key: &ChannelKey,
-        msg: &Utf8Bytes,
-        mut seen: Option<&mut HashSet<ConnId>>,
+        make: impl FnOnce() -> Utf8Bytes,
+        tally: &Tally,
     ) -> usize {
         let mut shard = self.shard(key);
         let Some(members) = shard.get_mut(key) else {
             return 0;
         };
+        let msg = &make();
+        let mut seen = tally
+            .seen
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
         let mut delivered = 0;
         // A small channel's deliveries may skip the connections' tasks (see `socket`). A long
         // one's are queued, and each connection's queue goes out in one system call however many
@@ -275,11 +308,13 @@ impl Hub {
                         }
                     })
             };
-            if taken.is_ok() && seen.as_deref_mut().is_none_or(|seen| seen.insert(s.conn)) {
+            if taken.is_ok() && seen.as_mut().is_none_or(|seen| seen.insert(s.conn)) {
                 delivered += 1;
             }
         }
+        drop(seen);
         drop(shard);
+        tally.delivered.fetch_add(delivered, Ordering::Relaxed);
         if let Some(flushes) = flushes {
             flushes.start();
         }
@@ -317,7 +352,7 @@ mod tests {
     }
 
     fn drained(o: &Outbox) -> Vec<Utf8Bytes> {
-        let mut v = crate::outbox::Queue::new();
+        let mut v = crate::ws::Queue::new();
         o.try_batch(&mut v);
         v.into_vec()
     }
@@ -331,7 +366,10 @@ mod tests {
         hub.subscribe(&key("o1", "agent:x"), a);
         hub.subscribe(&key("o1", "agent:x"), b);
         hub.subscribe(&key("o2", "agent:x"), c);
-        assert_eq!(hub.fan_out(&key("o1", "agent:x"), &"m".into(), None), 2);
+        assert_eq!(
+            hub.fan_out(&key("o1", "agent:x"), || "m".into(), &Tally::default()),
+            2
+        );
         assert_eq!(drained(&ao).len(), 1);
         assert_eq!(drained(&bo).len(), 1);
         assert!(
@@ -357,7 +395,10 @@ mod tests {
             assert!(!hub.unsubscribe(&k, conn));
         }
         assert_eq!(hub.subscribers(&k), 200 - 67);
-        assert_eq!(hub.fan_out(&k, &Utf8Bytes::from("e"), None), 133);
+        assert_eq!(
+            hub.fan_out(&k, || Utf8Bytes::from("e"), &Tally::default()),
+            133
+        );
         for (conn, o) in boxes.iter().enumerate() {
             let want = usize::from(conn % 3 != 0);
             assert_eq!(drained(o).len(), want, "connection {conn}");
@@ -381,11 +422,11 @@ mod tests {
         let k = key("o", "task:t");
         assert!(hub.subscribe(&k, a.clone()));
         assert!(!hub.subscribe(&k, a));
-        assert_eq!(hub.fan_out(&k, &"m".into(), None), 1);
+        assert_eq!(hub.fan_out(&k, || "m".into(), &Tally::default()), 1);
         assert_eq!(drained(&ao).len(), 1);
         assert!(hub.unsubscribe(&k, 1));
         assert!(!hub.unsubscribe(&k, 1));
-        assert_eq!(hub.fan_out(&k, &"m".into(), None), 0);
+        assert_eq!(hub.fan_out(&k, || "m".into(), &Tally::default()), 0);
         assert!(!hub.has_subscribers(&k));
     }
 
@@ -395,9 +436,9 @@ mod tests {
         let (a, _ao) = sub(1);
         hub.subscribe(&key("o", "task:t"), a.clone());
         hub.subscribe(&key("o", "project:p"), a);
-        let mut seen = HashSet::new();
-        let n = hub.fan_out(&key("o", "task:t"), &"m".into(), Some(&mut seen))
-            + hub.fan_out(&key("o", "project:p"), &"m".into(), Some(&mut seen));
-        assert_eq!(n, 1);
+        let tally = Tally::new(2);
+        hub.fan_out(&key("o", "task:t"), || "m".into(), &tally);
+        hub.fan_out(&key("o", "project:p"), || "m".into(), &tally);
+        assert_eq!(tally.delivered(), 1);
     }
 }

@@ -3,49 +3,54 @@
 //! Backend services publish typed events over HTTP (or in-process); browsers, desktop apps and
 //! CLIs hold a WebSocket open, subscribe to channels, and receive those events within
 //! milliseconds. The wire protocol lives in the `cortex-protocol` crate; this crate is the
-//! server, usable as a library (see [`Server`]) and as the `cortex-realtime` binary.
+//! server, usable as a library: build a [`Server`] from a [`Config`], [`Server::start`] it, and
+//! publish in-process through its [`Node`]. The `cortex-realtime` binary is another crate
+//! (`crates/cli`) on top of this one.
 //!
-//! # Layout
+//! # Layout (lower layers never import higher ones; `docs/architecture.md` has the picture)
 //!
-//! - [`config`]: every setting, its default and its unit.
-//! - [`server`]: the node's shared state, the router, the WebSocket upgrade, graceful serving.
-//! - [`session`]: one connection's state machine.
-//! - [`outbox`]: the bounded per-connection send queue.
-//! - [`socket`]: a connection's TCP socket, shared by its session and its outbox.
-//! - [`hub`]: channel -> subscribers on this node; the local fan-out.
-//! - [`history`]: per-channel offsets and epochs.
-//! - [`broker`]: delivery between the publish API and the hubs ([`broker::MemoryBroker`]).
-//! - [`api`]: the publish API and the one mapping of errors to HTTP responses.
-//! - [`publisher`]: publishers' keep-alive connections, read without hyper.
-//! - [`auth`]: JWT verification.
-//! - [`idempotency`]: publish de-duplication.
-//! - [`shutdown`]: the drain signal and task tracking.
-//! - [`metrics`]: Prometheus counters and gauges.
-//! - [`id`]: event, connection and epoch ids.
+//! - `server`: the builder, the listener and the accept loop; [`Server`], [`ServerHandle`].
+//! - `http`: the router, the upgrade, health, metrics and the publish endpoints (`ApiError`).
+//! - `session`: one connection's state machine, and the one mapping to close codes.
+//! - `node`: the composition root, [`Node`]: config, verifier, broker, dispatch, limits.
+//! - `publish`: the publish service ([`Node::publish`], [`PublishError`]), HTTP-free.
+//! - `dispatch`: what a broker delivers, as frames encoded once per channel, to the hub; the
+//!   subscribe join.
+//! - `broker`: the backplane seam (the `Broker` trait) and its in-memory implementation.
+//! - `hub`: channel -> this node's subscribers; the local fan-out.
+//! - `ws`: the frame writer, the shared socket and the outbox (one owner of the direct writes).
+//! - `auth`: JWT verification (token policy, key loading).
+//! - `limits`, `shutdown`, `metrics`, `id`, `config`: the small shared parts.
 //! - [`local`]: the zero-configuration desktop mode.
 
-pub mod api;
-pub mod auth;
-pub mod broker;
+pub(crate) mod auth;
+pub(crate) mod broker;
 pub mod config;
-pub mod history;
-pub mod hub;
-pub mod id;
-pub mod idempotency;
+pub(crate) mod dispatch;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod id;
+pub(crate) mod limits;
 pub mod local;
-pub mod metrics;
-pub mod outbox;
-pub mod publisher;
-pub mod server;
-pub mod session;
-pub mod shutdown;
-pub mod socket;
+pub(crate) mod metrics;
+pub(crate) mod node;
+pub(crate) mod publish;
+pub(crate) mod server;
+pub(crate) mod session;
+pub(crate) mod shutdown;
+pub(crate) mod ws;
 
-pub use api::{Accepted, ApiError};
-pub use auth::{KeySource, VerifierConfig, mint_hs256};
-pub use config::{Config, Limits};
-pub use history::Retention;
-/// Why an in-process publish was refused (the name the library's API keeps).
-pub type PublishError = ApiError;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals;
+
+pub use auth::{
+    AuthError, Claims, DEFAULT_LEEWAY_SECS, KeyError, KeySource, MAX_TOKEN_LEN, VerifierConfig,
+    mint_hs256, mint_hs256_claims,
+};
+pub use config::{Config, Limits, Retention};
 pub use cortex_protocol as protocol;
-pub use server::{Builder, Node, Server, ServerHandle, StartError};
+pub use node::{Node, StartError};
+pub use publish::{Accepted, PublishError};
+pub use server::{Builder, Server, ServerHandle};
+pub use shutdown::signal as shutdown_signal;

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{KeySource, mint_hs256};
 use crate::config::Config;
-use crate::server::{Server, ServerHandle, StartError, unix_now};
+use crate::node::{StartError, unix_now};
+use crate::server::{Server, ServerHandle};
 
 /// The file's name inside the state directory.
 pub const STATE_FILE: &str = "local.json";

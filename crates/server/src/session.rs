@@ -21,12 +21,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::auth::{AuthError, Claims};
-use crate::broker::Subscribed;
+use crate::broker::BrokerError;
+use crate::dispatch::Subscribed;
 use crate::hub::{ChannelKey, Subscriber};
+use crate::limits::ConnectionGuard;
 use crate::metrics;
-use crate::outbox::{Batch, Outbox, Queue};
-use crate::server::{ConnectionGuard, Node, unix_now};
-use crate::socket::{CLOSE, Transport, frame_header};
+use crate::node::{Node, unix_now};
+use crate::ws::frame::{CLOSE, frame_header};
+use crate::ws::{Batch, Outbox, Queue, Transport};
 
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -45,6 +47,61 @@ const BAD_COMMAND_REFILL: f32 = 1.0;
 /// Commands over the rate a connection may send (each answered `rate_limited`) before it is
 /// closed with 4008; the allowance comes back at one per second.
 const RATE_STRIKES: f32 = 10.0;
+
+/// Why the session closes a connection. [`Closing::close_code`] is the one mapping to close
+/// codes (CONTRACT.md section 5), and [`Closing::reason`] the one to reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// The client's stream ended or failed before it authenticated.
+    ClientLeft,
+    /// The node is draining.
+    Draining,
+    /// Nothing was heard from the client (or no byte taken) for the idle timeout.
+    IdleTimeout,
+    /// A client frame over the size limit.
+    TooBig,
+    /// The first frame was not an `auth` with a valid token.
+    Unauthorized,
+    /// The token expired (at `auth`, or later without a refresh).
+    TokenExpired,
+    /// No `auth` frame within the auth timeout.
+    AuthTimeout,
+    /// Commands over the rate, after the strikes.
+    RateLimited,
+    /// Too many bad commands in a burst.
+    BadCommands,
+    /// The outbox overflowed: the client does not read fast enough.
+    SlowConsumer,
+    /// The user, org or node has its maximum of connections.
+    TooManyConnections,
+}
+
+impl Closing {
+    /// The close code sent.
+    pub(crate) fn close_code(self) -> CloseCode {
+        match self {
+            Closing::ClientLeft => CloseCode::Normal,
+            Closing::Draining => CloseCode::GoingAway,
+            Closing::IdleTimeout => CloseCode::GoingAway,
+            Closing::TooBig => CloseCode::TooBig,
+            Closing::Unauthorized => CloseCode::Unauthorized,
+            Closing::TokenExpired => CloseCode::TokenExpired,
+            Closing::AuthTimeout => CloseCode::AuthTimeout,
+            Closing::RateLimited => CloseCode::RateLimited,
+            Closing::BadCommands => CloseCode::Policy,
+            Closing::SlowConsumer => CloseCode::SlowConsumer,
+            Closing::TooManyConnections => CloseCode::TooManyConnections,
+        }
+    }
+
+    /// The close frame's reason.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Closing::IdleTimeout => "idle timeout",
+            other => other.close_code().reason(),
+        }
+    }
+}
 
 /// Why a session ended, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,55 +216,48 @@ where
 async fn authenticate<S>(
     node: &Arc<Node>,
     ws: &mut WebSocketStream<S>,
-) -> Result<(Claims, ConnectionGuard), CloseCode>
+) -> Result<(Claims, ConnectionGuard), Closing>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let deadline = Instant::now() + node.config.limits.auth_timeout;
     loop {
         let frame = tokio::select! {
-            _ = node.shutdown.cancelled() => return Err(CloseCode::GoingAway),
-            _ = sleep_until(deadline) => return Err(CloseCode::AuthTimeout),
+            _ = node.shutdown.cancelled() => return Err(Closing::Draining),
+            _ = sleep_until(deadline) => return Err(Closing::AuthTimeout),
             f = ws.next() => f,
         };
         let text = match frame {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(_)) => return Err(CloseCode::Unauthorized),
-            Some(Err(WsError::Capacity(_))) => return Err(CloseCode::TooBig),
-            Some(Err(_)) | None => return Err(CloseCode::Normal),
+            Some(Ok(_)) => return Err(Closing::Unauthorized),
+            Some(Err(WsError::Capacity(_))) => return Err(Closing::TooBig),
+            Some(Err(_)) | None => return Err(Closing::ClientLeft),
         };
         let Ok(ClientMessage::Auth { token, .. }) = ClientMessage::decode(&text) else {
-            return Err(CloseCode::Unauthorized);
+            return Err(Closing::Unauthorized);
         };
         let claims = node.verifier.verify(&token, unix_now()).map_err(|e| {
             if e.is_expired() {
-                CloseCode::TokenExpired
+                Closing::TokenExpired
             } else {
-                CloseCode::Unauthorized
+                Closing::Unauthorized
             }
         })?;
         let guard = node
             .connections
             .register(&claims)
-            .map_err(|_| CloseCode::TooManyConnections)?;
+            .map_err(|_| Closing::TooManyConnections)?;
         return Ok((claims, guard));
     }
 }
 
 /// Sends a close frame (bounded in time) and reports the end.
-async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode) -> End
+async fn close<S>(ws: &mut WebSocketStream<S>, why: Closing) -> End
 where
     S: Transport,
 {
-    close_with(ws, code, code.reason()).await
-}
-
-/// Like [`close`], with a reason other than the code's own.
-async fn close_with<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &'static str) -> End
-where
-    S: Transport,
-{
+    let (code, reason) = (why.close_code(), why.reason());
     // Nothing may follow the close frame: publishers stop writing to the socket.
     ws.get_mut().detach();
     let frame = CloseFrame {
@@ -254,7 +304,7 @@ where
         let _ = io.shutdown().await;
         let _ = tokio::io::copy(io, &mut tokio::io::sink()).await;
     };
-    let limit = if code == CloseCode::TooBig {
+    let limit = if why == Closing::TooBig {
         OVERSIZE_DRAIN
     } else {
         CLOSE_DRAIN
@@ -285,7 +335,7 @@ where
 /// How a blocked write ends the session.
 enum Stop {
     /// Send this close frame (bounded by the close grace).
-    Close(CloseCode, &'static str),
+    Close(Closing),
     /// Drop the socket as it is.
     Abandon(End),
 }
@@ -296,7 +346,7 @@ impl Stop {
         S: Transport,
     {
         match self {
-            Stop::Close(code, reason) => close_with(ws, code, reason).await,
+            Stop::Close(why) => close(ws, why).await,
             Stop::Abandon(end) => end,
         }
     }
@@ -403,16 +453,16 @@ impl Session {
                     {
                         return Box::pin(stop.run(ws)).await;
                     }
-                    return Box::pin(close(ws, CloseCode::GoingAway)).await;
+                    return Box::pin(close(ws, Closing::Draining)).await;
                 }
                 _ = timer.as_mut() => {
                     let now = Instant::now();
                     if now >= self.expires {
-                        return Box::pin(close(ws, CloseCode::TokenExpired)).await;
+                        return Box::pin(close(ws, Closing::TokenExpired)).await;
                     }
                     if now >= next_ping {
                         if last_seen.elapsed() >= limits.idle_timeout {
-                            return Box::pin(close_with(ws, CloseCode::GoingAway, "idle timeout")).await;
+                            return Box::pin(close(ws, Closing::IdleTimeout)).await;
                         }
                         if ws.send(Message::Ping(Default::default())).await.is_err() {
                             return End::Gone;
@@ -436,8 +486,8 @@ impl Session {
                     last_seen = Instant::now();
                     match frame {
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(code) = Box::pin(self.command(&text)).await {
-                                return Box::pin(self.close_after_replies(ws, &mut batch, code)).await;
+                            if let Err(why) = Box::pin(self.command(&text)).await {
+                                return Box::pin(self.close_after_replies(ws, &mut batch, why)).await;
                             }
                             if timer.deadline() != next_ping.min(self.expires) {
                                 // A refresh moved the token's expiry.
@@ -446,7 +496,7 @@ impl Session {
                         }
                         Some(Ok(Message::Binary(_))) => {
                             if !self.take(Take::BadCommand) {
-                                return Box::pin(self.close_after_replies(ws, &mut batch, CloseCode::Policy)).await;
+                                return Box::pin(self.close_after_replies(ws, &mut batch, Closing::BadCommands)).await;
                             }
                             self.error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None, None);
                         }
@@ -463,13 +513,13 @@ impl Session {
                             return End::Gone;
                         }
                         None => return End::Gone,
-                        Some(Err(WsError::Capacity(_))) => return Box::pin(close(ws, CloseCode::TooBig)).await,
+                        Some(Err(WsError::Capacity(_))) => return Box::pin(close(ws, Closing::TooBig)).await,
                         Some(Err(_)) => return End::Gone,
                     }
                 }
                 b = std::future::poll_fn(|cx| self.outbox.poll_batch(cx, &mut batch)) => {
                     if b == Batch::Overflowed {
-                        return Box::pin(close(ws, CloseCode::SlowConsumer)).await;
+                        return Box::pin(close(ws, Closing::SlowConsumer)).await;
                     }
                     if let Err(stop) = self.write(ws, &mut batch).await {
                         return Box::pin(stop.run(ws)).await;
@@ -487,7 +537,7 @@ impl Session {
         &mut self,
         ws: &mut WebSocketStream<S>,
         batch: &mut Queue,
-        code: CloseCode,
+        why: Closing,
     ) -> End
     where
         S: Transport,
@@ -495,7 +545,7 @@ impl Session {
         if self.outbox.try_batch(batch) == Some(Batch::Ready) {
             let _ = tokio::time::timeout(CLOSE_GRACE, self.write(ws, batch)).await;
         }
-        close(ws, code).await
+        close(ws, why).await
     }
 
     /// Writes a drained batch, and empties it. A write that cannot finish (the client stopped
@@ -561,19 +611,19 @@ impl Session {
         let stalled = tokio::time::sleep(self.node.config.limits.idle_timeout);
         let res = tokio::select! {
             r = write => r,
-            _ = std::future::poll_fn(|cx| outbox.poll_overflowed(cx)) => return Err(Stop::Close(CloseCode::SlowConsumer, CloseCode::SlowConsumer.reason())),
-            _ = stalled => return Err(Stop::Close(CloseCode::GoingAway, "idle timeout")),
-            _ = sleep_until(self.expires) => return Err(Stop::Close(CloseCode::TokenExpired, CloseCode::TokenExpired.reason())),
-            _ = drained => return Err(Stop::Abandon(End::Closed(CloseCode::GoingAway))),
+            _ = std::future::poll_fn(|cx| outbox.poll_overflowed(cx)) => return Err(Stop::Close(Closing::SlowConsumer)),
+            _ = stalled => return Err(Stop::Close(Closing::IdleTimeout)),
+            _ = sleep_until(self.expires) => return Err(Stop::Close(Closing::TokenExpired)),
+            _ = drained => return Err(Stop::Abandon(End::Closed(Closing::Draining.close_code()))),
         };
         res.map_err(|_| Stop::Abandon(End::Gone))
     }
 
     /// Handles one text frame. `Err` closes the connection with that code.
-    async fn command(&mut self, text: &str) -> Result<(), CloseCode> {
+    async fn command(&mut self, text: &str) -> Result<(), Closing> {
         if !self.take(Take::Command) {
             if !self.take(Take::Strike) {
-                return Err(CloseCode::RateLimited);
+                return Err(Closing::RateLimited);
             }
             let r#ref = ClientMessage::decode(text)
                 .ok()
@@ -590,7 +640,7 @@ impl Session {
             Ok(m) => m,
             Err(e) => {
                 if !self.take(Take::BadCommand) {
-                    return Err(CloseCode::Policy);
+                    return Err(Closing::BadCommands);
                 }
                 self.error(ErrorCode::BadRequest, e.message, None, e.r#ref);
                 return Ok(());
@@ -676,12 +726,7 @@ impl Session {
                 .to_json(),
             )
         };
-        match self
-            .node
-            .broker
-            .subscribe(&key, sub, since.as_ref(), &reply)
-            .await
-        {
+        match self.node.subscribe(&key, sub, since.as_ref(), &reply).await {
             Ok(_) => {
                 if fresh {
                     metrics::subscriptions(1.0);
@@ -691,8 +736,8 @@ impl Session {
                     self.subscriptions.push(key);
                 }
             }
-            Err(e) => self.error(
-                ErrorCode::BadRequest,
+            Err(e @ BrokerError::Unavailable) => self.error(
+                ErrorCode::Unavailable,
                 e.to_string(),
                 Some(raw),
                 r#ref.clone(),
@@ -709,7 +754,7 @@ impl Session {
         };
         let at = self.subscriptions.iter().position(|k| k.channel == channel);
         if let Some(key) = at.map(|i| self.subscriptions.swap_remove(i)) {
-            self.node.broker.unsubscribe(&key, self.guard.conn());
+            self.node.unsubscribe(&key, self.guard.conn());
             metrics::subscriptions(-1.0);
         }
         self.reply(&ServerMessage::Unsubscribed {
@@ -760,7 +805,7 @@ impl Session {
         // Publishers stop writing to the socket, and the outbox lets go of it.
         self.outbox.detach();
         for key in std::mem::take(&mut self.subscriptions) {
-            self.node.broker.unsubscribe(&key, self.guard.conn());
+            self.node.unsubscribe(&key, self.guard.conn());
             metrics::subscriptions(-1.0);
         }
     }
@@ -788,7 +833,7 @@ where
             }
             Ok(_) => {}
             Err(WsError::Capacity(_)) => {
-                close(&mut ws, CloseCode::TooBig).await;
+                close(&mut ws, Closing::TooBig).await;
                 return;
             }
             Err(_) => return,

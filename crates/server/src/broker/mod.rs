@@ -1,85 +1,166 @@
-//! Delivery between the publish API and the hubs of every node.
+//! The backplane seam: positions, history, idempotency, and delivery between nodes.
 //!
-//! The publish path is one road for one node and for many: `api -> Broker::publish -> (memory or
-//! Redis) -> each node's Hub::fan_out -> each Outbox`. A broker also answers subscribes, because
-//! a subscribe must see a channel's position and join its live stream atomically: the
-//! `subscribed` reply is queued before any event that follows it.
+//! A [`Broker`] owns what must be one truth across nodes: each channel's offsets and epoch, its
+//! recent history, and the idempotency keys of publishes. It never knows about sessions, frames
+//! or sockets: it hands every event it delivers, on each channel, with that channel's offset and
+//! epoch, to the node's [`Sink`] (the dispatch), in offset order per channel.
+//!
+//! The publish path is one road for one node and for many:
+//! `publish -> Broker::publish -> (memory, or a backplane and back to every node) -> Sink::deliver
+//! (dispatch) -> Hub::fan_out -> each outbox`.
+//!
+//! The node tells the broker which channels it holds ([`Broker::hold`] on a channel's first local
+//! subscriber, [`Broker::release`] when its last one leaves), so a networked broker listens only
+//! for what this node needs. Holds are counted: a release and the next hold of the same channel
+//! by two connections may reach the broker in either order.
+//!
+//! [`MemoryBroker`] is the one-node default.
 
-mod memory;
+pub(crate) mod memory;
 
 use std::sync::Arc;
 
-use cortex_protocol::{EventType, Since};
+use cortex_protocol::{ChannelId, EventType, Since};
 use futures_util::future::BoxFuture;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::history::Position;
-use crate::hub::{ChannelKey, ConnId, Subscriber};
+use crate::hub::{ChannelKey, Tally};
 
-pub use memory::MemoryBroker;
+pub(crate) use memory::MemoryBroker;
 
-/// An event ready to route: validated, given its id, its payload serialized once.
-#[derive(Debug, Clone)]
-pub struct PreparedEvent {
+/// An event as every node delivers it: the same id, type and payload on each of its channels.
+#[derive(Debug)]
+pub(crate) struct EventBody {
     /// The event id, the same on every channel.
     pub id: String,
-    /// The tenant.
-    pub org: Arc<str>,
     /// The type.
     pub event_type: EventType,
     /// The payload as JSON text, serialized once.
     pub payload_json: String,
-    /// Where it goes.
-    pub channels: Vec<cortex_protocol::ChannelId>,
+    /// This node's deliveries of it (for the publish answer's `recipients`).
+    pub tally: Tally,
 }
 
-/// What a subscribe found.
+/// An event ready to publish: validated, given its id, its payload serialized once.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedEvent {
+    /// The tenant.
+    pub org: Arc<str>,
+    /// Where it goes.
+    pub channels: Vec<ChannelId>,
+    /// The publisher's `idempotencyKey`, de-duplicated by the broker (across nodes when the
+    /// broker spans them).
+    pub idempotency_key: Option<String>,
+    /// What every subscriber receives.
+    pub body: Arc<EventBody>,
+}
+
+/// Where a channel stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscribed {
-    /// The channel's position when the subscriber joined.
+pub(crate) struct Position {
+    /// The latest offset (0 before the first event).
+    pub offset: u64,
+    /// The current epoch.
+    pub epoch: Arc<str>,
+}
+
+/// What a repeated `idempotencyKey` was first answered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FirstAnswer {
+    /// The event id given the first time.
+    pub id: String,
+    /// The channels it went to.
+    pub channels: Vec<String>,
+}
+
+/// What became of one published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Published: its position on each of its channels, in the event's channel order.
+    Published(Vec<Position>),
+    /// Its `idempotencyKey` was seen within the window: not delivered again.
+    Duplicate(FirstAnswer),
+}
+
+/// One event on one channel, as the broker delivers it to the node.
+#[derive(Debug)]
+pub(crate) struct Delivery<'a> {
+    /// The channel.
+    pub key: &'a ChannelKey,
+    /// The event.
+    pub event: &'a EventBody,
+    /// Its offset on this channel.
+    pub offset: u64,
+    /// The channel's epoch.
+    pub epoch: &'a Arc<str>,
+}
+
+/// A channel's position and, for a `since`, what followed it.
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    /// Where the channel stands now.
     pub position: Position,
-    /// With `since`: whether every missed event was (or needed no) replay.
-    pub recovered: Option<bool>,
+    /// With `since`: every event after it, in offset order, when the broker still holds them
+    /// all (possibly none); `None` when continuity cannot be proven. Without `since`: `None`.
+    pub events: Option<Vec<Recovered>>,
+}
+
+/// One event of a [`Recovery`].
+#[derive(Debug, Clone)]
+pub(crate) struct Recovered {
+    /// Its offset on the channel.
+    pub offset: u64,
+    /// The event.
+    pub event: Arc<EventBody>,
 }
 
 /// Why the broker could not do what was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// The backplane cannot be reached; the publish API answers 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BrokerError {
+    /// The backplane cannot be reached, or the broker is closed.
     #[error("the backplane is unavailable")]
     Unavailable,
 }
 
-/// Builds the `subscribed` reply once the position is known.
-pub type ReplyFn<'a> = &'a (dyn Fn(&Subscribed) -> Utf8Bytes + Sync);
+/// Where a broker delivers: the node's dispatch.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// Delivers one event on one channel to this node's subscribers. Called in offset order per
+    /// channel; must not block.
+    fn deliver(&self, delivery: &Delivery<'_>);
+}
 
-/// Delivery between nodes. [`MemoryBroker`] is the one-node default.
-pub trait Broker: Send + Sync + 'static {
-    /// Publishes events in order; returns, per event, how many connections of this node it
-    /// was delivered to.
+/// Positions, history, idempotency and delivery between nodes.
+pub(crate) trait Broker: Send + Sync + 'static {
+    /// Publishes `events` in order: de-duplicates by idempotency key, assigns each a position on
+    /// each of its channels, keeps it as history, and delivers it to every node holding its
+    /// channels (this one included, before the future resolves when the broker is in-process).
+    /// Per channel, delivery order is position order.
     fn publish<'a>(
         &'a self,
         events: &'a [PreparedEvent],
-    ) -> BoxFuture<'a, Result<Vec<usize>, BrokerError>>;
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, BrokerError>>;
 
-    /// Subscribes `sub` to `key`, queueing `reply(..)` into its outbox before any event of the
-    /// channel that follows.
-    fn subscribe<'a>(
+    /// The channel's position and, for `since`, the events after it. Resolves once this node
+    /// receives the channel's live events (after [`Broker::hold`]), so an event published after
+    /// the returned position is delivered to the sink.
+    fn recover<'a>(
         &'a self,
         key: &'a ChannelKey,
-        sub: Subscriber,
         since: Option<&'a Since>,
-        reply: ReplyFn<'a>,
-    ) -> BoxFuture<'a, Result<Subscribed, BrokerError>>;
+    ) -> BoxFuture<'a, Result<Recovery, BrokerError>>;
 
-    /// Removes a subscription (idempotent).
-    fn unsubscribe(&self, key: &ChannelKey, conn: ConnId);
+    /// This node has a first subscriber on `key` (counted; see the module docs). Never blocks.
+    fn hold(&self, key: &ChannelKey);
 
-    /// Whether the broker can deliver now (for `/readyz`).
-    fn ready(&self) -> bool {
-        true
-    }
+    /// The last subscriber of `key` on this node left. Never blocks.
+    fn release(&self, key: &ChannelKey);
 
-    /// Periodic housekeeping (forgetting idle channels).
+    /// Whether the broker can publish and deliver now (`/readyz`, and 503 for publishes).
+    fn ready(&self) -> bool;
+
+    /// Periodic housekeeping (forgetting idle channels, expired keys).
     fn sweep(&self) {}
+
+    /// Stops: later calls fail with [`BrokerError::Unavailable`]; connections to a backplane
+    /// are let go.
+    fn close(&self) -> BoxFuture<'_, ()>;
 }

@@ -1,47 +1,34 @@
-//! The publish API (CONTRACT.md section 7): `POST /api/events`.
+//! The publish endpoint (CONTRACT.md section 7): `POST /api/events`, and [`ApiError`], the one
+//! place HTTP errors are made.
 //!
-//! [`publish`] is the one road for events, used by the HTTP handler and by in-process publishing
-//! alike: validate every event (all or nothing), give each an id, serialize each payload once,
-//! de-duplicate by `idempotencyKey`, hand the batch to the broker. [`ApiError`] is the one place
-//! HTTP errors are made.
+//! Reading the body, checking the publish key and wording the errors are HTTP's; what happens
+//! to the events is the publish service's ([`Node::publish`]). Both HTTP layers (axum here, the
+//! publishers' lean path in [`super::publisher`]) answer through [`publish_body`] and
+//! [`ApiError::status_and_body`], so a status, an error code or the `Retry-After` of a 503 is
+//! decided in one place.
 
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cortex_protocol::PublishEvent;
 use cortex_protocol::event::MAX_BATCH;
-use cortex_protocol::{Event, EventError, PublishEvent};
 use serde::Serialize;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
 
-use crate::broker::{BrokerError, PreparedEvent};
-use crate::id;
-use crate::idempotency::FirstAnswer;
-use crate::metrics;
-use crate::server::Node;
+use crate::node::Node;
+use crate::publish::{Accepted, PublishError};
 
-/// The answer for one accepted event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Accepted {
-    /// The event's id.
-    pub id: String,
-    /// The channels it was routed to.
-    pub channels: Vec<String>,
-    /// Connections of this node it was delivered to.
-    pub recipients: usize,
-    /// Set when the `idempotencyKey` was seen before: nothing was delivered this time.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub duplicate: bool,
-}
+/// The `Retry-After` (seconds) of every 503: the node is draining or its backplane is away.
+pub(crate) const RETRY_AFTER: &str = "1";
 
-/// Why a publish was refused.
+/// Why a publish request was refused: the request itself (HTTP's), or the publish service's
+/// [`PublishError`].
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// Missing or wrong publish key (401).
     #[error("missing or wrong publish key")]
     Unauthorized,
@@ -54,20 +41,9 @@ pub enum ApiError {
     /// The body is JSON but not a publish body (400).
     #[error("{0}")]
     BadBody(String),
-    /// More than 100 events in a batch (400).
-    #[error("a batch holds at most {MAX_BATCH} events")]
-    BatchTooLarge,
-    /// An event failed validation (400); `index` is its place in a batch.
-    #[error("{}{source}", index.map(|i| format!("event {i}: ")).unwrap_or_default())]
-    Invalid {
-        /// The event's index in a batch.
-        index: Option<usize>,
-        /// What is wrong with it.
-        source: EventError,
-    },
-    /// The backplane is unreachable, or the node is draining (503 with `Retry-After`).
-    #[error("the node cannot deliver now (backplane unavailable or draining); retry later")]
-    Unavailable,
+    /// The publish service refused the batch.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
 }
 
 impl ApiError {
@@ -77,23 +53,26 @@ impl ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::BadJson => (StatusCode::BAD_REQUEST, "bad_json"),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::BatchTooLarge => (StatusCode::BAD_REQUEST, "batch_too_large"),
-            ApiError::Invalid { source, .. } => (StatusCode::BAD_REQUEST, source.code()),
-            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Publish(PublishError::BatchTooLarge) => {
+                (StatusCode::BAD_REQUEST, "batch_too_large")
+            }
+            ApiError::Publish(PublishError::Invalid { source, .. }) => {
+                (StatusCode::BAD_REQUEST, source.code())
+            }
+            ApiError::Publish(PublishError::Unavailable) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
         }
     }
-}
 
-impl From<BrokerError> for ApiError {
-    fn from(e: BrokerError) -> Self {
-        match e {
-            BrokerError::Unavailable => ApiError::Unavailable,
-        }
+    /// The `Retry-After` the answer carries: every 503, and nothing else.
+    pub(crate) fn retry_after(status: StatusCode) -> Option<&'static str> {
+        (status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER)
     }
 }
 
 impl ApiError {
-    /// The error's status and JSON body (the HTTP layers add `Retry-After: 1` to a 503).
+    /// The error's status and JSON body (both HTTP layers add [`ApiError::retry_after`]).
     pub(crate) fn status_and_body(&self) -> (StatusCode, Vec<u8>) {
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
@@ -130,98 +109,12 @@ impl IntoResponse for ApiError {
             body,
         )
             .into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = ApiError::retry_after(status) {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
         }
         resp
     }
-}
-
-/// Validates and publishes events: all of them or none.
-pub async fn publish(node: &Node, bodies: Vec<PublishEvent>) -> Result<Vec<Accepted>, ApiError> {
-    if bodies.len() > MAX_BATCH {
-        return Err(ApiError::BatchTooLarge);
-    }
-    let Some(_in_flight) = node.begin_publish() else {
-        return Err(ApiError::Unavailable);
-    };
-    if !node.broker.ready() {
-        return Err(ApiError::Unavailable);
-    }
-    let batch = bodies.len() > 1;
-    let now = OffsetDateTime::now_utc();
-    let mut events = Vec::with_capacity(bodies.len());
-    for (i, body) in bodies.into_iter().enumerate() {
-        let ev = Event::validate(body, now).map_err(|source| ApiError::Invalid {
-            index: batch.then_some(i),
-            source,
-        })?;
-        events.push(ev);
-    }
-
-    let mut answers: Vec<Option<Accepted>> = Vec::with_capacity(events.len());
-    let mut prepared = Vec::with_capacity(events.len());
-    // The channels as the answer spells them, written once per fresh event.
-    let mut answer_channels = Vec::with_capacity(events.len());
-    let mut claimed = Vec::new();
-    let at = Instant::now();
-    for ev in events {
-        let org: Arc<str> = Arc::from(ev.org_id.as_str());
-        let first = FirstAnswer {
-            id: id::event_id(),
-            channels: ev.channels.iter().map(|c| c.to_string()).collect(),
-        };
-        if let Some(key) = &ev.idempotency_key {
-            if let Some(seen) = node.idempotency.claim(&org, key, first.clone(), at) {
-                answers.push(Some(Accepted {
-                    id: seen.id,
-                    channels: seen.channels,
-                    recipients: 0,
-                    duplicate: true,
-                }));
-                continue;
-            }
-            claimed.push((org.clone(), key.clone()));
-        }
-        answers.push(None);
-        answer_channels.push(first.channels);
-        prepared.push(PreparedEvent {
-            id: first.id,
-            org,
-            event_type: ev.event_type,
-            // Straight into a buffer (`Display` would go through the formatting machinery).
-            payload_json: serde_json::to_string(&ev.payload).expect("a JSON map serializes"),
-            channels: ev.channels,
-        });
-    }
-
-    let counts = match node.broker.publish(&prepared).await {
-        Ok(c) => c,
-        Err(e) => {
-            for (org, key) in &claimed {
-                node.idempotency.release(org, key);
-            }
-            return Err(e.into());
-        }
-    };
-    metrics::published(prepared.len());
-    let mut fresh = prepared.into_iter().zip(answer_channels).zip(counts);
-    Ok(answers
-        .into_iter()
-        .map(|a| {
-            a.unwrap_or_else(|| {
-                let ((ev, channels), recipients) =
-                    fresh.next().expect("one count per published event");
-                Accepted {
-                    id: ev.id,
-                    channels,
-                    recipients,
-                    duplicate: false,
-                }
-            })
-        })
-        .collect())
 }
 
 /// Whether the request carries one of the configured publish keys (constant-time compare).
@@ -238,7 +131,7 @@ pub(crate) fn publish_key_ok(node: &Node, authorization: Option<&[u8]>) -> bool 
     let Some(given) = authorization
         .filter(|v| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)))
         .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(crate::server::bearer)
+        .and_then(super::bearer)
     else {
         return false;
     };
@@ -250,7 +143,7 @@ pub(crate) fn publish_key_ok(node: &Node, authorization: Option<&[u8]>) -> bool 
 }
 
 /// `POST /api/events`.
-pub async fn post_events(
+pub(crate) async fn post_events(
     State(node): State<Arc<Node>>,
     req: Request,
 ) -> Result<Response, ApiError> {
@@ -295,7 +188,7 @@ pub(crate) fn body_limit(node: &Node) -> usize {
 /// one road of `POST /api/events`, whichever HTTP layer read the request.
 pub(crate) async fn publish_body(node: &Node, bytes: &[u8]) -> Result<Vec<u8>, ApiError> {
     let (bodies, batch) = parse_bodies(bytes, node.config.limits.max_event_bytes)?;
-    let accepted = publish(node, bodies).await?;
+    let accepted = node.publish(bodies).await?;
     // Serialized straight from the answers (no intermediate `Value`).
     Ok(if batch {
         #[derive(Serialize)]
@@ -330,7 +223,7 @@ fn parse_bodies(bytes: &[u8], per_event: usize) -> Result<(Vec<PublishEvent>, bo
             return Err(ApiError::BadBody("`events` must be an array".into()));
         };
         if items.len() > MAX_BATCH {
-            return Err(ApiError::BatchTooLarge);
+            return Err(PublishError::BatchTooLarge.into());
         }
         if items.is_empty() {
             return Err(ApiError::BadBody("`events` is empty".into()));

@@ -13,8 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
+use crate::broker::{EventBody, Position};
+use crate::config::Retention;
 use crate::hub::ChannelKey;
 use crate::id;
 
@@ -23,30 +23,22 @@ const SHARDS: usize = 64;
 /// Channels held before a quiet channel is forgotten as soon as its last subscriber leaves.
 pub const EAGER_FORGET_ABOVE: usize = 65_536;
 
-/// History bounds.
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    /// Events kept per channel.
-    pub per_channel: usize,
-    /// How long an event is kept.
-    pub max_age: Duration,
-    /// Bytes of history across all channels.
-    pub max_bytes: usize,
-}
-
-/// Where a channel stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    /// The latest offset (0 before the first event).
-    pub offset: u64,
-    /// The current epoch.
-    pub epoch: Arc<str>,
-}
+/// What a held event costs beside its id and payload (its entry, the event's own fields), for the
+/// memory cap.
+const HELD_OVERHEAD: usize = 96;
 
 struct Held {
     offset: u64,
     at: Instant,
-    bytes: Utf8Bytes,
+    /// Shared by every channel the event went to.
+    event: Arc<EventBody>,
+}
+
+impl Held {
+    /// What the memory cap counts for this event on this channel.
+    fn bytes(&self) -> usize {
+        self.event.id.len() + self.event.payload_json.len() + HELD_OVERHEAD
+    }
 }
 
 /// One channel's log.
@@ -54,6 +46,9 @@ pub struct ChannelLog {
     offset: u64,
     epoch: Arc<str>,
     touched: Instant,
+    /// This node's subscriptions holding the channel (see `Broker::hold`): a held channel is
+    /// never forgotten. Signed: a release may arrive before the hold it follows.
+    held: i32,
     events: VecDeque<Held>,
 }
 
@@ -63,6 +58,7 @@ impl ChannelLog {
             offset: 0,
             epoch: Arc::from(id::epoch()),
             touched: now,
+            held: 0,
             events: VecDeque::new(),
         }
     }
@@ -81,6 +77,7 @@ impl ChannelLog {
         }
     }
 
+    #[cfg(test)]
     /// The current epoch.
     pub fn epoch(&self) -> &Arc<str> {
         &self.epoch
@@ -88,7 +85,11 @@ impl ChannelLog {
 
     /// The events after `offset` in `epoch`, if every one of them is still held: `Some(empty)`
     /// when `offset` is the latest, `None` when continuity cannot be proven.
-    pub fn since(&self, offset: u64, epoch: &str) -> Option<impl Iterator<Item = &Utf8Bytes>> {
+    pub fn since(
+        &self,
+        offset: u64,
+        epoch: &str,
+    ) -> Option<impl Iterator<Item = (u64, &Arc<EventBody>)>> {
         if epoch != &*self.epoch || offset > self.offset {
             return None;
         }
@@ -100,12 +101,12 @@ impl ChannelLog {
             self.events
                 .iter()
                 .filter(move |h| h.offset > offset)
-                .map(|h| &h.bytes),
+                .map(|h| (h.offset, &h.event)),
         )
     }
 
     fn held_bytes(&self) -> usize {
-        self.events.iter().map(|h| h.bytes.len()).sum()
+        self.events.iter().map(Held::bytes).sum()
     }
 
     /// Drops held events from the front while they are at or below `upto_offset` or older than
@@ -124,7 +125,7 @@ impl ChannelLog {
             }
             let h = self.events.pop_front().expect("front exists");
             events += 1;
-            bytes += h.bytes.len();
+            bytes += h.bytes();
         }
         (events, bytes)
     }
@@ -227,28 +228,35 @@ impl History {
         f(shard.open(key, now, self.retention.max_age))
     }
 
-    /// Appends an event to the channel: `deliver(offset, epoch)` writes it (and fans it out)
-    /// under the shard lock; the bytes it returns are kept as history.
-    pub fn append<R>(
+    /// Appends `event` to the channel and calls `deliver(offset, epoch)` under the shard lock,
+    /// so deliveries on one channel happen in offset order and a subscribe's position (read
+    /// under the same lock) is exact. Returns the event's position.
+    pub fn append(
         &self,
         key: &ChannelKey,
         now: Instant,
-        deliver: impl FnOnce(u64, &Arc<str>) -> (Utf8Bytes, R),
-    ) -> R {
+        event: &Arc<EventBody>,
+        deliver: impl FnOnce(u64, &Arc<str>),
+    ) -> Position {
         let r = &self.retention;
         let mut shard = self.shard(key);
         let log = shard.open(key, now, r.max_age);
         let offset = log.next_offset();
-        let (bytes, out) = deliver(offset, &log.epoch);
+        deliver(offset, &log.epoch);
+        let position = Position {
+            offset,
+            epoch: log.epoch.clone(),
+        };
         if r.per_channel == 0 {
-            return out;
+            return position;
         }
-        let len = bytes.len();
-        log.events.push_back(Held {
+        let held = Held {
             offset,
             at: now,
-            bytes,
-        });
+            event: event.clone(),
+        };
+        let len = held.bytes();
+        log.events.push_back(held);
         let over = log.events.len().saturating_sub(r.per_channel);
         shard.bytes += len;
         shard.held += 1;
@@ -257,42 +265,41 @@ impl History {
             shard.drop_front(key, Some(offset - r.per_channel as u64), None);
         }
         shard.enforce_cap(r.max_bytes / SHARDS);
-        out
+        position
     }
 
-    /// Under subscribe churn (more than [`EAGER_FORGET_ABOVE`] channels held), forgets the
-    /// channel now if it never had an event and `in_use` says no, so churn leaves nothing
-    /// behind. Below that, a quiet channel keeps its epoch until the sweep, so clients resuming
-    /// it from offset 0 recover.
-    pub fn forget_if_empty(&self, key: &ChannelKey, in_use: impl Fn(&ChannelKey) -> bool) -> bool {
+    /// Counts a hold of the channel (its log created if absent): it is not forgotten while
+    /// held.
+    pub fn hold(&self, key: &ChannelKey, now: Instant) {
+        self.with_channel(key, now, |log| log.held += 1);
+    }
+
+    /// Counts a release. Under subscribe churn (more than [`EAGER_FORGET_ABOVE`] channels
+    /// held), a channel no longer held that never had an event is forgotten at once, so churn
+    /// leaves nothing behind. Below that, a quiet channel keeps its epoch until the sweep, so
+    /// clients resuming it from offset 0 recover. Returns whether it was forgotten.
+    pub fn release(&self, key: &ChannelKey) -> bool {
         let mut shard = self.shard(key);
-        if shard.logs.len() <= EAGER_FORGET_ABOVE / SHARDS {
+        let many = shard.logs.len() > EAGER_FORGET_ABOVE / SHARDS;
+        let Some(log) = shard.logs.get_mut(key) else {
             return false;
-        }
-        let empty = shard
-            .logs
-            .get(key)
-            .is_some_and(|l| l.offset == 0 && l.events.is_empty());
-        if empty && !in_use(key) {
+        };
+        log.held -= 1;
+        if many && log.held <= 0 && log.offset == 0 && log.events.is_empty() {
             shard.logs.remove(key);
             return true;
         }
         false
     }
 
-    /// Forgets channels untouched for `idle` for which `in_use` says no.
-    pub fn sweep(
-        &self,
-        now: Instant,
-        idle: Duration,
-        in_use: impl Fn(&ChannelKey) -> bool,
-    ) -> usize {
+    /// Forgets channels untouched for `idle` that are not held.
+    pub fn sweep(&self, now: Instant, idle: Duration) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             let mut freed = (0, 0);
-            shard.logs.retain(|k, log| {
-                let keep = now.saturating_duration_since(log.touched) < idle || in_use(k);
+            shard.logs.retain(|_, log| {
+                let keep = now.saturating_duration_since(log.touched) < idle || log.held > 0;
                 if !keep {
                     freed.0 += log.held_bytes();
                     freed.1 += log.events.len();
@@ -307,6 +314,7 @@ impl History {
         removed
     }
 
+    #[cfg(test)]
     /// How many channels are held.
     pub fn len(&self) -> usize {
         self.shards
@@ -315,11 +323,13 @@ impl History {
             .sum()
     }
 
+    #[cfg(test)]
     /// Whether no channel is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    #[cfg(test)]
     /// Bytes of history held across channels.
     pub fn bytes(&self) -> usize {
         self.shards
@@ -347,16 +357,22 @@ mod tests {
     }
 
     fn publish(h: &History, k: &ChannelKey, now: Instant, body: &str) -> u64 {
-        h.append(k, now, |offset, _| {
-            (Utf8Bytes::from(format!("{offset}:{body}")), offset)
-        })
+        let event = Arc::new(EventBody {
+            id: String::new(),
+            event_type: cortex_protocol::EventType::TaskDeleted,
+            payload_json: body.to_owned(),
+            tally: Default::default(),
+        });
+        h.append(k, now, &event, |_, _| {}).offset
     }
 
     fn replay(h: &History, k: &ChannelKey, now: Instant, since: u64) -> Option<Vec<String>> {
         h.with_channel(k, now, |log| {
             let epoch = log.epoch().clone();
-            log.since(since, &epoch)
-                .map(|it| it.map(|b| b.to_string()).collect())
+            log.since(since, &epoch).map(|it| {
+                it.map(|(offset, e)| format!("{offset}:{}", e.payload_json))
+                    .collect()
+            })
         })
     }
 
@@ -413,14 +429,15 @@ mod tests {
 
     #[test]
     fn the_memory_cap_drops_the_oldest_events_first() {
-        // 64 shards; a cap of 64 * 100 bytes gives each shard 100 bytes.
-        let h = History::new(retention(1000, 64 * 100));
+        // 64 shards; a cap of 64 * (100 + 3 overheads) bytes gives each shard room for three
+        // events of 20 bytes and a few more.
+        let h = History::new(retention(1000, 64 * (100 + 3 * HELD_OVERHEAD)));
         let k = key("task:a");
         let now = Instant::now();
         for _ in 0..50 {
             publish(&h, &k, now, &"x".repeat(20));
         }
-        assert!(h.bytes() <= 100, "{}", h.bytes());
+        assert!(h.bytes() <= 100 + 3 * HELD_OVERHEAD, "{}", h.bytes());
         let held = h.with_channel(&k, now, |l| l.events.len());
         assert!(held >= 3, "{held}");
         assert!(replay(&h, &k, now, 50 - held as u64).is_some());
@@ -446,12 +463,9 @@ mod tests {
         let t0 = Instant::now();
         publish(&h, &key("task:a"), t0, "x");
         let e1 = h.with_channel(&key("task:a"), t0, |l| l.epoch().clone());
-        h.with_channel(&key("task:b"), t0, |_| ());
+        h.hold(&key("task:b"), t0);
         let later = t0 + Duration::from_secs(301);
-        assert_eq!(
-            h.sweep(later, Duration::from_secs(300), |k| k.channel.id() == "b"),
-            1
-        );
+        assert_eq!(h.sweep(later, Duration::from_secs(300)), 1);
         assert_eq!(h.len(), 1);
         assert_eq!(h.bytes(), 0);
         let (off, e2) = h.with_channel(&key("task:a"), later, |l| {

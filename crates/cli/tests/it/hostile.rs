@@ -463,7 +463,10 @@ fn claims(sub: &str, org: &str) -> Value {
 }
 
 fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../server/tests/fixtures/jwt/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 fn rsa_private_key() -> EncodingKey {

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use cortex_realtime::auth::{KeySource, mint_hs256};
-use cortex_realtime::server::unix_now;
-use cortex_realtime::{Config, Server, local, shutdown};
+use cortex_realtime::{Config, KeySource, Server, local, mint_hs256, shutdown_signal};
 use serde::Deserialize;
 
 #[derive(Parser)]
@@ -350,7 +348,7 @@ fn init_tracing() {
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let config = args.merge_file()?.into_config()?;
     let server = Server::bind(config).await?;
-    let signal = shutdown::signal();
+    let signal = shutdown_signal();
     println!("listening on {}", server.local_addr());
     tracing::info!(addr = %server.local_addr(), "serving");
     server.run(signal).await?;
@@ -370,7 +368,7 @@ async fn local(args: LocalArgs) -> Result<ExitCode> {
         allowed_origins: args.allowed_origin,
         ..local::LocalOptions::new(state_dir)
     };
-    let signal = shutdown::signal();
+    let signal = shutdown_signal();
     let node = local::start(opts).await?;
     println!("listening on {}", node.server.local_addr());
     println!("url {}", node.state.url);
@@ -385,12 +383,15 @@ fn token(args: TokenArgs) -> Result<ExitCode> {
     let ttl = humantime::parse_duration(&args.ttl)
         .with_context(|| format!("--ttl: not a duration: {}", args.ttl))?;
     for c in &args.channels {
-        if cortex_protocol::ChannelPattern::parse(c).is_err() {
+        if cortex_realtime::protocol::ChannelPattern::parse(c).is_err() {
             bail!("--channel {c}: not a channel id or kind:* pattern");
         }
     }
     let channels = (!args.channels.is_empty()).then_some(args.channels.as_slice());
-    let exp = unix_now() + ttl.as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let exp = now + ttl.as_secs() as i64;
     println!(
         "{}",
         mint_hs256(&args.jwt_secret, &args.sub, &args.org, exp, channels)
@@ -437,11 +438,11 @@ async fn tail(args: TailArgs) -> Result<ExitCode> {
 
     let mut builder = Client::builder(args.url).token(args.token);
     for c in &args.channels {
-        let channel =
-            cortex_protocol::ChannelId::parse(c).map_err(|e| anyhow::anyhow!("{c}: {e}"))?;
+        let channel = cortex_realtime::protocol::ChannelId::parse(c)
+            .map_err(|e| anyhow::anyhow!("{c}: {e}"))?;
         builder = builder.subscribe(channel);
     }
-    let signal = shutdown::signal();
+    let signal = shutdown_signal();
     tokio::pin!(signal);
     let (client, mut events) = builder.start().context("--url")?;
     let mut stdout = std::io::stdout();

@@ -6,7 +6,7 @@
 //! sections 8 and 9). A slow client therefore costs at most its bound, never the publisher's time.
 //!
 //! While the connection's task has nothing of its own unwritten and has granted it (see
-//! [`crate::socket`]), a delivery to a small channel skips the queue: the publisher writes the
+//! [`super`]), a delivery to a small channel skips the queue: the publisher writes the
 //! frame to the socket itself, without blocking, and the task is not even woken. What the socket
 //! does not take at once is queued as usual. A delivery to a long channel is queued without
 //! waking an idle task either: a flusher writes the queues of many such connections
@@ -20,7 +20,7 @@ use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::socket::{MAX_FRAMES, Written, try_write_text, try_write_texts};
+use super::frame::{MAX_FRAMES, Written, try_write_text, try_write_texts};
 
 /// Queued messages, and a drained batch: one message is held inline, so a connection that
 /// gets an event at a time (most of them, most of the time) allocates nothing for it, and an
@@ -48,7 +48,7 @@ struct State {
     queue: Queue,
     bytes: usize,
     overflowed: bool,
-    /// The connection's socket, for writes that skip the queue (see [`crate::socket`]).
+    /// The connection's socket, for writes that skip the queue (see [`super`]).
     socket: Option<Arc<TcpStream>>,
     /// Whether the connection's task granted those writes (it has nothing unwritten).
     granted: bool,
@@ -220,6 +220,15 @@ impl Outbox {
         wake(s);
     }
 
+    /// Marks the queue overflowed (its memory freed at once): the connection closes with 4009.
+    pub fn overflow(&self) {
+        let mut s = self.lock();
+        s.overflowed = true;
+        s.queue = Queue::new();
+        s.bytes = 0;
+        wake(s);
+    }
+
     /// Queues `msg` within the bounds; on overflow drops the queue (its memory freed at once),
     /// marks the outbox overflowed and returns false.
     fn enqueue(&self, s: &mut State, msg: Utf8Bytes) -> bool {
@@ -235,6 +244,7 @@ impl Outbox {
         true
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Waits until there is something to send, then moves everything queued into `out`.
     pub async fn next_batch(&self, out: &mut Queue) -> Batch {
         std::future::poll_fn(|cx| self.poll_batch(cx, out)).await
@@ -335,11 +345,13 @@ impl Outbox {
         self.lock().queue.len()
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Whether the queue has overflowed.
     pub fn overflowed(&self) -> bool {
         self.lock().overflowed
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Whether two handles share one queue.
     pub fn same(&self, other: &Outbox) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)

@@ -29,9 +29,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::api::{self, ApiError};
-use crate::server::Node;
-use crate::socket::read_prefix;
+use super::api::{self, ApiError};
+use crate::node::Node;
+use crate::ws::read_prefix;
 
 /// The first bytes of a connection this module serves.
 const MARKER: &[u8] = b"POST /api/events ";
@@ -188,6 +188,7 @@ fn parse_head(buf: &[u8], key_ok: impl FnOnce(Option<&[u8]>) -> bool) -> Head {
 /// answers itself, `None` when it needs more bytes or hands the request to hyper. For the fuzz
 /// target `publish_head`.
 #[doc(hidden)]
+#[cfg(any(test, feature = "internals"))]
 pub fn read_head(buf: &[u8], authorization: &[u8]) -> Option<(usize, usize, bool)> {
     match parse_head(buf, |a| a == Some(authorization)) {
         Head::Publish(p) => Some((p.head, p.body, p.close)),
@@ -282,8 +283,8 @@ fn write_answer(out: &mut Vec<u8>, status: StatusCode, body: &[u8], date: &str, 
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        out.extend_from_slice(b"retry-after: 1\r\n");
+    if let Some(secs) = ApiError::retry_after(status) {
+        let _ = write!(out, "retry-after: {secs}\r\n");
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");

@@ -6,14 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What a key was first answered with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FirstAnswer {
-    /// The event id given the first time.
-    pub id: String,
-    /// The channels it went to.
-    pub channels: Vec<String>,
-}
+use crate::broker::FirstAnswer;
 
 type Key = (Arc<str>, String);
 
@@ -66,12 +59,6 @@ impl Idempotency {
         None
     }
 
-    /// Releases a key claimed by an event that was then not accepted.
-    pub fn release(&self, org: &Arc<str>, key: &str) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.seen.remove(&(org.clone(), key.to_owned()));
-    }
-
     fn expire(&self, inner: &mut Inner, now: Instant) {
         while let Some((at, _)) = inner.order.front() {
             if now.saturating_duration_since(*at) < self.window {
@@ -85,6 +72,7 @@ impl Idempotency {
         }
     }
 
+    #[cfg(test)]
     /// How many keys are held.
     pub fn len(&self) -> usize {
         self.inner
@@ -94,6 +82,7 @@ impl Idempotency {
             .len()
     }
 
+    #[cfg(test)]
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -145,15 +134,5 @@ mod tests {
             d.claim(&o, "0", ans("y"), t).is_none(),
             "the oldest were forgotten"
         );
-    }
-
-    #[test]
-    fn a_released_key_can_be_claimed_again() {
-        let d = Idempotency::new(Duration::from_secs(300), 10);
-        let t = Instant::now();
-        let o: Arc<str> = Arc::from("o");
-        d.claim(&o, "k", ans("a"), t);
-        d.release(&o, "k");
-        assert_eq!(d.claim(&o, "k", ans("b"), t), None);
     }
 }

@@ -1,69 +1,113 @@
-//! The in-memory broker: one node, no backplane. Offsets are assigned here, under the channel's
-//! lock, and the event is fanned out under the same lock, which keeps per-channel order.
+//! The in-memory broker: one node, no backplane. Offsets are assigned under the channel's
+//! history lock, and the event is handed to the node's sink under the same lock, which keeps
+//! per-channel order and makes a subscribe's position exact.
+//!
+//! It owns the node's history ([`history`]) and its idempotency keys ([`idempotency`]); it never
+//! builds a frame or touches a connection: delivery is the sink's.
 
-use std::collections::HashSet;
+pub(crate) mod history;
+pub(crate) mod idempotency;
+
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cortex_protocol::Since;
-use cortex_protocol::event::write_delivery;
-use futures_util::future::BoxFuture;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use futures_util::future::{BoxFuture, FutureExt, ready};
 
-use super::{Broker, BrokerError, PreparedEvent, ReplyFn, Subscribed};
-use crate::history::{History, Retention};
-use crate::hub::{ChannelKey, ConnId, Hub, Subscriber};
-use crate::metrics;
+use super::{
+    Broker, BrokerError, Delivery, FirstAnswer, Outcome, PreparedEvent, Recovered, Recovery, Sink,
+};
+use crate::config::Retention;
+use crate::hub::ChannelKey;
+use history::History;
+use idempotency::Idempotency;
 
-/// One node's broker: history positions plus the local hub.
-pub struct MemoryBroker {
-    hub: Arc<Hub>,
+/// One node's broker: history positions, idempotency keys, and delivery into the node's sink.
+pub(crate) struct MemoryBroker {
     history: History,
+    idempotency: Idempotency,
+    sink: Arc<dyn Sink>,
     channel_idle: Duration,
+    closed: AtomicBool,
 }
 
 impl MemoryBroker {
-    /// A broker delivering into `hub`, keeping `retention` of history; channels idle for
-    /// `channel_idle` are forgotten.
-    pub fn new(hub: Arc<Hub>, retention: Retention, channel_idle: Duration) -> MemoryBroker {
+    /// A broker delivering into `sink`, keeping `retention` of history and idempotency keys for
+    /// `window` (at most `keys` at once); channels idle for `channel_idle` are forgotten.
+    pub(crate) fn new(
+        sink: Arc<dyn Sink>,
+        retention: Retention,
+        channel_idle: Duration,
+        window: Duration,
+        keys: usize,
+    ) -> MemoryBroker {
         MemoryBroker {
-            hub,
             history: History::new(retention),
+            idempotency: Idempotency::new(window, keys),
+            sink,
             // A channel is never forgotten while its history could still serve a resume.
             channel_idle: channel_idle.max(retention.max_age),
+            closed: AtomicBool::new(false),
         }
     }
 
+    #[cfg(test)]
     /// Bytes of history held.
-    pub fn history_bytes(&self) -> usize {
+    pub(crate) fn history_bytes(&self) -> usize {
         self.history.bytes()
     }
 
-    fn publish_now(&self, events: &[PreparedEvent]) -> Vec<usize> {
+    fn publish_now(&self, events: &[PreparedEvent]) -> Vec<Outcome> {
         let now = Instant::now();
-        let mut counts = Vec::with_capacity(events.len());
-        for ev in events {
-            let mut seen = (ev.channels.len() > 1).then(HashSet::new);
-            let mut recipients = 0;
-            for channel in &ev.channels {
-                let key = ChannelKey::new(ev.org.clone(), channel.clone());
-                recipients += self.history.append(&key, now, |offset, epoch| {
-                    let bytes = Utf8Bytes::from(write_delivery(
-                        ev.event_type,
-                        channel,
-                        &ev.id,
+        events
+            .iter()
+            .map(|ev| {
+                if let Some(key) = &ev.idempotency_key {
+                    let first = FirstAnswer {
+                        id: ev.body.id.clone(),
+                        channels: ev.channels.iter().map(|c| c.to_string()).collect(),
+                    };
+                    if let Some(seen) = self.idempotency.claim(&ev.org, key, first, now) {
+                        return Outcome::Duplicate(seen);
+                    }
+                }
+                let positions = ev
+                    .channels
+                    .iter()
+                    .map(|channel| {
+                        let key = ChannelKey::new(ev.org.clone(), channel.clone());
+                        self.history.append(&key, now, &ev.body, |offset, epoch| {
+                            self.sink.deliver(&Delivery {
+                                key: &key,
+                                event: &ev.body,
+                                offset,
+                                epoch,
+                            })
+                        })
+                    })
+                    .collect();
+                Outcome::Published(positions)
+            })
+            .collect()
+    }
+
+    fn recover_now(&self, key: &ChannelKey, since: Option<&Since>) -> Recovery {
+        self.history
+            .with_channel(key, Instant::now(), |log| Recovery {
+                position: log.position(),
+                events: since.and_then(|s| log.since(s.offset, &s.epoch)).map(|it| {
+                    it.map(|(offset, event)| Recovered {
                         offset,
-                        epoch,
-                        &ev.payload_json,
-                    ));
-                    let n = self.hub.fan_out(&key, &bytes, seen.as_mut());
-                    (bytes, n)
-                });
-            }
-            metrics::delivered(recipients);
-            counts.push(recipients);
-        }
-        counts
+                        event: event.clone(),
+                    })
+                    .collect()
+                }),
+            })
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 }
 
@@ -71,58 +115,47 @@ impl Broker for MemoryBroker {
     fn publish<'a>(
         &'a self,
         events: &'a [PreparedEvent],
-    ) -> BoxFuture<'a, Result<Vec<usize>, BrokerError>> {
-        let counts = self.publish_now(events);
-        Box::pin(async move { Ok(counts) })
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, BrokerError>> {
+        let out = if self.closed() {
+            Err(BrokerError::Unavailable)
+        } else {
+            Ok(self.publish_now(events))
+        };
+        ready(out).boxed()
     }
 
-    fn subscribe<'a>(
+    fn recover<'a>(
         &'a self,
         key: &'a ChannelKey,
-        sub: Subscriber,
         since: Option<&'a Since>,
-        reply: ReplyFn<'a>,
-    ) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
-        let result = self.history.with_channel(key, Instant::now(), |log| {
-            let position = log.position();
-            // A replay that would not fit the subscriber's outbox cannot be delivered whole:
-            // that is `recovered: false`, not a 4009 loop.
-            let replay: Option<Vec<&Utf8Bytes>> = since
-                .and_then(|s| log.since(s.offset, &s.epoch))
-                .map(|it| it.collect())
-                .filter(|r: &Vec<&Utf8Bytes>| {
-                    let bytes = r.iter().map(|b| b.len()).sum::<usize>();
-                    sub.outbox.fits(r.len() + 1, bytes + 256)
-                });
-            let recovered = since.map(|_| replay.is_some());
-            let subscribed = Subscribed {
-                position,
-                recovered,
-            };
-            // The reply, then the replay, go first, under the channel lock: no live event can
-            // overtake them or fall between them. A full outbox refuses them; the connection is
-            // closing with 4009 anyway, and its client resumes again.
-            let _ = sub.outbox.push(reply(&subscribed));
-            for bytes in replay.into_iter().flatten() {
-                let _ = sub.outbox.push(bytes.clone());
-            }
-            self.hub.subscribe(key, sub);
-            subscribed
-        });
-        Box::pin(async move { Ok(result) })
+    ) -> BoxFuture<'a, Result<Recovery, BrokerError>> {
+        let out = if self.closed() {
+            Err(BrokerError::Unavailable)
+        } else {
+            Ok(self.recover_now(key, since))
+        };
+        ready(out).boxed()
     }
 
-    fn unsubscribe(&self, key: &ChannelKey, conn: ConnId) {
-        if self.hub.unsubscribe(key, conn) && !self.hub.has_subscribers(key) {
-            self.history
-                .forget_if_empty(key, |k| self.hub.has_subscribers(k));
-        }
+    fn hold(&self, key: &ChannelKey) {
+        self.history.hold(key, Instant::now());
+    }
+
+    fn release(&self, key: &ChannelKey) {
+        self.history.release(key);
+    }
+
+    fn ready(&self) -> bool {
+        !self.closed()
     }
 
     fn sweep(&self) {
-        self.history.sweep(Instant::now(), self.channel_idle, |k| {
-            self.hub.has_subscribers(k)
-        });
+        self.history.sweep(Instant::now(), self.channel_idle);
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.closed.store(true, Ordering::Release);
+        ready(()).boxed()
     }
 }
 

@@ -1,22 +1,10 @@
-//! A WebSocket connection's TCP socket, shared between its session and its outbox.
-//!
-//! Most deliveries go to channels of a few subscribers and find the connection idle. Handing
-//! each of them to the connection's task (wake it, poll it, frame, write) costs more user-space
-//! CPU than the write itself, so while a session has nothing of its own unwritten its outbox may
-//! write a whole frame straight to the socket from the publisher's side ([`Outbox::deliver`]).
-//!
-//! [`Socket`] is the session's side of that arrangement. Every byte the session (through
-//! tungstenite) writes goes through it, and it keeps the two writers apart:
-//!
-//! - before the session writes anything, it takes the permission back (one lock, only when it
-//!   had granted it), together with the rest of any frame a publisher could only write in part,
-//!   and writes that rest first, so frames never interleave;
-//! - when a flush completes (tungstenite's buffer is then empty), it grants the permission again.
-//!
-//! Once the session starts to close, [`Transport::detach`] takes the permission away for good,
-//! so no event can follow a close frame.
+//! The session's side of a connection's TCP socket: every byte tungstenite writes goes through
+//! [`Socket`], which takes the direct-write permission back before writing and grants it again
+//! when a flush completes (the protocol is described once, in [`super`]). It also notes
+//! readability, so a session skips its read side when no byte can have arrived. It never
+//! queues: the queue is [`super::outbox`]'s.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,9 +16,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::frame::{MAX_FRAMES, try_write_texts};
 #[cfg(test)]
-use crate::outbox::Batch;
-use crate::outbox::Outbox;
+use super::outbox::Batch;
+use super::outbox::Outbox;
 
 /// What the session needs of its transport beyond reading and writing.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin {
@@ -292,138 +281,13 @@ pub(crate) fn read_prefix(prefix: &mut Bytes, buf: &mut ReadBuf<'_>) {
     prefix.advance(n);
 }
 
-/// What [`try_write_text`] managed.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Written {
-    /// The whole frame.
-    All,
-    /// Part of it: the rest must follow before any other byte.
-    Part(Bytes),
-    /// Nothing: the socket's buffer is full.
-    Nothing,
-}
-
-/// Writes `msg` as one unmasked, final text frame with a single non-blocking `writev`.
-pub(crate) fn try_write_text(tcp: &TcpStream, msg: &Utf8Bytes) -> io::Result<Written> {
-    let mut head = [0u8; 10];
-    let h = frame_header(&mut head, TEXT, msg.len());
-    let total = h + msg.len();
-    let n = match tcp.try_write_vectored(&[IoSlice::new(&head[..h]), IoSlice::new(msg.as_bytes())])
-    {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(e),
-    };
-    Ok(if n == total {
-        Written::All
-    } else if n == 0 {
-        Written::Nothing
-    } else if n >= h {
-        Written::Part(Bytes::from(msg.clone()).slice(n - h..))
-    } else {
-        let mut rest = Vec::with_capacity(total - n);
-        rest.extend_from_slice(&head[n..h]);
-        rest.extend_from_slice(msg.as_bytes());
-        Written::Part(Bytes::from(rest))
-    })
-}
-
-/// How many frames [`try_write_texts`] takes at once (two `iovec`s each, far below the
-/// system's `IOV_MAX` of 1,024).
-pub(crate) const MAX_FRAMES: usize = 32;
-
-/// Writes `msgs` (at most [`MAX_FRAMES`]) as consecutive unmasked, final text frames with a
-/// single non-blocking `writev`. Returns how many went out whole and, when the write stopped
-/// inside the next one, the rest of that frame, which must follow before any other byte.
-pub(crate) fn try_write_texts(
-    tcp: &TcpStream,
-    msgs: &[Utf8Bytes],
-) -> io::Result<(usize, Option<Bytes>)> {
-    if let [msg] = msgs {
-        return Ok(match try_write_text(tcp, msg)? {
-            Written::All => (1, None),
-            Written::Part(rest) => (0, Some(rest)),
-            Written::Nothing => (0, None),
-        });
-    }
-    assert!(
-        msgs.len() <= MAX_FRAMES,
-        "at most {MAX_FRAMES} frames a write"
-    );
-    let mut heads = [[0u8; 10]; MAX_FRAMES];
-    let mut head_lens = [0; MAX_FRAMES];
-    let mut total = 0;
-    for (i, msg) in msgs.iter().enumerate() {
-        head_lens[i] = frame_header(&mut heads[i], TEXT, msg.len());
-        total += head_lens[i] + msg.len();
-    }
-    let mut iov = [IoSlice::new(&[]); 2 * MAX_FRAMES];
-    for (i, msg) in msgs.iter().enumerate() {
-        iov[2 * i] = IoSlice::new(&heads[i][..head_lens[i]]);
-        iov[2 * i + 1] = IoSlice::new(msg.as_bytes());
-    }
-    let mut n = match tcp.try_write_vectored(&iov[..2 * msgs.len()]) {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(e),
-    };
-    if n == total {
-        return Ok((msgs.len(), None));
-    }
-    let mut whole = 0;
-    for (i, msg) in msgs.iter().enumerate() {
-        let h = iov[2 * i].len();
-        if n < h + msg.len() {
-            whole = i;
-            break;
-        }
-        n -= h + msg.len();
-    }
-    if n == 0 {
-        return Ok((whole, None));
-    }
-    let (head, msg) = (&*iov[2 * whole], &msgs[whole]);
-    let rest = if n >= head.len() {
-        Bytes::from(msg.clone()).slice(n - head.len()..)
-    } else {
-        let mut rest = Vec::with_capacity(head.len() - n + msg.len());
-        rest.extend_from_slice(&head[n..]);
-        rest.extend_from_slice(msg.as_bytes());
-        Bytes::from(rest)
-    };
-    Ok((whole, Some(rest)))
-}
-
-/// The first header byte of a final text frame (FIN + opcode 1).
-pub(crate) const TEXT: u8 = 0x81;
-/// The first header byte of a close frame (FIN + opcode 8).
-pub(crate) const CLOSE: u8 = 0x88;
-
-/// Writes the header of an unmasked (server) frame of `len` bytes whose first byte is `first`
-/// ([`TEXT`], [`CLOSE`]) into `out`; returns its length (2, 4 or 10 bytes, RFC 6455 section
-/// 5.2).
-pub(crate) fn frame_header(out: &mut [u8; 10], first: u8, len: usize) -> usize {
-    out[0] = first;
-    if len < 126 {
-        out[1] = len as u8;
-        2
-    } else if len <= usize::from(u16::MAX) {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        4
-    } else {
-        out[1] = 127;
-        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! Over real loopback sockets: frames written by a publisher, read back by tungstenite as
     //! a client reads them, and the hand-over between the two writers.
 
     use super::*;
+    use crate::ws::frame::*;
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -497,7 +361,7 @@ mod tests {
     async fn only_a_granted_idle_session_lets_publishers_write() {
         let (mut ws, mut peer, outbox) = attached().await;
         outbox.deliver("queued".into(), true).unwrap();
-        let mut batch = crate::outbox::Queue::new();
+        let mut batch = crate::ws::Queue::new();
         assert!(
             outbox.try_batch(&mut batch).is_some(),
             "not granted yet: queued"
@@ -539,7 +403,7 @@ mod tests {
         // The session takes a queued message (a reply, a replay) and, before it writes it, a
         // publisher on another thread delivers the next event.
         outbox.deliver("first".into(), false).unwrap();
-        let mut batch = crate::outbox::Queue::new();
+        let mut batch = crate::ws::Queue::new();
         assert!(outbox.try_batch(&mut batch).is_some());
         outbox.deliver("second".into(), true).unwrap();
         for m in batch.drain(..) {
@@ -582,7 +446,7 @@ mod tests {
     async fn session_writes_while_the_peer_reads(
         ws: &mut WebSocketStream<Socket>,
         c: TcpStream,
-        batch: &mut crate::outbox::Queue,
+        batch: &mut crate::ws::Queue,
     ) -> (usize, String) {
         let reader = tokio::spawn(async move {
             let mut peer = client(c).await;
@@ -605,7 +469,7 @@ mod tests {
         let (mut ws, c, outbox) = choked().await;
         let big = Utf8Bytes::from("z".repeat(200_000));
         outbox.deliver(big.clone(), true).unwrap();
-        let mut batch = crate::outbox::Queue::new();
+        let mut batch = crate::ws::Queue::new();
         assert_eq!(
             outbox.try_batch(&mut batch),
             Some(Batch::Ready),
@@ -637,7 +501,7 @@ mod tests {
         assert_eq!(text(&mut peer).await, "now");
         // Written whole: publishers may write again.
         outbox.deliver("direct".into(), true).unwrap();
-        let mut batch = crate::outbox::Queue::new();
+        let mut batch = crate::ws::Queue::new();
         assert!(
             outbox.try_batch(&mut batch).is_none(),
             "written, not queued"
@@ -669,7 +533,7 @@ mod tests {
             assert_eq!(text(&mut peer).await, m);
         }
         outbox.deliver("direct".into(), true).unwrap();
-        let mut batch = crate::outbox::Queue::new();
+        let mut batch = crate::ws::Queue::new();
         assert!(outbox.try_batch(&mut batch).is_none(), "granted again");
         assert_eq!(text(&mut peer).await, "direct");
         // More than one write's worth: the rest goes through tungstenite, and until it is out
@@ -793,7 +657,7 @@ mod tests {
         /// Registers as the waiting task of an empty `outbox`.
         fn wait_on(self: &Arc<Self>, outbox: &Outbox) {
             let waker = Waker::from(self.clone());
-            let mut q = crate::outbox::Queue::new();
+            let mut q = crate::ws::Queue::new();
             let polled = outbox.poll_batch(&Context::from_waker(&waker), &mut q);
             assert!(polled.is_pending());
         }
@@ -823,7 +687,7 @@ mod tests {
         outbox.flush();
         assert_eq!(text(&mut peer).await, "a");
         assert_eq!(text(&mut peer).await, "b");
-        let mut batch = crate::outbox::Queue::new();
+        let mut batch = crate::ws::Queue::new();
         assert!(
             outbox.try_batch(&mut batch).is_none(),
             "written, not queued"
@@ -846,7 +710,7 @@ mod tests {
         wakes.wait_on(&outbox);
         assert_eq!(outbox.deliver_later("a".into(), true), Ok(false));
         assert_eq!(wakes.count(), 1);
-        let mut batch = crate::outbox::Queue::new();
+        let mut batch = crate::ws::Queue::new();
         outbox.try_batch(&mut batch);
         ws.flush().await.unwrap(); // grants
         // A flush is due, then the session starts a write of its own before it runs.
@@ -883,11 +747,17 @@ mod tests {
         }
         let n = conns.len();
         // On this single-threaded runtime the flushers run only once this task yields.
-        assert_eq!(hub.fan_out(&key, &"1".into(), None), n);
+        assert_eq!(
+            hub.fan_out(&key, || "1".into(), &crate::hub::Tally::default()),
+            n
+        );
         assert_eq!(wakes.count(), 0, "flushers write for the idle tasks");
         // One connection's flush is done before the channel's next event, the others' not.
         conns[0].2.flush();
-        assert_eq!(hub.fan_out(&key, &"2".into(), None), n);
+        assert_eq!(
+            hub.fan_out(&key, || "2".into(), &crate::hub::Tally::default()),
+            n
+        );
         assert_eq!(
             wakes.count(),
             1,
@@ -899,7 +769,10 @@ mod tests {
         }
         // The round is over: flushers again.
         wakes.wait_on(&conns[0].2);
-        assert_eq!(hub.fan_out(&key, &"3".into(), None), n);
+        assert_eq!(
+            hub.fan_out(&key, || "3".into(), &crate::hub::Tally::default()),
+            n
+        );
         for (_, peer, _) in &mut conns {
             assert_eq!(text(peer).await, "3");
         }
@@ -916,7 +789,7 @@ mod tests {
         assert_eq!(outbox.deliver_later("next".into(), true), Ok(false));
         outbox.flush();
         assert_eq!(wakes.count(), 1, "the task finishes the write");
-        let mut batch = crate::outbox::Queue::new();
+        let mut batch = crate::ws::Queue::new();
         assert_eq!(outbox.try_batch(&mut batch), Some(Batch::Ready));
         assert_eq!(
             batch.as_slice(),

@@ -1,0 +1,292 @@
+//! What a broker delivers, turned into frames and handed to this node's subscribers; and the
+//! subscribe join.
+//!
+//! [`Dispatch`] is the node's [`Sink`]: for each event on each channel it encodes the frame once
+//! (only when someone on this node holds the channel) and hands the shared bytes to
+//! [`Hub::fan_out`]. It never assigns positions or keeps history: those are the broker's.
+//!
+//! # The join
+//!
+//! A subscribe must see a channel's position and join its live stream without a gap and without a
+//! duplicate, whatever broker is behind it (a backplane delivers live events asynchronously). The
+//! join ([`Dispatch::subscribe`]):
+//!
+//! 1. registers the connection as a *joiner* of the channel: from here on, every event delivered
+//!    on the channel is also buffered for it (with its offset and epoch);
+//! 2. tells the broker the channel is held, if this is the node's first subscriber of it;
+//! 3. asks the broker for the channel's position and, with `since`, the events after it;
+//! 4. under the join lock: queues the `subscribed` reply, then the replay, then the buffered
+//!    events past the position (a buffered event at or below it is in the replay or was before
+//!    the subscribe: dropped), and moves the connection into the hub, where live events reach it
+//!    directly. Deliveries to a channel with joiners take the same lock, so each event is either
+//!    buffered (and queued here) or fanned out after the move: never both, never neither.
+//!
+//! A replay that would not fit the subscriber's outbox cannot be delivered whole: that is
+//! `recovered: false`, not a 4009 loop.
+//!
+//! Lock order: broker (the memory broker's history shard) -> join shard -> hub shard. Nothing
+//! here awaits while holding a lock; broker calls are made outside the join lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cortex_protocol::Since;
+use cortex_protocol::event::write_delivery;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::broker::{Broker, BrokerError, Delivery, EventBody, Position, Sink};
+use crate::hub::{ChannelKey, ConnId, Hub, Subscriber};
+use crate::metrics;
+
+/// Shards of the join table (joins are brief; contention is rare).
+const SHARDS: usize = 16;
+
+/// What a subscribe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Subscribed {
+    /// The channel's position when the subscriber joined.
+    pub position: Position,
+    /// With `since`: whether every missed event was (or needed no) replay.
+    pub recovered: Option<bool>,
+}
+
+/// Builds the `subscribed` reply once the position is known.
+pub(crate) type ReplyFn<'a> = &'a (dyn Fn(&Subscribed) -> Utf8Bytes + Sync);
+
+/// One connection joining a channel: the live events delivered meanwhile.
+struct Joiner {
+    sub: Subscriber,
+    buffered: Vec<(u64, Arc<str>, Utf8Bytes)>,
+    bytes: usize,
+    /// More arrived than its outbox could take: it closes with 4009 once joined.
+    overflowed: bool,
+}
+
+impl Joiner {
+    fn buffer(&mut self, offset: u64, epoch: &Arc<str>, frame: &Utf8Bytes) {
+        if self.overflowed {
+            return;
+        }
+        if !self
+            .sub
+            .outbox
+            .fits(self.buffered.len() + 1, self.bytes + frame.len())
+        {
+            self.overflowed = true;
+            self.buffered = Vec::new();
+            return;
+        }
+        self.bytes += frame.len();
+        self.buffered.push((offset, epoch.clone(), frame.clone()));
+    }
+}
+
+type JoinShard = HashMap<ChannelKey, Vec<Joiner>>;
+
+/// The node's delivery: broker -> frames -> hub, and the subscribe join.
+pub(crate) struct Dispatch {
+    hub: Hub,
+    joins: Box<[Mutex<JoinShard>]>,
+    /// Joins in progress on the whole node: deliveries skip the join table when there are none.
+    joining: AtomicUsize,
+}
+
+impl Default for Dispatch {
+    fn default() -> Self {
+        Dispatch::new()
+    }
+}
+
+/// An event's frame on one channel: the bytes every subscriber of the channel shares.
+fn encode(key: &ChannelKey, event: &EventBody, offset: u64, epoch: &str) -> Utf8Bytes {
+    Utf8Bytes::from(write_delivery(
+        event.event_type,
+        &key.channel,
+        &event.id,
+        offset,
+        epoch,
+        &event.payload_json,
+    ))
+}
+
+impl Dispatch {
+    /// No subscribers yet.
+    pub(crate) fn new() -> Dispatch {
+        Dispatch {
+            hub: Hub::new(),
+            joins: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            joining: AtomicUsize::new(0),
+        }
+    }
+
+    /// This node's subscriptions.
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn joins(&self, key: &ChannelKey) -> MutexGuard<'_, JoinShard> {
+        self.joins[key.shard(SHARDS)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes `sub` to `key` (see the module docs): its outbox gets `reply(..)`, then the
+    /// replay for `since`, then every live event after the position, in order. A connection
+    /// already subscribed gets the reply and replay again, and stays subscribed once.
+    pub(crate) async fn subscribe(
+        &self,
+        broker: &dyn Broker,
+        key: &ChannelKey,
+        sub: Subscriber,
+        since: Option<&Since>,
+        reply: ReplyFn<'_>,
+    ) -> Result<Subscribed, BrokerError> {
+        let conn = sub.conn;
+        let (first, was_member) = self.begin(key, sub);
+        if first {
+            broker.hold(key);
+        }
+        let recovery = match broker.recover(key, since).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.abort(broker, key, conn, was_member);
+                return Err(e);
+            }
+        };
+        let position = recovery.position;
+        // Encoded outside the lock; queued under it.
+        let replay: Option<Vec<Utf8Bytes>> = recovery.events.map(|events| {
+            events
+                .iter()
+                .map(|r| encode(key, &r.event, r.offset, &position.epoch))
+                .collect()
+        });
+        let mut joins = self.joins(key);
+        let Some(joiner) = take_joiner(&mut joins, key, conn) else {
+            unreachable!("a joiner leaves the table only here or in abort");
+        };
+        self.joining.fetch_sub(1, Ordering::SeqCst);
+        let outbox = &joiner.sub.outbox;
+        let replay = replay.filter(|r| {
+            let bytes = r.iter().map(|b| b.len()).sum::<usize>();
+            outbox.fits(r.len() + 1, bytes + 256)
+        });
+        let subscribed = Subscribed {
+            recovered: since.map(|_| replay.is_some()),
+            position,
+        };
+        // A full outbox refuses these; the connection is closing with 4009 anyway, and its
+        // client resumes again.
+        let _ = outbox.push(reply(&subscribed));
+        for frame in replay.into_iter().flatten() {
+            let _ = outbox.push(frame);
+        }
+        if joiner.overflowed {
+            outbox.overflow();
+        }
+        let pos = &subscribed.position;
+        for (offset, epoch, frame) in joiner.buffered {
+            if offset > pos.offset || epoch != pos.epoch {
+                let _ = outbox.push(frame);
+            }
+        }
+        self.hub.subscribe(key, joiner.sub);
+        drop(joins);
+        Ok(subscribed)
+    }
+
+    /// Registers a joiner; says whether the channel is new to this node (no member, no other
+    /// joiner) and whether the connection was a member already (it leaves the hub meanwhile: its
+    /// live events go through the join like a newcomer's).
+    fn begin(&self, key: &ChannelKey, sub: Subscriber) -> (bool, bool) {
+        let mut joins = self.joins(key);
+        let was_member = self.hub.unsubscribe(key, sub.conn);
+        let first = !was_member && !joins.contains_key(key) && !self.hub.has_subscribers(key);
+        joins.entry(key.clone()).or_default().push(Joiner {
+            sub,
+            buffered: Vec::new(),
+            bytes: 0,
+            overflowed: false,
+        });
+        self.joining.fetch_add(1, Ordering::SeqCst);
+        (first, was_member)
+    }
+
+    /// A join whose recovery failed: a newcomer is dropped (the channel released if it was the
+    /// last); a member keeps its subscription, with what was buffered meanwhile.
+    fn abort(&self, broker: &dyn Broker, key: &ChannelKey, conn: ConnId, was_member: bool) {
+        let mut joins = self.joins(key);
+        let Some(joiner) = take_joiner(&mut joins, key, conn) else {
+            return;
+        };
+        self.joining.fetch_sub(1, Ordering::SeqCst);
+        if was_member {
+            if joiner.overflowed {
+                joiner.sub.outbox.overflow();
+            }
+            for (_, _, frame) in joiner.buffered {
+                let _ = joiner.sub.outbox.push(frame);
+            }
+            self.hub.subscribe(key, joiner.sub);
+            return;
+        }
+        let last = !joins.contains_key(key) && !self.hub.has_subscribers(key);
+        drop(joins);
+        if last {
+            broker.release(key);
+        }
+    }
+
+    /// Removes a subscription (idempotent); the last one of a channel on this node releases it.
+    pub(crate) fn unsubscribe(&self, broker: &dyn Broker, key: &ChannelKey, conn: ConnId) {
+        let joins = self.joins(key);
+        let last = self.hub.unsubscribe(key, conn)
+            && !joins.contains_key(key)
+            && !self.hub.has_subscribers(key);
+        drop(joins);
+        if last {
+            broker.release(key);
+        }
+    }
+}
+
+/// Takes `conn`'s joiner of `key` out of the table (the key's entry too when it was the last).
+fn take_joiner(joins: &mut JoinShard, key: &ChannelKey, conn: ConnId) -> Option<Joiner> {
+    let list = joins.get_mut(key)?;
+    let at = list.iter().position(|j| j.sub.conn == conn)?;
+    let joiner = list.swap_remove(at);
+    if list.is_empty() {
+        joins.remove(key);
+    }
+    Some(joiner)
+}
+
+impl Sink for Dispatch {
+    fn deliver(&self, d: &Delivery<'_>) {
+        let make = || encode(d.key, d.event, d.offset, d.epoch);
+        let n = if self.joining.load(Ordering::SeqCst) == 0 {
+            self.hub.fan_out(d.key, make, &d.event.tally)
+        } else {
+            let mut joins = self.joins(d.key);
+            match joins.get_mut(d.key) {
+                // No joiner of this channel: fan out without holding the join table. One that
+                // registers from here on reads a position that includes this event (the memory
+                // broker delivers under the channel's lock, which its recovery takes; a
+                // backplane delivers only what it has stored).
+                None => {
+                    drop(joins);
+                    self.hub.fan_out(d.key, make, &d.event.tally)
+                }
+                Some(joiners) => {
+                    let frame = make();
+                    for j in joiners.iter_mut() {
+                        j.buffer(d.offset, d.epoch, &frame);
+                    }
+                    self.hub.fan_out(d.key, || frame, &d.event.tally)
+                }
+            }
+        };
+        metrics::delivered(n);
+    }
+}

@@ -1,0 +1,8 @@
+//! Internals for the fan-out benchmark and the fuzz targets (feature `internals`). Not an API:
+//! nothing here is stable, and an embedder never needs it.
+
+pub use crate::auth::JwtVerifier;
+pub use crate::http::publisher::read_head;
+pub use crate::hub::{ChannelKey, Hub, Subscriber, Tally};
+pub use crate::id::ConnId;
+pub use crate::ws::{Batch, Outbox, Queue};

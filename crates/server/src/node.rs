@@ -1,0 +1,205 @@
+//! The composition root: one node's configuration, token verifier, broker, dispatch (with the
+//! hub), connection limits and drain signal, built once from a [`Config`] and shared by every
+//! connection and request. It wires the parts together and owns no protocol: sessions, the
+//! publish service and the HTTP layer use it; it uses none of them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cortex_protocol::{ChannelId, Since};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::auth::{JwtVerifier, KeyError};
+use crate::broker::{Broker, BrokerError, MemoryBroker};
+use crate::config::Config;
+use crate::dispatch::{Dispatch, ReplyFn, Subscribed};
+use crate::hub::{ChannelKey, ConnId, Subscriber};
+use crate::id;
+use crate::limits::Connections;
+use crate::shutdown::Shutdown;
+
+/// Unix time in seconds, from the system clock.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No key to verify tokens with.
+    #[error("no token verification key: set --jwt-secret, --jwt-public-key or --jwks-file")]
+    NoVerificationKey,
+    /// No publish key.
+    #[error("no publish key: set --publish-key")]
+    NoPublishKey,
+    /// A key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// One running node, as an embedder sees it: publish in-process, and count what it holds.
+/// Everything else in it is the server's own.
+pub struct Node {
+    /// The configuration it was started with.
+    pub(crate) config: Config,
+    /// Verifies tokens.
+    pub(crate) verifier: JwtVerifier,
+    /// Positions, history, idempotency, delivery between nodes.
+    pub(crate) broker: Arc<dyn Broker>,
+    /// What the broker delivers -> this node's subscribers.
+    pub(crate) dispatch: Arc<Dispatch>,
+    /// Open connections and their limits.
+    pub(crate) connections: Arc<Connections>,
+    /// The drain signal and the tracked session tasks.
+    pub(crate) shutdown: Shutdown,
+    ws_config: WebSocketConfig,
+    node_prefix: u32,
+    publishing: AtomicU64,
+    published: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("listen", &self.config.listen)
+            .field("connections", &self.open_connections())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A publish in flight; the drain waits for it (see [`Node::begin_publish`]).
+pub(crate) struct InFlight<'a>(&'a Node);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        // Only the drain waits (`publishes_settled`, after the trigger): before it, the last
+        // publish out skips the notification's lock. SeqCst pairs with the trigger's store
+        // and `publishes_settled`'s load: either the drain sees this publish gone, or this
+        // publish sees the drain begun.
+        if self.0.publishing.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.shutdown.is_triggered() {
+            self.0.published.notify_waiters();
+        }
+    }
+}
+
+impl Node {
+    /// Builds a node's state from its configuration (no listener: see [`crate::Server`]).
+    pub(crate) fn new(config: Config) -> Result<Arc<Node>, StartError> {
+        if config.auth.keys.is_empty() {
+            return Err(StartError::NoVerificationKey);
+        }
+        if config.publish_keys.iter().all(|k| k.is_empty()) {
+            return Err(StartError::NoPublishKey);
+        }
+        let verifier = JwtVerifier::new(&config.auth)?;
+        let l = &config.limits;
+        let dispatch = Arc::new(Dispatch::new());
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
+            dispatch.clone(),
+            config.history,
+            l.channel_idle,
+            l.idempotency_window,
+            l.idempotency_capacity,
+        ));
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(l.ws_read_buffer)
+            .write_buffer_size(l.ws_write_buffer)
+            .max_write_buffer_size(l.outbox_bytes + l.max_frame_bytes + l.ws_write_buffer)
+            .max_message_size(Some(l.max_frame_bytes))
+            .max_frame_size(Some(l.max_frame_bytes));
+        Ok(Arc::new(Node {
+            connections: Arc::new(Connections::new(
+                l.connections_per_user,
+                l.connections_per_node,
+            )),
+            verifier,
+            broker,
+            dispatch,
+            shutdown: Shutdown::new(),
+            ws_config,
+            node_prefix: id::node_prefix(),
+            publishing: AtomicU64::new(0),
+            published: tokio::sync::Notify::new(),
+            config,
+        }))
+    }
+
+    /// Registers a publish, or `None` once the drain has begun. Counting before checking means
+    /// every publish that passed the check is waited for by [`Node::publishes_settled`], so an
+    /// event answered 202 is always in the outboxes before the sessions' last flush.
+    pub(crate) fn begin_publish(&self) -> Option<InFlight<'_>> {
+        // SeqCst here, in the flag's store and load, and in `publishes_settled`'s load: a
+        // publish and a trigger racing must not both miss the other.
+        self.publishing.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self);
+        (!self.shutdown.is_triggered()).then_some(guard)
+    }
+
+    /// Resolves once no publish is in flight.
+    pub(crate) async fn publishes_settled(&self) {
+        loop {
+            let notified = self.published.notified();
+            if self.publishing.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The public id of connection `conn`.
+    pub(crate) fn connection_id(&self, conn: ConnId) -> String {
+        id::connection_id(self.node_prefix, conn)
+    }
+
+    /// The WebSocket settings every connection uses.
+    pub(crate) fn ws_config(&self) -> WebSocketConfig {
+        self.ws_config
+    }
+
+    /// Subscribes a connection through the join (see [`crate::dispatch`]).
+    pub(crate) async fn subscribe(
+        &self,
+        key: &ChannelKey,
+        sub: Subscriber,
+        since: Option<&Since>,
+        reply: ReplyFn<'_>,
+    ) -> Result<Subscribed, BrokerError> {
+        self.dispatch
+            .subscribe(&*self.broker, key, sub, since, reply)
+            .await
+    }
+
+    /// Removes a connection's subscription (idempotent).
+    pub(crate) fn unsubscribe(&self, key: &ChannelKey, conn: ConnId) {
+        self.dispatch.unsubscribe(&*self.broker, key, conn);
+    }
+
+    /// How many connections are open on this node.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
+    }
+
+    /// How many connections of this node are subscribed to `channel` of `org` (0 for a
+    /// channel id that does not parse).
+    pub fn subscribers(&self, org: &str, channel: &str) -> usize {
+        match ChannelId::parse(channel) {
+            Ok(channel) => self
+                .dispatch
+                .hub()
+                .subscribers(&ChannelKey::new(Arc::from(org), channel)),
+            Err(_) => 0,
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! A connection's WebSocket bytes: the frame writer, the bounded send queue, and the TCP socket
+//! they share. This module is the one owner of the direct-write protocol, described here once.
+//!
+//! # Who may write to a connection's socket, and when
+//!
+//! Most deliveries go to channels of a few subscribers and find the connection idle. Handing
+//! each to the connection's task (wake it, poll it, frame, write) costs more user-space CPU than
+//! the write itself (docs/benchmarks.md), so a socket has three writers:
+//!
+//! 1. the session's task, through tungstenite and [`Socket`] (replies, pings, close frames,
+//!    batches drained from the outbox; [`Transport::write_now`] writes a batch straight to the
+//!    socket when tungstenite holds nothing unwritten);
+//! 2. a publisher delivering to a channel of at most 64 local subscribers
+//!    ([`Outbox::deliver`] with `direct`): one non-blocking `writev` of one whole frame;
+//! 3. a flusher task writing a long channel's queues ([`Outbox::flush`]): up to 32 frames of a
+//!    connection's queue in one non-blocking `writev`.
+//!
+//! Writers 2 and 3 write only while the session *grants* it, a flag in the outbox's state under
+//! the same lock as the queue:
+//!
+//! - the session grants when a flush of tungstenite completes (its buffer is empty) and when a
+//!   direct batch went out whole; it revokes before it writes anything else (one lock, only when
+//!   it had granted), and taking a batch from the queue revokes too, under the queue's lock, so
+//!   no publisher overtakes messages the session holds but has not written;
+//! - a publisher writes only when the queue is empty (so it cannot overtake queued messages);
+//! - a write that stops inside a frame leaves the frame's rest in the outbox; the grant ends,
+//!   and the session writes that rest before any byte of its own (frames never interleave);
+//! - when the session starts to close, [`Transport::detach`] takes the permission away for
+//!   good, so no event can follow a close frame.
+//!
+//! Nothing here blocks: every write by writers 2 and 3 is `try_write`; what the socket does not
+//! take is queued for the session. The outbox is bounded in bytes and messages; past either, it
+//! is emptied and marked overflowed, and the session closes with 4009.
+//!
+//! # Layout
+//!
+//! - [`frame`]: server frame headers and the non-blocking `writev` of one or many frames.
+//! - [`outbox`]: the bounded per-connection queue and the publishers' and flushers' writes.
+//! - [`socket`]: the session's side: [`Socket`], the [`Transport`] trait.
+
+pub(crate) mod frame;
+pub(crate) mod outbox;
+pub(crate) mod socket;
+
+pub(crate) use outbox::{Batch, Outbox, Queue};
+pub(crate) use socket::{Socket, Transport, read_prefix};
