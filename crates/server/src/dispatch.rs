@@ -290,3 +290,186 @@ impl Sink for Dispatch {
         metrics::delivered(n);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::MemoryBroker;
+    use crate::broker::test_util::{key, prepared};
+    use crate::ws::{Outbox, Queue};
+    use futures_util::FutureExt;
+    use std::time::Duration;
+
+    fn node() -> (Arc<Dispatch>, MemoryBroker) {
+        let dispatch = Arc::new(Dispatch::new());
+        let retention = crate::config::Config::default().history;
+        let broker = MemoryBroker::new(
+            dispatch.clone(),
+            retention,
+            Duration::from_secs(300),
+            Duration::from_secs(300),
+            1000,
+        );
+        (dispatch, broker)
+    }
+
+    fn reply(s: &Subscribed) -> Utf8Bytes {
+        Utf8Bytes::from(format!(
+            r#"{{"type":"subscribed","offset":{},"recovered":{:?}}}"#,
+            s.position.offset, s.recovered
+        ))
+    }
+
+    fn join(
+        d: &Dispatch,
+        b: &MemoryBroker,
+        ch: &str,
+        conn: ConnId,
+        outbox: &Outbox,
+        since: Option<&Since>,
+    ) -> Subscribed {
+        let sub = Subscriber {
+            conn,
+            outbox: outbox.clone(),
+        };
+        d.subscribe(b, &key("o", ch), sub, since, &reply)
+            .now_or_never()
+            .unwrap()
+            .unwrap()
+    }
+
+    fn drain(o: &Outbox) -> Vec<Utf8Bytes> {
+        let mut v = Queue::new();
+        o.try_batch(&mut v);
+        v.into_vec()
+    }
+
+    fn offsets(frames: &[Utf8Bytes]) -> Vec<u64> {
+        frames
+            .iter()
+            .map(|m| {
+                serde_json::from_str::<cortex_protocol::Delivery>(m.as_str())
+                    .unwrap()
+                    .offset
+            })
+            .collect()
+    }
+
+    fn publish(b: &MemoryBroker, channels: &[&str], n: usize) {
+        let events: Vec<PreparedEvent> = (0..n).map(|_| prepared("o", channels, None)).collect();
+        b.publish(&events).now_or_never().unwrap().unwrap();
+    }
+
+    use crate::broker::PreparedEvent;
+
+    #[test]
+    fn an_event_is_encoded_once_per_channel_and_its_bytes_shared() {
+        let (d, b) = node();
+        let outs: Vec<Outbox> = (0..3).map(|_| Outbox::new(1 << 20, 1000)).collect();
+        for (i, o) in outs.iter().enumerate() {
+            join(&d, &b, "task:t", i as ConnId, o, None);
+            drain(o);
+        }
+        let ev = prepared("o", &["task:t"], None);
+        b.publish(std::slice::from_ref(&ev))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.body.tally.delivered(), 3);
+        let got: Vec<Utf8Bytes> = outs.iter().flat_map(drain).collect();
+        assert_eq!(got.len(), 3);
+        let ptr = got[0].as_str().as_ptr();
+        assert!(
+            got.iter().all(|m| m.as_str().as_ptr() == ptr),
+            "every connection shares one buffer"
+        );
+    }
+
+    #[test]
+    fn a_subscriber_gets_its_reply_then_the_replay_then_live_events_in_order() {
+        let (d, b) = node();
+        let early = Outbox::new(1 << 20, 1000);
+        let first = join(&d, &b, "task:t", 1, &early, None);
+        publish(&b, &["task:t", "project:p"], 3);
+        let since = Since {
+            offset: 1,
+            epoch: first.position.epoch.to_string(),
+        };
+        let late = Outbox::new(1 << 20, 1000);
+        let s = join(&d, &b, "task:t", 2, &late, Some(&since));
+        assert_eq!(s.recovered, Some(true));
+        assert_eq!(s.position.offset, 3);
+        publish(&b, &["task:t"], 2);
+        let got = drain(&late);
+        assert!(got[0].as_str().contains(r#""type":"subscribed""#));
+        assert_eq!(offsets(&got[1..]), [2, 3, 4, 5], "no gap and no duplicate");
+        assert_eq!(offsets(&drain(&early)[1..]), [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn the_first_subscriber_holds_the_channel_and_the_last_releases_it() {
+        let (d, b) = node();
+        let k = key("o", "task:t");
+        let (o1, o2) = (Outbox::new(1 << 20, 100), Outbox::new(1 << 20, 100));
+        join(&d, &b, "task:t", 1, &o1, None);
+        join(&d, &b, "task:t", 2, &o2, None);
+        join(&d, &b, "task:t", 2, &o2, None);
+        assert_eq!(d.hub().subscribers(&k), 2, "a repeated subscribe stays one");
+        d.unsubscribe(&b, &k, 1);
+        d.unsubscribe(&b, &k, 1);
+        assert_eq!(d.hub().subscribers(&k), 1);
+        d.unsubscribe(&b, &k, 2);
+        assert_eq!(d.hub().subscribers(&k), 0);
+    }
+
+    #[test]
+    fn a_replay_bigger_than_the_outbox_is_refused_as_not_recovered() {
+        let (d, b) = node();
+        let o = Outbox::new(1 << 20, 1000);
+        let first = join(&d, &b, "task:t", 1, &o, None);
+        publish(&b, &["task:t"], 50);
+        let small = Outbox::new(1 << 20, 10);
+        let since = Since {
+            offset: 0,
+            epoch: first.position.epoch.to_string(),
+        };
+        let s = join(&d, &b, "task:t", 9, &small, Some(&since));
+        assert_eq!(s.recovered, Some(false));
+        assert!(!small.overflowed());
+        assert_eq!(drain(&small).len(), 1, "only the reply");
+    }
+
+    #[test]
+    fn a_full_outbox_never_blocks_the_publisher_and_others_still_receive() {
+        let (d, b) = node();
+        let small = Outbox::new(1 << 20, 2);
+        let big = Outbox::new(1 << 20, 1000);
+        join(&d, &b, "task:t", 1, &small, None);
+        join(&d, &b, "task:t", 2, &big, None);
+        drain(&big);
+        publish(&b, &["task:t"], 10);
+        assert!(small.overflowed());
+        assert_eq!(drain(&big).len(), 10);
+    }
+
+    #[test]
+    fn an_event_on_two_channels_counts_each_connection_once() {
+        let (d, b) = node();
+        let o = Outbox::new(1 << 20, 100);
+        join(&d, &b, "task:t", 1, &o, None);
+        join(&d, &b, "project:p", 1, &o, None);
+        let other = Outbox::new(1 << 20, 100);
+        join(&d, &b, "project:p", 2, &other, None);
+        let ev = prepared("o", &["task:t", "project:p"], None);
+        b.publish(std::slice::from_ref(&ev))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.body.tally.delivered(), 2, "two connections");
+        assert_eq!(
+            drain(&o).len(),
+            4,
+            "two replies, and the event once per channel"
+        );
+    }
+}

@@ -164,3 +164,38 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// are let go.
     fn close(&self) -> BoxFuture<'_, ()>;
 }
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    //! Events and keys for the broker's and the dispatch's tests.
+
+    use super::*;
+    use cortex_protocol::ChannelId;
+
+    /// A channel key.
+    pub(crate) fn key(org: &str, channel: &str) -> ChannelKey {
+        ChannelKey::new(Arc::from(org), ChannelId::parse(channel).unwrap())
+    }
+
+    /// A small event for `channels` of `org`.
+    pub(crate) fn prepared(
+        org: &str,
+        channels: &[&str],
+        idempotency_key: Option<&str>,
+    ) -> PreparedEvent {
+        PreparedEvent {
+            org: Arc::from(org),
+            channels: channels
+                .iter()
+                .map(|c| ChannelId::parse(c).unwrap())
+                .collect(),
+            idempotency_key: idempotency_key.map(str::to_owned),
+            body: Arc::new(EventBody {
+                id: crate::id::event_id(),
+                event_type: EventType::TaskDeleted,
+                payload_json: r#"{"taskId":"t","timestamp":"2026-11-25T20:40:16Z"}"#.into(),
+                tally: Tally::new(channels.len()),
+            }),
+        }
+    }
+}

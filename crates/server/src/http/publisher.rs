@@ -188,7 +188,7 @@ fn parse_head(buf: &[u8], key_ok: impl FnOnce(Option<&[u8]>) -> bool) -> Head {
 /// answers itself, `None` when it needs more bytes or hands the request to hyper. For the fuzz
 /// target `publish_head`.
 #[doc(hidden)]
-#[cfg(any(test, feature = "internals"))]
+#[cfg(feature = "internals")]
 pub fn read_head(buf: &[u8], authorization: &[u8]) -> Option<(usize, usize, bool)> {
     match parse_head(buf, |a| a == Some(authorization)) {
         Head::Publish(p) => Some((p.head, p.body, p.close)),

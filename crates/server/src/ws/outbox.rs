@@ -351,7 +351,7 @@ impl Outbox {
         self.lock().overflowed
     }
 
-    #[cfg(any(test, feature = "internals"))]
+    #[cfg(feature = "internals")]
     /// Whether two handles share one queue.
     pub fn same(&self, other: &Outbox) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)

@@ -324,12 +324,6 @@ impl History {
     }
 
     #[cfg(test)]
-    /// Whether no channel is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    #[cfg(test)]
     /// Bytes of history held across channels.
     pub fn bytes(&self) -> usize {
         self.shards

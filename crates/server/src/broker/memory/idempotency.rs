@@ -81,12 +81,6 @@ impl Idempotency {
             .seen
             .len()
     }
-
-    #[cfg(test)]
-    /// Whether no key is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

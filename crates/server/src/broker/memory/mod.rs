@@ -52,12 +52,6 @@ impl MemoryBroker {
         }
     }
 
-    #[cfg(test)]
-    /// Bytes of history held.
-    pub(crate) fn history_bytes(&self) -> usize {
-        self.history.bytes()
-    }
-
     fn publish_now(&self, events: &[PreparedEvent]) -> Vec<Outcome> {
         let now = Instant::now();
         events
@@ -162,191 +156,195 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Outbox;
-    use cortex_protocol::{ChannelId, EventType};
+    use crate::broker::test_util::{key, prepared};
+    use std::sync::Mutex;
 
-    fn broker() -> MemoryBroker {
-        let retention = crate::config::Config::default().history;
-        MemoryBroker::new(Arc::new(Hub::new()), retention, Duration::from_secs(300))
-    }
+    /// Records what the broker delivers: (channel, offset, epoch, event id).
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, u64, String, String)>>);
 
-    fn prepared(org: &str, channels: &[&str]) -> PreparedEvent {
-        PreparedEvent {
-            id: crate::id::event_id(),
-            org: Arc::from(org),
-            event_type: EventType::TaskDeleted,
-            payload_json: r#"{"taskId":"t","timestamp":"2026-11-25T20:40:16Z"}"#.into(),
-            channels: channels
-                .iter()
-                .map(|c| ChannelId::parse(c).unwrap())
-                .collect(),
+    impl Sink for Recorder {
+        fn deliver(&self, d: &Delivery<'_>) {
+            self.0.lock().unwrap().push((
+                d.key.channel.to_string(),
+                d.offset,
+                d.epoch.to_string(),
+                d.event.id.clone(),
+            ));
         }
     }
 
-    fn join(b: &MemoryBroker, org: &str, ch: &str, conn: ConnId) -> Outbox {
-        let outbox = Outbox::new(1 << 20, 1000);
-        let key = ChannelKey::new(Arc::from(org), ChannelId::parse(ch).unwrap());
-        let sub = Subscriber {
-            conn,
-            outbox: outbox.clone(),
-        };
-        let reply = |_: &Subscribed| Utf8Bytes::from_static("{}");
-        futures_util::FutureExt::now_or_never(b.subscribe(&key, sub, None, &reply))
-            .unwrap()
-            .unwrap();
-        outbox.try_batch(&mut crate::outbox::Queue::new());
-        outbox
-    }
-
-    fn drain(o: &Outbox) -> Vec<Utf8Bytes> {
-        let mut v = crate::outbox::Queue::new();
-        o.try_batch(&mut v);
-        v.into_vec()
-    }
-
-    #[tokio::test]
-    async fn an_event_is_serialized_once_per_channel_and_its_bytes_shared() {
-        let b = broker();
-        let outs: Vec<Outbox> = (0..3).map(|i| join(&b, "o", "task:t", i)).collect();
-        let counts = b.publish(&[prepared("o", &["task:t"])]).await.unwrap();
-        assert_eq!(counts, vec![3]);
-        let got: Vec<Utf8Bytes> = outs.iter().flat_map(drain).collect();
-        assert_eq!(got.len(), 3);
-        let ptr = got[0].as_str().as_ptr();
-        assert!(
-            got.iter().all(|m| m.as_str().as_ptr() == ptr),
-            "every connection shares one buffer"
+    fn broker() -> (Arc<Recorder>, MemoryBroker) {
+        let sink = Arc::new(Recorder::default());
+        let retention = crate::config::Config::default().history;
+        let b = MemoryBroker::new(
+            sink.clone(),
+            retention,
+            Duration::from_secs(300),
+            Duration::from_secs(300),
+            1000,
         );
+        (sink, b)
     }
 
-    #[tokio::test]
-    async fn offsets_count_per_channel_in_publish_order() {
-        let b = broker();
-        let t = join(&b, "o", "task:t", 1);
-        let p = join(&b, "o", "project:p", 2);
+    fn now<T>(f: BoxFuture<'_, T>) -> T {
+        f.now_or_never().expect("the memory broker answers at once")
+    }
+
+    #[test]
+    fn offsets_count_per_channel_in_publish_order_and_positions_are_answered() {
+        let (sink, b) = broker();
         let events: Vec<PreparedEvent> = (0..5)
             .map(|i| {
-                prepared(
-                    "o",
-                    if i % 2 == 0 {
-                        &["task:t", "project:p"]
-                    } else {
-                        &["task:t"]
-                    },
-                )
+                let channels: &[&str] = if i % 2 == 0 {
+                    &["task:t", "project:p"]
+                } else {
+                    &["task:t"]
+                };
+                prepared("o", channels, None)
             })
             .collect();
-        b.publish(&events).await.unwrap();
-        let offsets = |o: &Outbox| -> Vec<(u64, String)> {
-            drain(o)
-                .iter()
-                .map(|m| {
-                    let d: cortex_protocol::Delivery = serde_json::from_str(m.as_str()).unwrap();
-                    (d.offset, d.id)
-                })
-                .collect()
-        };
-        let t = offsets(&t);
-        let p = offsets(&p);
+        let outcomes = now(b.publish(&events)).unwrap();
+        let offsets: Vec<Vec<u64>> = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Published(p) => p.iter().map(|p| p.offset).collect(),
+                Outcome::Duplicate(_) => panic!("no key, no duplicate"),
+            })
+            .collect();
         assert_eq!(
-            t.iter().map(|x| x.0).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4, 5]
+            offsets,
+            [vec![1, 1], vec![2], vec![3, 2], vec![4], vec![5, 3]]
         );
-        assert_eq!(p.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3]);
-        let ids: Vec<&String> = events.iter().map(|e| &e.id).collect();
-        assert_eq!(t.iter().map(|x| &x.1).collect::<Vec<_>>(), ids);
-        assert_eq!(p[1].1, events[2].id, "the same id on every channel");
+        let got = sink.0.lock().unwrap();
+        let t: Vec<(u64, &str)> = got
+            .iter()
+            .filter(|d| d.0 == "task:t")
+            .map(|d| (d.1, d.3.as_str()))
+            .collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.body.id.as_str()).collect();
+        assert_eq!(t.iter().map(|x| x.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(t.iter().map(|x| x.1).collect::<Vec<_>>(), ids);
+        let p: Vec<&str> = got
+            .iter()
+            .filter(|d| d.0 == "project:p")
+            .map(|d| d.3.as_str())
+            .collect();
+        assert_eq!(p, [ids[0], ids[2], ids[4]], "the same id on every channel");
     }
 
-    #[tokio::test]
-    async fn quiet_channels_leave_nothing_behind_when_their_last_subscriber_leaves() {
-        let b = broker();
-        let n = crate::history::EAGER_FORGET_ABOVE + 20_000;
-        for i in 0..n {
-            join(&b, "o", &format!("task:t{i}"), 1);
+    #[test]
+    fn a_repeated_idempotency_key_is_answered_as_the_first_and_not_delivered() {
+        let (sink, b) = broker();
+        let first = prepared("o", &["task:t"], Some("k1"));
+        now(b.publish(std::slice::from_ref(&first))).unwrap();
+        let again = prepared("o", &["task:t"], Some("k1"));
+        let other_org = prepared("o2", &["task:t"], Some("k1"));
+        let outcomes = now(b.publish(&[again, other_org])).unwrap();
+        assert_eq!(
+            outcomes[0],
+            Outcome::Duplicate(FirstAnswer {
+                id: first.body.id.clone(),
+                channels: vec!["task:t".into()],
+            })
+        );
+        assert!(
+            matches!(outcomes[1], Outcome::Published(_)),
+            "keys are per org"
+        );
+        assert_eq!(sink.0.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn recovery_gives_the_position_and_the_events_after_since() {
+        let (_, b) = broker();
+        let k = key("o", "task:t");
+        b.hold(&k);
+        let start = now(b.recover(&k, None)).unwrap();
+        assert_eq!(start.position.offset, 0);
+        assert!(start.events.is_none(), "no since, no events");
+        let events: Vec<PreparedEvent> = (0..4).map(|_| prepared("o", &["task:t"], None)).collect();
+        now(b.publish(&events)).unwrap();
+        let since = Since {
+            offset: 1,
+            epoch: start.position.epoch.to_string(),
+        };
+        let r = now(b.recover(&k, Some(&since))).unwrap();
+        assert_eq!(r.position.offset, 4);
+        assert_eq!(r.position.epoch, start.position.epoch);
+        let got: Vec<(u64, &str)> = r
+            .events
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.offset, e.event.id.as_str()))
+            .collect();
+        let want: Vec<(u64, &str)> = (2..=4)
+            .zip(events[1..].iter().map(|e| e.body.id.as_str()))
+            .collect();
+        assert_eq!(got, want);
+        let stale = Since {
+            offset: 1,
+            epoch: "another-epoch".into(),
+        };
+        assert!(now(b.recover(&k, Some(&stale))).unwrap().events.is_none());
+    }
+
+    #[test]
+    fn quiet_channels_leave_nothing_behind_when_their_last_holder_leaves() {
+        let (_, b) = broker();
+        let n = history::EAGER_FORGET_ABOVE + 20_000;
+        let keys: Vec<ChannelKey> = (0..n).map(|i| key("o", &format!("task:t{i}"))).collect();
+        for k in &keys {
+            b.hold(k);
+            now(b.recover(k, None)).unwrap();
         }
         assert_eq!(b.history.len(), n);
-        for i in 0..n {
-            let key = ChannelKey::new(
-                Arc::from("o"),
-                ChannelId::parse(&format!("task:t{i}")).unwrap(),
-            );
-            b.unsubscribe(&key, 1);
+        for k in &keys {
+            b.release(k);
         }
         assert!(
-            b.history.len() <= crate::history::EAGER_FORGET_ABOVE,
+            b.history.len() <= history::EAGER_FORGET_ABOVE,
             "{}",
             b.history.len()
         );
-        assert!(b.history.len() >= crate::history::EAGER_FORGET_ABOVE / 2);
+        assert!(b.history.len() >= history::EAGER_FORGET_ABOVE / 2);
         // A channel with events keeps its offsets and history.
-        join(&b, "o", "task:busy", 1);
-        b.publish(&[prepared("o", &["task:busy"])]).await.unwrap();
-        let key = ChannelKey::new(Arc::from("o"), ChannelId::parse("task:busy").unwrap());
+        let busy = key("o", "task:busy");
+        b.hold(&busy);
+        now(b.publish(&[prepared("o", &["task:busy"], None)])).unwrap();
         let before = b.history.len();
-        b.unsubscribe(&key, 1);
+        b.release(&busy);
         assert_eq!(b.history.len(), before, "kept with its offsets and history");
     }
 
-    #[tokio::test]
-    async fn a_quiet_channel_keeps_its_epoch_between_subscribers_when_few_channels_are_held() {
-        let b = broker();
-        let key = ChannelKey::new(Arc::from("o"), ChannelId::parse("task:quiet").unwrap());
-        join(&b, "o", "task:quiet", 1);
-        let e1 = b
-            .history
-            .with_channel(&key, Instant::now(), |l| l.epoch().clone());
-        b.unsubscribe(&key, 1);
-        join(&b, "o", "task:quiet", 2);
-        let e2 = b
-            .history
-            .with_channel(&key, Instant::now(), |l| l.epoch().clone());
+    #[test]
+    fn a_quiet_channel_keeps_its_epoch_between_holders_when_few_channels_are_held() {
+        let (_, b) = broker();
+        let k = key("o", "task:quiet");
+        b.hold(&k);
+        let e1 = now(b.recover(&k, None)).unwrap().position.epoch;
+        b.release(&k);
+        b.hold(&k);
+        let e2 = now(b.recover(&k, None)).unwrap().position.epoch;
         assert_eq!(e1, e2, "a client resuming from offset 0 recovers");
     }
 
-    #[tokio::test]
-    async fn a_replay_bigger_than_the_outbox_is_refused_as_not_recovered() {
-        let b = broker();
-        let key = ChannelKey::new(Arc::from("o"), ChannelId::parse("task:t").unwrap());
-        let epoch = b
-            .history
-            .with_channel(&key, Instant::now(), |l| l.epoch().to_string());
-        for _ in 0..50 {
-            b.publish(&[prepared("o", &["task:t"])]).await.unwrap();
-        }
-        let small = Outbox::new(1 << 20, 10);
-        let reply = |_: &Subscribed| Utf8Bytes::from_static("{}");
-        let since = Since { offset: 0, epoch };
-        let sub = Subscriber {
-            conn: 9,
-            outbox: small.clone(),
-        };
-        let r = futures_util::FutureExt::now_or_never(b.subscribe(&key, sub, Some(&since), &reply))
-            .unwrap()
-            .unwrap();
-        assert_eq!(r.recovered, Some(false));
-        assert!(!small.overflowed());
-        assert_eq!(drain(&small).len(), 1, "only the reply");
-    }
-
-    #[tokio::test]
-    async fn a_full_outbox_never_blocks_the_publisher_and_others_still_receive() {
-        let b = broker();
-        let key = ChannelKey::new(Arc::from("o"), ChannelId::parse("task:t").unwrap());
-        let small = Outbox::new(1 << 20, 2);
-        let reply = |_: &Subscribed| Utf8Bytes::from_static("{}");
-        let sub = Subscriber {
-            conn: 1,
-            outbox: small.clone(),
-        };
-        futures_util::FutureExt::now_or_never(b.subscribe(&key, sub, None, &reply))
-            .unwrap()
-            .unwrap();
-        let big = join(&b, "o", "task:t", 2);
-        for _ in 0..10 {
-            b.publish(&[prepared("o", &["task:t"])]).await.unwrap();
-        }
-        assert!(small.overflowed());
-        assert_eq!(drain(&big).len(), 10);
+    #[test]
+    fn a_closed_broker_refuses_everything_as_unavailable() {
+        let (sink, b) = broker();
+        assert!(b.ready());
+        now(b.close());
+        assert!(!b.ready());
+        let k = key("o", "task:t");
+        assert_eq!(
+            now(b.publish(&[prepared("o", &["task:t"], None)])).unwrap_err(),
+            BrokerError::Unavailable
+        );
+        assert_eq!(
+            now(b.recover(&k, None)).unwrap_err(),
+            BrokerError::Unavailable
+        );
+        assert!(sink.0.lock().unwrap().is_empty());
     }
 }
