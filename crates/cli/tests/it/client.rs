@@ -13,8 +13,8 @@ use cortex_client::{
     TokenError, TokenTransport,
 };
 use cortex_realtime::Config;
-use cortex_realtime::auth::mint_hs256;
-use cortex_realtime::server::unix_now;
+use cortex_realtime::mint_hs256;
+use crate::util::unix_now;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;

@@ -105,7 +105,7 @@ async fn a_client_that_never_reads_is_closed_with_4009_and_never_slows_publishin
     assert!(started.elapsed() < Duration::from_secs(60));
     // The server closes it on its own while it still reads nothing: only the fast client stays.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while s.node.connections.open() > 1 {
+    while s.node.open_connections() > 1 {
         assert!(
             Instant::now() < deadline,
             "the slow client was never closed"

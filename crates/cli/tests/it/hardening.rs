@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cortex_protocol::{ChannelId, PublishEvent};
-use cortex_realtime::hub::ChannelKey;
+use cortex_protocol::PublishEvent;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -728,7 +727,6 @@ async fn a_client_that_stops_reading_and_answering_pings_is_closed_after_the_idl
  {
     let s = TestServer::with(quick_liveness()).await;
     let (org, channel) = ("o_gone", "project:p_gone");
-    let key = ChannelKey::new(org.into(), ChannelId::parse(channel).unwrap());
     // A client that keeps reading (so its library answers the pings) stays.
     let mut alive = s.client("u_alive", org).await;
     alive.subscribe(channel).await;
@@ -745,11 +743,11 @@ async fn a_client_that_stops_reading_and_answering_pings_is_closed_after_the_idl
     // socket stays open (no FIN).
     let mut gone = RawClient::subscribed(s.addr, false, "u_gone", org, channel).await;
     let silent_since = Instant::now();
-    assert_eq!(s.node.hub.subscribers(&key), 2);
-    assert_eq!(s.node.connections.open(), 2);
+    assert_eq!(s.node.subscribers(org, channel), 2);
+    assert_eq!(s.node.open_connections(), 2);
     let node = s.node.clone();
     eventually(Duration::from_secs(5), || {
-        node.hub.subscribers(&key) == 1 && node.connections.open() == 1
+        node.subscribers(org, channel) == 1 && node.open_connections() == 1
     })
     .await
     .expect("the silent client is freed within 5 s");
@@ -789,7 +787,6 @@ async fn a_client_that_vanishes_while_its_channel_is_busy_is_closed_and_its_subs
     cfg.limits.idle_timeout = Duration::from_millis(1500);
     let s = TestServer::with(cfg).await;
     let (org, channel) = ("o_busy", "project:p_busy");
-    let key = ChannelKey::new(org.into(), ChannelId::parse(channel).unwrap());
     let gone = RawClient::subscribed(s.addr, true, "u_gone", org, channel).await;
     // 32 KB events every 2 ms or so, on and on.
     let stop = Arc::new(AtomicBool::new(false));
@@ -811,7 +808,7 @@ async fn a_client_that_vanishes_while_its_channel_is_busy_is_closed_and_its_subs
     // Closed with 4009 once its outbox overflowed, or at the latest by the idle timeout, then
     // the close grace (1 s).
     let took = eventually(Duration::from_secs(5), || {
-        node.hub.subscribers(&key) == 0 && node.connections.open() == 0
+        node.subscribers(org, channel) == 0 && node.open_connections() == 0
     })
     .await;
     stop.store(true, Ordering::Relaxed);

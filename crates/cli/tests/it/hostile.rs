@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cortex_realtime::Config;
-use cortex_realtime::auth::KeySource;
-use cortex_realtime::server::unix_now;
+use cortex_realtime::KeySource;
+use crate::util::unix_now;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
@@ -652,7 +652,7 @@ async fn h09_request_head_over_16_kib_gets_431_before_any_token_work() {
     let pad = "a".repeat(20 * 1024);
     let a = exchange(s.addr, upgrade(&target, &[("X-Pad", &pad)])).await;
     assert_eq!(a.status(), Some(431), "{a:?}");
-    assert_eq!(s.node.connections.open(), 0);
+    assert_eq!(s.node.open_connections(), 0);
     assert_still_serving(&s).await;
 }
 
@@ -669,7 +669,7 @@ async fn h10_url_over_10_kib_gets_414_before_any_token_work() {
         414,
         "url_too_long",
     );
-    assert_eq!(s.node.connections.open(), 0);
+    assert_eq!(s.node.open_connections(), 0);
     assert_still_serving(&s).await;
 }
 
@@ -800,11 +800,11 @@ async fn h16_connections_abandoned_mid_handshake_do_not_hurt_others() {
     drop(open);
     // Every slot the abandoned upgrades took is freed.
     let deadline = Instant::now() + WAIT;
-    while s.node.connections.open() > 0 {
+    while s.node.open_connections() > 0 {
         assert!(
             Instant::now() < deadline,
             "{} connections still held",
-            s.node.connections.open()
+            s.node.open_connections()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cortex_realtime::auth::{KeySource, mint_hs256};
-use cortex_realtime::server::unix_now;
+use cortex_realtime::{KeySource, mint_hs256};
 use cortex_realtime::{Config, Node, Server};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -666,4 +665,11 @@ pub async fn get(url: &str) -> (u16, String) {
     let resp = reqwest::get(url).await.expect("GET");
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap())
+}
+
+/// Seconds since the Unix epoch (token times).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use cortex_realtime::Config;
-use cortex_realtime::auth::mint_hs256;
-use cortex_realtime::server::unix_now;
+use cortex_realtime::mint_hs256;
+use crate::util::unix_now;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
