@@ -5,7 +5,7 @@
 
 #![no_main]
 
-use cortex_realtime::publisher::read_head;
+use cortex_realtime::internals::read_head;
 use libfuzzer_sys::fuzz_target;
 
 const KEY: &[u8] = b"Bearer k";

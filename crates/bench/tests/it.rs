@@ -61,11 +61,17 @@ async fn start_server(listen: SocketAddr, limits: Limits) -> ServerHandle {
     }
 }
 
-/// How many connections this process's servers have closed with `code` so far.
-fn closes_with(code: u16) -> u64 {
+/// How many connections this process's servers have closed with `code` so far, from the
+/// server's `/metrics` (a blocking HTTP/1.0 GET: the callers poll it from a plain closure).
+fn closes_with(addr: std::net::SocketAddr, code: u16) -> u64 {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).expect("the server answers /metrics");
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("the request goes out");
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).expect("the metrics arrive");
     let prefix = format!("cortex_closes_total{{code=\"{code}\"}}");
-    cortex_realtime::metrics::render()
-        .lines()
+    text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map_or(0, |n| {
             n.trim().parse::<f64>().expect("a counter value") as u64
@@ -444,7 +450,8 @@ async fn stalled_connections_are_closed_and_the_readers_get_everything() {
         },
     )
     .await;
-    let slow_closes = closes_with(4009);
+    let addr = server.local_addr();
+    let slow_closes = closes_with(addr, 4009);
     // 10% of 100 never read (connections 0 to 9). The kernel takes some 4 to 5 MB on a stalled
     // socket before the server's outbox fills at all (the sender's buffer grows to
     // net.ipv4.tcp_wmem's maximum, 4 MiB by default), so the events are as large as the server
@@ -481,7 +488,7 @@ async fn stalled_connections_are_closed_and_the_readers_get_everything() {
     // The server closed exactly the stalled ones, as slow consumers (4009). The close happens
     // once the close frame cannot be written for a second, or when the socket goes with the
     // worker: either way it is counted as 4009.
-    let closed = || closes_with(4009) - slow_closes;
+    let closed = || closes_with(addr, 4009) - slow_closes;
     let all = eventually(Duration::from_secs(5), || closed() >= u64::from(stalled)).await;
     assert!(
         all,
@@ -524,10 +531,10 @@ async fn connections_come_back_after_a_server_restart() {
     );
     // Every connection is back, on the new server, well before the hold ends.
     let back = eventually(Duration::from_secs(5), || {
-        server.node().connections.open() == conns as usize
+        server.node().open_connections() == conns as usize
     })
     .await;
-    let open = server.node().connections.open();
+    let open = server.node().open_connections();
     let o = run.finish().await;
     assert!(back, "the new server holds {open} connections, not {conns}");
     o.assert_success();
@@ -588,7 +595,7 @@ async fn wrong_credentials_fail_the_check_without_hanging() {
     );
     let p = r.publish.as_ref().expect("a publish phase");
     assert_eq!((p.expected, p.received, p.lost), (0, 0, 0));
-    assert_eq!(server.node().connections.open(), 0);
+    assert_eq!(server.node().open_connections(), 0);
 
     // Without --check the same run is not an error: the report says what happened.
     let o = bench(&with_secret(

@@ -15,12 +15,12 @@
 //! Run with `cargo bench -p cortex-realtime --bench fanout`; `cargo test -p cortex-realtime
 //! --bench fanout` runs each benchmark once as a smoke test.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use cortex_realtime::Limits;
-use cortex_realtime::hub::{ChannelKey, ConnId, Hub, Subscriber};
-use cortex_realtime::outbox::{Batch, Outbox, Queue};
+use cortex_realtime::internals::{
+    Batch, ChannelKey, ConnId, Hub, Outbox, Queue, Subscriber, Tally,
+};
 use cortex_realtime::protocol::event::write_delivery;
 use cortex_realtime::protocol::{ChannelId, EventType};
 use divan::Bencher;
@@ -135,39 +135,31 @@ impl Fixture {
         );
     }
 
-    /// Publishes one frame to every target; returns how many outboxes took it.
-    fn publish(&self, seen: Option<&mut HashSet<ConnId>>) -> usize {
-        match seen {
-            None => self
-                .targets
-                .iter()
-                .map(|(key, msg)| self.hub.fan_out(key, msg, None))
-                .sum(),
-            Some(seen) => self
-                .targets
-                .iter()
-                .map(|(key, msg)| self.hub.fan_out(key, msg, Some(seen)))
-                .sum(),
-        }
+    /// Publishes one frame to every target, counting each connection once per event when
+    /// `per_event` (an event on several channels); returns how many outboxes took it.
+    fn publish(&self, per_event: bool) -> usize {
+        let tally = Tally::new(if per_event {
+            self.targets.len().max(2)
+        } else {
+            1
+        });
+        self.targets
+            .iter()
+            .map(|(key, msg)| self.hub.fan_out(key, || msg.clone(), &tally))
+            .sum()
     }
 
     /// Times `publish` with the outboxes drained between samples.
     fn bench(&self, bencher: Bencher, deliveries: usize, with_seen: bool) {
         assert_eq!(
-            self.publish(None),
+            self.publish(false),
             deliveries,
             "every subscriber is reached"
         );
         bencher
             .counter(ItemsCount::new(deliveries))
             .with_inputs(|| self.drain())
-            .bench_local_values(|()| {
-                if with_seen {
-                    self.publish(Some(&mut HashSet::new()))
-                } else {
-                    self.publish(None)
-                }
-            });
+            .bench_local_values(|()| self.publish(with_seen));
     }
 }
 

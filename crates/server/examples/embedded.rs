@@ -5,9 +5,8 @@
 //! Run it with `cargo run --example embedded`; `cargo test` runs the same flow as a test.
 
 use cortex_realtime::Server;
-use cortex_realtime::auth::mint_hs256;
+use cortex_realtime::mint_hs256;
 use cortex_realtime::protocol::PublishEvent;
-use cortex_realtime::server::unix_now;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::connect_async;
@@ -26,7 +25,8 @@ async fn run_demo() -> Result<Vec<Value>, Box<dyn std::error::Error>> {
 
     // 2. The UI connects with a token the host minted, authenticates with the first frame,
     //    and subscribes to its agent's channel.
-    let token = mint_hs256(secret, "u_1", "o_1", unix_now() + 3600, None);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let token = mint_hs256(secret, "u_1", "o_1", now.as_secs() as i64 + 3600, None);
     let (mut ws, _) = connect_async(&url).await?;
     let mut send = async |v: Value| ws.send(Message::Text(v.to_string().into())).await;
     send(json!({"type": "auth", "token": token})).await?;

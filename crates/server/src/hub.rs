@@ -52,7 +52,7 @@ impl ChannelKey {
 /// publish service through the broker to the fan-out; an event from another node brings a fresh
 /// one nobody reads.
 #[derive(Debug, Default)]
-pub(crate) struct Tally {
+pub struct Tally {
     delivered: AtomicUsize,
     /// For an event on several channels: the connections reached so far.
     seen: Option<Mutex<HashSet<ConnId>>>,
@@ -60,7 +60,7 @@ pub(crate) struct Tally {
 
 impl Tally {
     /// A tally for an event on `channels` channels.
-    pub(crate) fn new(channels: usize) -> Tally {
+    pub fn new(channels: usize) -> Tally {
         Tally {
             delivered: AtomicUsize::new(0),
             seen: (channels > 1).then(|| Mutex::new(HashSet::new())),
@@ -68,7 +68,7 @@ impl Tally {
     }
 
     /// Connections reached so far.
-    pub(crate) fn delivered(&self) -> usize {
+    pub fn delivered(&self) -> usize {
         self.delivered.load(Ordering::Relaxed)
     }
 }

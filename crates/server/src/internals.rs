@@ -3,6 +3,5 @@
 
 pub use crate::auth::JwtVerifier;
 pub use crate::http::publisher::read_head;
-pub use crate::hub::{ChannelKey, Hub, Subscriber, Tally};
-pub use crate::id::ConnId;
-pub use crate::ws::{Batch, Outbox, Queue};
+pub use crate::hub::{ChannelKey, ConnId, Hub, Subscriber, Tally};
+pub use crate::ws::outbox::{Batch, Outbox, Queue};

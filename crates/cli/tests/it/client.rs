@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::util::unix_now;
 use cortex_client::{
     Backoff, ChannelId, Client, ClientEvent, Disconnect, Event, EventType, Events, Stop,
     TokenError, TokenTransport,
 };
 use cortex_realtime::Config;
 use cortex_realtime::mint_hs256;
-use crate::util::unix_now;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;

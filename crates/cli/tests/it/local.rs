@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cortex_realtime::mint_hs256;
-use cortex_realtime::local::LocalState;
 use crate::util::unix_now;
+use cortex_realtime::local::LocalState;
+use cortex_realtime::mint_hs256;
 use serde_json::json;
 
 use crate::util::*;

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cortex_realtime::mint_hs256;
 use crate::util::unix_now;
+use cortex_realtime::mint_hs256;
 use serde_json::json;
 
 use crate::util::*;

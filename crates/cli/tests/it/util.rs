@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cortex_realtime::{KeySource, mint_hs256};
 use cortex_realtime::{Config, Node, Server};
+use cortex_realtime::{KeySource, mint_hs256};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;

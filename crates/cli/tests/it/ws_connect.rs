@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::util::unix_now;
 use cortex_realtime::Config;
 use cortex_realtime::mint_hs256;
-use crate::util::unix_now;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use time::OffsetDateTime;

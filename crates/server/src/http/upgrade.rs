@@ -253,7 +253,7 @@ pub(crate) async fn autobahn_echo(State(node): State<Arc<Node>>, req: Request) -
         Ok(k) => k,
         Err(refusal) => return refusal.into_response(),
     };
-    switch_protocols(&node, req, &key, |ws| session::echo(ws))
+    switch_protocols(&node, req, &key, session::echo)
 }
 
 fn header_has(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
