@@ -32,6 +32,12 @@ use crate::ws::{Batch, Outbox, Queue, Transport};
 
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The same for a slow consumer's 4009, which goes out after the bytes already in flight (the
+/// kernel's buffers, a frame the writer started): the client reads them first, once it reads
+/// again. Its queue and its connection's slot are freed before this wait, which holds only the
+/// socket and the writer's last frames. Past it the socket is dropped; the client then sees the
+/// end of the stream without the close frame, which it could not have read anyway.
+const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(30);
 /// How many queued messages (replies, events) a session lets wait while it reads on.
 const READ_AHEAD: usize = 32;
 /// How long, once our close frame is out, the client's remaining bytes and close are awaited.
@@ -201,13 +207,17 @@ where
         };
         metrics::connection_opened();
         let end = live.serve(&mut ws).await;
+        let deferred = live.deferred_close.take();
         live.leave_all();
-        // Dropping the session frees the connection's slot (its guard).
+        // Dropping the session frees the connection's slot (its guard) and its queue.
         drop(session);
         metrics::connection_closed(match end {
             End::Closed(c) => c.code(),
             End::Gone => 1006,
         });
+        if let Some(why) = deferred {
+            Box::pin(close(&mut ws, why)).await;
+        }
         end
     }
 }
@@ -264,7 +274,13 @@ where
         code: WsCloseCode::from(code.code()),
         reason: reason.into(),
     };
-    let sent = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
+    let grace = if why == Closing::SlowConsumer {
+        SLOW_CLOSE_GRACE
+    } else {
+        CLOSE_GRACE
+    };
+    let started = Instant::now();
+    let sent = tokio::time::timeout(grace, ws.close(Some(frame))).await;
     let drain = async {
         if sent.is_err() {
             // The client is not reading: nothing more can reach it.
@@ -304,10 +320,14 @@ where
         let _ = io.shutdown().await;
         let _ = tokio::io::copy(io, &mut tokio::io::sink()).await;
     };
-    let limit = if why == Closing::TooBig {
-        OVERSIZE_DRAIN
-    } else {
-        CLOSE_DRAIN
+    let limit = match why {
+        Closing::TooBig => OVERSIZE_DRAIN,
+        // The client reads what was in flight, then the close frame, then answers it: the
+        // rest of the same bound.
+        Closing::SlowConsumer => SLOW_CLOSE_GRACE
+            .saturating_sub(started.elapsed())
+            .max(CLOSE_DRAIN),
+        _ => CLOSE_DRAIN,
     };
     let _ = tokio::time::timeout(limit, drain).await;
     End::Closed(code)
@@ -363,6 +383,8 @@ struct Session {
     subscriptions: Vec<ChannelKey>,
     expires: Instant,
     allowance: Allowance,
+    /// A close to send once the session is over (see [`Session::defer_close`]).
+    deferred_close: Option<Closing>,
 }
 
 impl Session {
@@ -377,6 +399,7 @@ impl Session {
             subscriptions: Vec::new(),
             expires,
             allowance: Allowance::new(limits.commands_per_sec as f32),
+            deferred_close: None,
             node,
         }
     }
@@ -451,7 +474,7 @@ impl Session {
                     if self.outbox.try_batch(&mut batch) == Some(Batch::Ready)
                         && let Err(stop) = self.write(ws, &mut batch).await
                     {
-                        return Box::pin(stop.run(ws)).await;
+                        return Box::pin(self.stop(ws, stop)).await;
                     }
                     return Box::pin(close(ws, Closing::Draining)).await;
                 }
@@ -519,15 +542,33 @@ impl Session {
                 }
                 b = std::future::poll_fn(|cx| self.outbox.poll_batch(cx, &mut batch)) => {
                     if b == Batch::Overflowed {
-                        return Box::pin(close(ws, Closing::SlowConsumer)).await;
+                        return self.defer_close(Closing::SlowConsumer);
                     }
                     if let Err(stop) = self.write(ws, &mut batch).await {
-                        return Box::pin(stop.run(ws)).await;
+                        return Box::pin(self.stop(ws, stop)).await;
                     }
                     // Written: give a spilled buffer back rather than hold it while idle.
                     batch = Queue::new();
                 }
             }
+        }
+    }
+
+    /// Ends the session now and sends the close frame once its slot and queue are freed (see
+    /// [`run`]): a slow consumer's 4009 may wait for the bytes in flight.
+    fn defer_close(&mut self, why: Closing) -> End {
+        self.deferred_close = Some(why);
+        End::Closed(why.close_code())
+    }
+
+    /// Ends the session as a blocked write says.
+    async fn stop<S>(&mut self, ws: &mut WebSocketStream<S>, stop: Stop) -> End
+    where
+        S: Transport,
+    {
+        match stop {
+            Stop::Close(why @ Closing::SlowConsumer) => self.defer_close(why),
+            other => other.run(ws).await,
         }
     }
 

@@ -466,15 +466,42 @@ async fn slow_subscriber_is_closed_with_4009(content: usize, fits: u64, pace: Pa
 
     // The server closed the slow one by itself, while it still read nothing.
     closed_with_4009(&s, 1.0, 1.0).await;
-    // When it reads again it finds a prefix of the channel and the end. The 4009 frame itself
-    // reaches it only if it fitted in the socket's buffers before the close grace ran out.
+    // When it reads again it finds a prefix of the channel, then the close frame 4009.
     let (last, code) = read_to_end(&mut slow).await;
     eprintln!(
         "slow consumer: 4009 seen after {} events published; the non-reader then read offsets \
          1..={last} and {code:?}",
         sent.len()
     );
-    assert!(matches!(code, Some(4009) | None), "{code:?}");
+    assert_eq!(code, Some(4009), "the close frame after offsets 1..={last}");
+}
+
+/// A client that stops reading (a 4 KiB receive buffer) while 600 events of 24 KiB each go to
+/// its channel learns why it was closed: when it reads again it finds a prefix of the channel,
+/// then the close frame 4009, never the end of the connection without it. What was queued for
+/// it is dropped; what was in flight (the kernel's buffers, the writer's frame) comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_reads_close_4009_after_what_was_in_flight() {
+    let _heavy = HEAVY.lock().await;
+    let s = Served::start(&[]).await;
+    let (org, channel) = ("o_slow4009", "project:p_slow4009");
+    let mut slow = non_reader(&s.ws_url(), "u_slow", org, channel).await;
+    let p = Publisher::new(s.events_url());
+    let content = "x".repeat(24 * 1024);
+    for batch in 0..30u64 {
+        let events: Vec<Value> = (0..20)
+            .map(|i| chat(org, channel, batch * 20 + i, &content))
+            .collect();
+        p.accepted(&json!({ "events": events })).await;
+    }
+    // The server closed it by itself, while it still read nothing.
+    closed_with_4009(&s, 1.0, 0.0).await;
+    let (last, code) = tokio::time::timeout(Duration::from_secs(30), read_to_end(&mut slow))
+        .await
+        .expect("the connection ends");
+    eprintln!("slow consumer: read offsets 1..={last}, then {code:?}");
+    assert_eq!(code, Some(4009), "the close frame after offsets 1..={last}");
+    assert!(last < 600, "what was queued was dropped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
