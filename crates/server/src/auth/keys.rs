@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::alphabet;
-use base64::engine::general_purpose::STANDARD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use pkcs1::RsaPublicKey;
 use serde_json::{Map, Value};
+use spki::der::Decode as _;
+use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
 
 const MIN_RSA_BITS: usize = 2048;
 const MAX_RSA_BITS: usize = 4096;
@@ -184,7 +186,7 @@ fn load_pem(path: &Path) -> Result<VerifyKey, KeyError> {
     let bytes = read_file(path)?;
     let text = std::str::from_utf8(&bytes).map_err(|_| unsupported("not a PEM file"))?;
     let (label, der) = parse_single_pem(text).map_err(unsupported)?;
-    let (alg, key) = match label {
+    let (alg, key) = match label.as_str() {
         "PUBLIC KEY" => spki_key(&der).map_err(unsupported)?,
         "RSA PUBLIC KEY" => (Algorithm::RS256, pkcs1_rsa_key(&der).map_err(unsupported)?),
         label if label.ends_with("PRIVATE KEY") => {
@@ -207,111 +209,52 @@ fn load_pem(path: &Path) -> Result<VerifyKey, KeyError> {
 }
 
 /// Splits a PEM text holding one block into its label and DER contents.
-fn parse_single_pem(text: &str) -> Result<(&str, Vec<u8>), &'static str> {
-    const BEGIN: &str = "-----BEGIN ";
-    const DASHES: &str = "-----";
+///
+/// The framing and base64 are the `pem` crate's; "exactly one block" is our rule, checked on
+/// the text first so that a second block is reported as such even when it is itself malformed.
+/// RFC 1421 headers (`Proc-Type: ...`) belong to encrypted private keys, never to a public key:
+/// a block with headers is not one we read.
+fn parse_single_pem(text: &str) -> Result<(String, Vec<u8>), &'static str> {
     const NOT_PEM: &str = "not a PEM file";
-    let start = text.find(BEGIN).ok_or(NOT_PEM)?;
-    let rest = &text[start + BEGIN.len()..];
-    if rest.contains(BEGIN) {
+    if text.matches("-----BEGIN ").count() > 1 {
         return Err("more than one PEM block; put one public key in each file");
     }
-    let label_len = rest.find(DASHES).ok_or(NOT_PEM)?;
-    let label = &rest[..label_len];
-    if label.is_empty() || label.contains(['\r', '\n']) {
+    let block = pem::parse(text).map_err(|_| NOT_PEM)?;
+    if block.tag().contains(['\r', '\n']) || block.headers().iter().next().is_some() {
         return Err(NOT_PEM);
     }
-    let body = &rest[label_len + DASHES.len()..];
-    let end = body
-        .find(&format!("-----END {label}-----"))
-        .ok_or(NOT_PEM)?;
-    let base64: String = body[..end]
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    let der = STANDARD.decode(base64).map_err(|_| NOT_PEM)?;
-    Ok((label, der))
+    Ok((block.tag().to_owned(), block.into_contents()))
 }
 
-// Object identifiers (DER contents, without tag and length).
-const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
-
-const TAG_INTEGER: u8 = 0x02;
-const TAG_BIT_STRING: u8 = 0x03;
-const TAG_OID: u8 = 0x06;
-const TAG_SEQUENCE: u8 = 0x30;
-
-/// Reads one DER element (definite length): its tag, its contents and what follows it.
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
-            return None;
-        }
-        let (len_bytes, rest) = rest.split_at(count);
-        let len = len_bytes
-            .iter()
-            .fold(0usize, |len, &b| (len << 8) | usize::from(b));
-        (len, rest)
-    };
-    if rest.len() < len {
-        return None;
-    }
-    let (contents, rest) = rest.split_at(len);
-    Some((tag, contents, rest))
-}
-
-/// Reads a DER element that must have `tag`.
-fn der_expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    der_element(input).and_then(|(t, contents, rest)| (t == tag).then_some((contents, rest)))
-}
+// The object identifiers of the keys we read (RFC 5480, RFC 3279, RFC 8410).
+const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 
 /// Classifies an X.509 SubjectPublicKeyInfo and builds the key with its one algorithm.
 fn spki_key(der: &[u8]) -> Result<(Algorithm, DecodingKey), &'static str> {
-    const MALFORMED: &str = "malformed public key";
-    let parse = || {
-        let (spki, rest) = der_expect(der, TAG_SEQUENCE)?;
-        let (algorithm_id, rest_spki) = der_expect(spki, TAG_SEQUENCE)?;
-        let (bits, after_bits) = der_expect(rest_spki, TAG_BIT_STRING)?;
-        let (oid, parameters) = der_expect(algorithm_id, TAG_OID)?;
-        // A public key is a whole number of bytes: no unused bits.
-        let (&0, key) = bits.split_first()? else {
-            return None;
-        };
-        (rest.is_empty() && after_bits.is_empty()).then_some((oid, parameters, key))
-    };
-    let (oid, parameters, key) = parse().ok_or(MALFORMED)?;
-    if oid == OID_RSA_ENCRYPTION {
-        Ok((Algorithm::RS256, pkcs1_rsa_key(key)?))
-    } else if oid == OID_EC_PUBLIC_KEY {
-        match der_expect(parameters, TAG_OID) {
-            Some((curve, [])) if curve == OID_P256 => Ok((Algorithm::ES256, ec_p256_key(key)?)),
+    let spki = SubjectPublicKeyInfoRef::from_der(der).map_err(|_| "malformed public key")?;
+    // A public key is a whole number of bytes: no unused bits.
+    let key = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or("malformed public key")?;
+    match spki.algorithm.oid {
+        OID_RSA_ENCRYPTION => Ok((Algorithm::RS256, pkcs1_rsa_key(key)?)),
+        OID_EC_PUBLIC_KEY => match spki.algorithm.parameters_oid() {
+            Ok(OID_P256) => Ok((Algorithm::ES256, ec_p256_key(key)?)),
             _ => Err("EC keys must be on curve P-256 (ES256)"),
-        }
-    } else if oid == OID_ED25519 {
-        Ok((Algorithm::EdDSA, ed25519_key(key)?))
-    } else {
-        Err("not an RSA, EC P-256 or Ed25519 public key")
+        },
+        OID_ED25519 => Ok((Algorithm::EdDSA, ed25519_key(key)?)),
+        _ => Err("not an RSA, EC P-256 or Ed25519 public key"),
     }
 }
 
 /// Reads a PKCS#1 `RSAPublicKey` (`SEQUENCE { n INTEGER, e INTEGER }`).
 fn pkcs1_rsa_key(der: &[u8]) -> Result<DecodingKey, &'static str> {
-    let parse = || {
-        let (seq, rest) = der_expect(der, TAG_SEQUENCE)?;
-        let (n, seq_rest) = der_expect(seq, TAG_INTEGER)?;
-        let (e, seq_end) = der_expect(seq_rest, TAG_INTEGER)?;
-        (rest.is_empty() && seq_end.is_empty()).then_some((n, e))
-    };
-    let (n, e) = parse().ok_or("malformed RSA public key")?;
-    rsa_key(n, e)
+    let key = RsaPublicKey::from_der(der).map_err(|_| "malformed RSA public key")?;
+    rsa_key(key.modulus.as_bytes(), key.public_exponent.as_bytes())
 }
 
 /// Builds an RSA key from big-endian `n` and `e`, refusing what RS256 should not trust.
@@ -465,9 +408,11 @@ fn jwk_key(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, &'static str> 
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::STANDARD;
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::auth::JwtVerifier;
     use crate::auth::test_util::*;
 
     #[test]
@@ -577,6 +522,57 @@ mod tests {
                 if *reason == "not an RSA, EC P-256 or Ed25519 public key"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn pem_rules_of_ours_hold_on_top_of_the_pem_crate() {
+        let rsa = String::from_utf8(fixture_bytes("rsa-public.pem")).unwrap();
+        // Text around the one block, and CRLF line ends, are fine.
+        let framed = format!(
+            "# issuer key, 2025\n{}\ntrailing note\n",
+            rsa.replace('\n', "\r\n")
+        );
+        let file = TempFile::new(framed.as_bytes());
+        assert!(JwtVerifier::new(&config(vec![KeySource::PublicKeyPem(file.0.clone())])).is_ok());
+
+        let (begin, body) = rsa.split_once('\n').unwrap();
+        let mut der = STANDARD
+            .decode(
+                body.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>(),
+            )
+            .unwrap();
+        der.push(0);
+        let trailing = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            STANDARD.encode(&der)
+        );
+        let pkcs1 = String::from_utf8(fixture_bytes("rsa-public-pkcs1.pem")).unwrap();
+        let short_pkcs1 = pkcs1.replacen("\n", "\nMAo=\n-----END RSA PUBLIC KEY-----\n", 1);
+        let cases = [
+            // A second block counts even when it is not well-formed itself.
+            (
+                format!("{rsa}-----BEGIN PUBLIC KEY-----\nnot base64\n"),
+                "more than one PEM block; put one public key in each file",
+            ),
+            // RFC 1421 headers belong to (encrypted) private keys, never to a public key.
+            (
+                format!("{begin}\nProc-Type: 4,ENCRYPTED\n\n{body}"),
+                "not a PEM file",
+            ),
+            (rsa.replace("PUBLIC KEY", "PUBLIC\nKEY"), "not a PEM file"),
+            (trailing, "malformed public key"),
+            (short_pkcs1, "malformed RSA public key"),
+        ];
+        for (contents, expected) in cases {
+            let file = TempFile::new(contents.as_bytes());
+            let err = load_error(vec![KeySource::PublicKeyPem(file.0.clone())]);
+            assert!(
+                matches!(&err, KeyError::UnsupportedKey { reason, .. } if *reason == expected),
+                "{expected}: {err:?}"
+            );
+        }
     }
 
     #[test]
