@@ -10,7 +10,9 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use pkcs1::RsaPublicKey;
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny};
+use serde_json::Value;
 use spki::der::Decode as _;
 use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
 
@@ -315,17 +317,21 @@ fn load_jwks(path: &Path) -> Result<Vec<VerifyKey>, KeyError> {
         reason,
     };
     let bytes = read_file(path)?;
+    // The document stays a `Value` only to tell "not JSON" from "no keys array"; each entry is
+    // read as a `Jwk`.
     let document: Value = serde_json::from_slice(&bytes).map_err(|_| invalid("not JSON"))?;
-    let entries = document
-        .get("keys")
-        .and_then(Value::as_array)
-        .ok_or_else(|| invalid("no \"keys\" array"))?;
+    let Some(Value::Array(entries)) = document.get("keys") else {
+        return Err(invalid("no \"keys\" array"));
+    };
     let mut keys = Vec::new();
     for entry in entries {
-        let entry = entry
-            .as_object()
-            .ok_or_else(|| invalid("a key is not a JSON object"))?;
-        if let Some(key) = jwk_key(entry).map_err(invalid)? {
+        let not_object = || invalid("a key is not a JSON object");
+        if !entry.is_object() {
+            return Err(not_object());
+        }
+        // Cannot fail on an object: every member of a `Jwk` takes any JSON value.
+        let jwk = Jwk::deserialize(entry).map_err(|_| not_object())?;
+        if let Some(key) = jwk_key(&jwk).map_err(invalid)? {
             keys.push(key);
         }
     }
@@ -337,35 +343,101 @@ fn load_jwks(path: &Path) -> Result<Vec<VerifyKey>, KeyError> {
     Ok(keys)
 }
 
-/// One JWKS entry: `Ok(None)` when it is not an RS256/ES256/EdDSA signature key.
-fn jwk_key(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, &'static str> {
-    fn text<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, &'static str> {
-        match jwk.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err("a key member that must be a string is not"),
+/// One JWKS entry (RFC 7517), the members we read; others are ignored. Each is a [`Member`], so
+/// that an entry always deserializes and [`jwk_key`] applies the rules in their order, with
+/// their own reasons, to the members it needs.
+#[derive(Deserialize)]
+struct Jwk {
+    #[serde(default)]
+    kty: Member<String>,
+    #[serde(default)]
+    kid: Member<String>,
+    #[serde(default, rename = "use")]
+    use_: Member<String>,
+    #[serde(default)]
+    key_ops: Member<Vec<Member<String>>>,
+    #[serde(default)]
+    alg: Member<String>,
+    #[serde(default)]
+    crv: Member<String>,
+    #[serde(default)]
+    n: Member<String>,
+    #[serde(default)]
+    e: Member<String>,
+    #[serde(default)]
+    x: Member<String>,
+    #[serde(default)]
+    y: Member<String>,
+    /// Private material: present at all, whatever its value, fails the load.
+    #[serde(default)]
+    d: Member<IgnoredAny>,
+}
+
+/// A member of a JWKS entry: absent, of its JSON type, or present with another type. `null` is
+/// "another type", not "absent" (a plain `Option` would read it as absent).
+#[derive(Default)]
+enum Member<T> {
+    #[default]
+    Absent,
+    Valid(T),
+    Mistyped,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Member<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Typed<T> {
+            Valid(T),
+            Mistyped(IgnoredAny),
+        }
+        Ok(match Typed::deserialize(deserializer)? {
+            Typed::Valid(value) => Member::Valid(value),
+            Typed::Mistyped(_) => Member::Mistyped,
+        })
+    }
+}
+
+impl Member<String> {
+    /// The member's text; `None` when absent.
+    fn text(&self) -> Result<Option<&str>, &'static str> {
+        match self {
+            Member::Absent => Ok(None),
+            Member::Valid(text) => Ok(Some(text)),
+            Member::Mistyped => Err("a key member that must be a string is not"),
         }
     }
-    fn bytes(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, &'static str> {
-        let value = text(jwk, name)?.ok_or("a key lacks a required member")?;
+
+    /// The bytes of a required base64url member.
+    fn bytes(&self) -> Result<Vec<u8>, &'static str> {
+        let value = self.text()?.ok_or("a key lacks a required member")?;
         JWK_BASE64
             .decode(value)
             .map_err(|_| "a key member is not base64url")
     }
+}
 
-    if jwk.contains_key("d") {
+/// One JWKS entry: `Ok(None)` when it is not an RS256/ES256/EdDSA signature key.
+fn jwk_key(jwk: &Jwk) -> Result<Option<VerifyKey>, &'static str> {
+    if !matches!(jwk.d, Member::Absent) {
         return Err("a key holds private material (\"d\"): publish public keys only");
     }
-    let kty = text(jwk, "kty")?.ok_or("a key has no \"kty\"")?;
-    let kid = text(jwk, "kid")?;
-    let declared_alg = text(jwk, "alg")?;
-    if text(jwk, "use")?.is_some_and(|u| u != "sig") {
+    let kty = jwk.kty.text()?.ok_or("a key has no \"kty\"")?;
+    let kid = jwk.kid.text()?;
+    let declared_alg = jwk.alg.text()?;
+    if jwk.use_.text()?.is_some_and(|u| u != "sig") {
         return Ok(None);
     }
-    if let Some(ops) = jwk.get("key_ops") {
-        let ops = ops.as_array().ok_or("\"key_ops\" is not an array")?;
-        if !ops.iter().any(|op| op == "verify") {
-            return Ok(None);
+    match &jwk.key_ops {
+        Member::Absent => {}
+        Member::Mistyped => return Err("\"key_ops\" is not an array"),
+        Member::Valid(ops) => {
+            if !ops
+                .iter()
+                .any(|op| matches!(op, Member::Valid(op) if op == "verify"))
+            {
+                return Ok(None);
+            }
         }
     }
     let (alg, key) = match kty {
@@ -373,16 +445,13 @@ fn jwk_key(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, &'static str> 
             if !matches!(declared_alg, None | Some("RS256")) {
                 return Ok(None);
             }
-            (
-                Algorithm::RS256,
-                rsa_key(&bytes(jwk, "n")?, &bytes(jwk, "e")?)?,
-            )
+            (Algorithm::RS256, rsa_key(&jwk.n.bytes()?, &jwk.e.bytes()?)?)
         }
         "EC" => {
-            if text(jwk, "crv")? != Some("P-256") || !matches!(declared_alg, None | Some("ES256")) {
+            if jwk.crv.text()? != Some("P-256") || !matches!(declared_alg, None | Some("ES256")) {
                 return Ok(None);
             }
-            let (x, y) = (bytes(jwk, "x")?, bytes(jwk, "y")?);
+            let (x, y) = (jwk.x.bytes()?, jwk.y.bytes()?);
             if x.len() != 32 || y.len() != 32 {
                 return Err("P-256 coordinates must be 32 bytes");
             }
@@ -390,12 +459,12 @@ fn jwk_key(jwk: &Map<String, Value>) -> Result<Option<VerifyKey>, &'static str> 
             (Algorithm::ES256, ec_p256_key(&point)?)
         }
         "OKP" => {
-            if text(jwk, "crv")? != Some("Ed25519")
+            if jwk.crv.text()? != Some("Ed25519")
                 || !matches!(declared_alg, None | Some("EdDSA" | "Ed25519"))
             {
                 return Ok(None);
             }
-            (Algorithm::EdDSA, ed25519_key(&bytes(jwk, "x")?)?)
+            (Algorithm::EdDSA, ed25519_key(&jwk.x.bytes()?)?)
         }
         _ => return Ok(None),
     };
@@ -636,6 +705,63 @@ mod tests {
             );
             assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
         }
+    }
+
+    #[test]
+    fn jwks_members_present_with_another_type_are_not_read_as_absent() {
+        let jwks: Value = serde_json::from_slice(&fixture_bytes("jwks.json")).unwrap();
+        let rsa = jwks["keys"][0].clone();
+        let with = |name: &str, value: Value| {
+            let mut key = rsa.clone();
+            key[name] = value;
+            json!({ "keys": [key] }).to_string()
+        };
+        let cases = [
+            (
+                with("d", json!(null)),
+                "a key holds private material (\"d\"): publish public keys only",
+            ),
+            (
+                with("kid", json!(null)),
+                "a key member that must be a string is not",
+            ),
+            (
+                with("use", json!(null)),
+                "a key member that must be a string is not",
+            ),
+            (
+                with("kty", json!(["RSA"])),
+                "a key member that must be a string is not",
+            ),
+            (
+                with("e", json!(65537)),
+                "a key member that must be a string is not",
+            ),
+            (with("key_ops", json!(null)), "\"key_ops\" is not an array"),
+        ];
+        for (contents, expected) in cases {
+            let file = TempFile::new(contents.as_bytes());
+            let err = load_error(vec![KeySource::JwksFile(file.0.clone())]);
+            assert!(
+                matches!(&err, KeyError::Jwks { reason, .. } if *reason == expected),
+                "{expected}: {err:?}"
+            );
+        }
+        // Members a key type does not read, unknown members and non-string `key_ops` items
+        // are ignored; the last of duplicate members counts, as in any JSON object.
+        let mut key = rsa.clone();
+        key["crv"] = json!(5);
+        key["x5c"] = json!(["MIIB"]);
+        key["key_ops"] = json!([7, null, "verify"]);
+        let text = json!({ "keys": [key] }).to_string().replacen(
+            "\"kid\":",
+            "\"kid\":\"other\",\"kid\":",
+            1,
+        );
+        let file = TempFile::new(text.as_bytes());
+        let v = verifier(vec![KeySource::JwksFile(file.0.clone())]);
+        let token = with_kid(Algorithm::RS256, "rsa-1", &rsa_private("rsa-private.pem"));
+        assert!(v.verify(&token, NOW).is_ok());
     }
 
     #[test]
