@@ -2,9 +2,11 @@
 //!
 //! [`JwtVerifier`] is built once from a [`VerifierConfig`] (that is the only place with I/O: key
 //! files are read there) and then [`JwtVerifier::verify`] is pure: it takes the token and the
-//! current unix time and answers [`Claims`] or an [`AuthError`]. `jsonwebtoken` is used only for
-//! the signature arithmetic; every rule about the token's shape, header and claims is written
-//! here so that it is exactly ours and can be read in one place.
+//! current unix time and answers [`Claims`] or an [`AuthError`]. In verification `jsonwebtoken`
+//! is used only for the signature arithmetic (it also mints the HS256 tokens of
+//! [`mint_hs256`]); every rule about the token's shape, header and claims is written here (in
+//! `policy`) so that it is exactly ours and can be read in one place. Key files are read with
+//! the `pem`, `spki` and `pkcs1` crates, our key rules on top (in `keys`).
 //!
 //! # What `verify` checks, in order
 //!
@@ -50,9 +52,7 @@
 
 use std::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 
 mod keys;
@@ -201,7 +201,7 @@ impl JwtVerifier {
 }
 
 /// Mints an HS256 token with `sub`, `org`, `exp` and, when given, `channels` (used by the `token`
-/// command and by tests). The header is `{"alg":"HS256","typ":"JWT"}`.
+/// command and by tests). The header is `{"typ":"JWT","alg":"HS256"}`.
 pub fn mint_hs256(
     secret: &str,
     sub: &str,
@@ -221,17 +221,12 @@ pub fn mint_hs256(
 
 /// Mints an HS256 token carrying exactly `claims` (for extra claims such as `iat`, `iss`, `aud`).
 pub fn mint_hs256_claims(secret: &str, claims: &Map<String, Value>) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload =
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("a JSON map always serializes"));
-    let message = format!("{header}.{payload}");
-    let signature = jsonwebtoken::crypto::sign(
-        message.as_bytes(),
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
         &EncodingKey::from_secret(secret.as_bytes()),
-        Algorithm::HS256,
     )
-    .expect("HMAC-SHA256 accepts a key of any length");
-    format!("{message}.{signature}")
+    .expect("HMAC-SHA256 accepts a key of any length and a JSON map always serializes")
 }
 
 #[cfg(test)]
