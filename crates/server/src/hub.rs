@@ -3,7 +3,7 @@
 //! Sharded by channel so unrelated channels never contend. Only synchronous work happens under a
 //! shard lock (no `.await`): fan-out pushes pre-serialized bytes into bounded outboxes, which
 //! never block. On a channel of at most [`DIRECT_FAN_OUT`] subscribers a push to an idle
-//! connection is a non-blocking write to its socket (see [`crate::socket`]): at most that many
+//! connection is a non-blocking write to its socket (see [`crate::ws`]): at most that many
 //! `writev` calls under the lock, each a few microseconds. On a longer channel, the idle
 //! connections' queues are written, after the lock is let go, by flusher tasks of a
 //! few connections each rather than by each connection's own task.
@@ -88,7 +88,7 @@ type Shard = HashMap<ChannelKey, Members>;
 /// subscribing and leaving stay O(1) on a channel of tens of thousands (an `org:` channel).
 const INDEX_ABOVE: usize = 32;
 /// Channels with at most this many subscribers on the node let a delivery write to an idle
-/// connection's socket directly (see [`crate::socket`]).
+/// connection's socket directly (see [`crate::ws`]).
 pub const DIRECT_FAN_OUT: usize = 64;
 // A channel past `DIRECT_FAN_OUT` is long: it keeps the `Long` part its fan-out relies on.
 const _: () = assert!(DIRECT_FAN_OUT > INDEX_ABOVE);

@@ -5,7 +5,12 @@
 //!
 //! Most deliveries go to channels of a few subscribers and find the connection idle. Handing
 //! each to the connection's task (wake it, poll it, frame, write) costs more user-space CPU than
-//! the write itself (docs/benchmarks.md), so a socket has three writers:
+//! the write itself, so the bytes are written here by hand rather than always through
+//! tungstenite. Measured (docs/benchmarks.md, "deliveries to small channels skip the
+//! connection's task" and "less work per delivery in a connection's task"): CPU per delivery in
+//! groups of 50 went from 13.81 to 12.09 us and in 1:1 from 55.06 to 39.08 us; the task writing
+//! a lone message itself took a delivery from about 3,000 to 2,000 server instructions
+//! (callgrind). So a socket has three writers:
 //!
 //! 1. the session's task, through tungstenite and [`Socket`] (replies, pings, close frames,
 //!    batches drained from the outbox; [`Transport::write_now`] writes a batch straight to the
