@@ -195,7 +195,8 @@ export type ErrorCode =
   | "too_many_subscriptions"
   | "rate_limited"
   | "invalid_token"
-  | "token_mismatch";
+  | "token_mismatch"
+  | "unavailable";
 
 export type Ref = string | number;
 
