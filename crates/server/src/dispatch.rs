@@ -453,6 +453,50 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_recovery_drops_a_newcomer_and_keeps_a_member() {
+        use crate::broker::test_util::Flaky;
+        let d = Arc::new(Dispatch::new());
+        let b = Flaky::new(d.clone());
+        let k = key("o", "task:t");
+        let member = Outbox::new(1 << 20, 100);
+        let sub = |conn, outbox: &Outbox| Subscriber {
+            conn,
+            outbox: outbox.clone(),
+        };
+        d.subscribe(&b, &k, sub(1, &member), None, &reply)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        drain(&member);
+        b.down.store(true, Ordering::SeqCst);
+        let newcomer = Outbox::new(1 << 20, 100);
+        let err = d
+            .subscribe(&b, &k, sub(2, &newcomer), None, &reply)
+            .now_or_never()
+            .unwrap();
+        assert_eq!(err.unwrap_err(), BrokerError::Unavailable);
+        let again = d
+            .subscribe(&b, &k, sub(1, &member), None, &reply)
+            .now_or_never()
+            .unwrap();
+        assert_eq!(again.unwrap_err(), BrokerError::Unavailable);
+        assert_eq!(
+            d.hub().subscribers(&k),
+            1,
+            "the member stays, the newcomer is not added"
+        );
+        assert_eq!(d.joining.load(Ordering::SeqCst), 0, "no join left behind");
+        b.down.store(false, Ordering::SeqCst);
+        let ev = prepared("o", &["task:t"], None);
+        b.publish(std::slice::from_ref(&ev))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(offsets(&drain(&member)), [1], "the member still receives");
+        assert!(drain(&newcomer).is_empty());
+    }
+
+    #[test]
     fn an_event_on_two_channels_counts_each_connection_once() {
         let (d, b) = node();
         let o = Outbox::new(1 << 20, 100);

@@ -12,7 +12,7 @@ use cortex_protocol::{ChannelId, Since};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{JwtVerifier, KeyError};
-use crate::broker::{Broker, BrokerError, MemoryBroker};
+use crate::broker::{Broker, BrokerError, MemoryBroker, Sink};
 use crate::config::Config;
 use crate::dispatch::{Dispatch, ReplyFn, Subscribed};
 use crate::hub::{ChannelKey, ConnId, Subscriber};
@@ -95,8 +95,26 @@ impl Drop for InFlight<'_> {
 }
 
 impl Node {
-    /// Builds a node's state from its configuration (no listener: see [`crate::Server`]).
+    /// Builds a node's state from its configuration (no listener: see [`crate::Server`]), with
+    /// the in-memory broker.
     pub(crate) fn new(config: Config) -> Result<Arc<Node>, StartError> {
+        Node::with_broker(config, |sink, config| {
+            let l = &config.limits;
+            Arc::new(MemoryBroker::new(
+                sink,
+                config.history,
+                l.channel_idle,
+                l.idempotency_window,
+                l.idempotency_capacity,
+            ))
+        })
+    }
+
+    /// The same with the broker `make` builds, delivering into the node's dispatch.
+    pub(crate) fn with_broker(
+        config: Config,
+        make: impl FnOnce(Arc<dyn Sink>, &Config) -> Arc<dyn Broker>,
+    ) -> Result<Arc<Node>, StartError> {
         if config.auth.keys.is_empty() {
             return Err(StartError::NoVerificationKey);
         }
@@ -104,15 +122,9 @@ impl Node {
             return Err(StartError::NoPublishKey);
         }
         let verifier = JwtVerifier::new(&config.auth)?;
-        let l = &config.limits;
         let dispatch = Arc::new(Dispatch::new());
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
-            dispatch.clone(),
-            config.history,
-            l.channel_idle,
-            l.idempotency_window,
-            l.idempotency_capacity,
-        ));
+        let broker = make(dispatch.clone(), &config);
+        let l = &config.limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(l.ws_read_buffer)
             .write_buffer_size(l.ws_write_buffer)

@@ -945,6 +945,57 @@ mod tests {
         assert!(t.contains("\"connected\""), "{t}");
     }
 
+    /// Sends a command and reads the next text frame as JSON.
+    async fn ask(
+        client: &mut WebSocketStream<DuplexStream>,
+        cmd: serde_json::Value,
+    ) -> serde_json::Value {
+        client
+            .send(Message::Text(cmd.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            match client.next().await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+                Some(Ok(_)) => continue,
+                other => panic!("the connection ended: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_the_broker_cannot_serve_is_answered_unavailable_and_the_connection_stays()
+    {
+        use crate::broker::test_util::Flaky;
+        let mut c = Config::default();
+        c.auth.keys = vec![KeySource::Secret(SECRET.into())];
+        c.publish_keys = vec!["k".into()];
+        let mut flaky = None;
+        let node = Node::with_broker(c, |sink, _| {
+            let f = Arc::new(Flaky::new(sink));
+            flaky = Some(f.clone());
+            f
+        })
+        .expect("node");
+        let flaky = flaky.unwrap();
+        let (mut client, _task) = pair(&node).await;
+        auth(&mut client, unix_now() + 3600).await;
+        flaky.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let sub = serde_json::json!({"type": "subscribe", "channelId": "task:t_1", "ref": 7});
+        let answer = ask(&mut client, sub.clone()).await;
+        assert_eq!(answer["type"], "error", "{answer}");
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+        assert_eq!(answer["channelId"], "task:t_1");
+        assert_eq!(answer["ref"], 7);
+        assert_eq!(node.subscribers("o_1", "task:t_1"), 0, "nothing changed");
+        let pong = ask(&mut client, serde_json::json!({"type": "ping"})).await;
+        assert_eq!(pong["type"], "pong", "the connection stays open");
+        flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        let answer = ask(&mut client, sub).await;
+        assert_eq!(answer["type"], "subscribed", "a retry works: {answer}");
+        assert_eq!(node.subscribers("o_1", "task:t_1"), 1);
+    }
+
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         // Every idle connection carries this future: its size is memory per connection.

@@ -177,6 +177,70 @@ pub(crate) mod test_util {
         ChannelKey::new(Arc::from(org), ChannelId::parse(channel).unwrap())
     }
 
+    /// A broker that can be taken down: while `down`, publishes and recoveries fail with
+    /// [`BrokerError::Unavailable`] and it is not ready; otherwise it is the memory broker.
+    pub(crate) struct Flaky {
+        /// The broker behind it.
+        pub inner: super::MemoryBroker,
+        /// Whether it is down.
+        pub down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Flaky {
+        /// A memory broker delivering into `sink`, up.
+        pub(crate) fn new(sink: Arc<dyn Sink>) -> Flaky {
+            let retention = crate::config::Config::default().history;
+            let minutes = std::time::Duration::from_secs(300);
+            Flaky {
+                inner: super::MemoryBroker::new(sink, retention, minutes, minutes, 1000),
+                down: Default::default(),
+            }
+        }
+
+        fn is_down(&self) -> bool {
+            self.down.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Broker for Flaky {
+        fn publish<'a>(
+            &'a self,
+            events: &'a [PreparedEvent],
+        ) -> BoxFuture<'a, Result<Vec<Outcome>, BrokerError>> {
+            if self.is_down() {
+                return Box::pin(async { Err(BrokerError::Unavailable) });
+            }
+            self.inner.publish(events)
+        }
+
+        fn recover<'a>(
+            &'a self,
+            key: &'a ChannelKey,
+            since: Option<&'a Since>,
+        ) -> BoxFuture<'a, Result<Recovery, BrokerError>> {
+            if self.is_down() {
+                return Box::pin(async { Err(BrokerError::Unavailable) });
+            }
+            self.inner.recover(key, since)
+        }
+
+        fn hold(&self, key: &ChannelKey) {
+            self.inner.hold(key)
+        }
+
+        fn release(&self, key: &ChannelKey) {
+            self.inner.release(key)
+        }
+
+        fn ready(&self) -> bool {
+            !self.is_down() && self.inner.ready()
+        }
+
+        fn close(&self) -> BoxFuture<'_, ()> {
+            self.inner.close()
+        }
+    }
+
     /// A small event for `channels` of `org`.
     pub(crate) fn prepared(
         org: &str,
