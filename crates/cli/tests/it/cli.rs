@@ -524,19 +524,32 @@ async fn serve_help_shows_the_library_defaults_and_a_cortex_variable_for_every_f
             c.limits.connections_per_node.to_string(),
         ),
         ("max-event-bytes", c.limits.max_event_bytes.to_string()),
-        ("auth-timeout", "5s".to_owned()),
-        ("ping-interval", "25s".to_owned()),
-        (
-            "idle-timeout",
-            format!("{}s", c.limits.idle_timeout.as_secs()),
-        ),
-        ("drain-timeout", format!("{}s", c.drain_timeout.as_secs())),
         ("history-events", c.history.per_channel.to_string()),
         ("history-max-bytes", c.history.max_bytes.to_string()),
     ] {
         let line = described(flag);
         assert!(
             line.contains(&format!("[default: {default}]")),
+            "--{flag}: {line}"
+        );
+    }
+    // A duration's default in any spelling humantime reads back (`5s`, `5m` or `300s`).
+    for (flag, default) in [
+        ("auth-timeout", c.limits.auth_timeout),
+        ("ping-interval", c.limits.ping_interval),
+        ("idle-timeout", c.limits.idle_timeout),
+        ("drain-timeout", c.drain_timeout),
+        ("history-max-age", c.history.max_age),
+    ] {
+        let line = described(flag);
+        let shown = line
+            .split_once("[default: ")
+            .and_then(|(_, d)| d.split_once(']'))
+            .unwrap_or_else(|| panic!("--{flag} shows a default: {line}"))
+            .0;
+        assert_eq!(
+            humantime::parse_duration(shown).ok(),
+            Some(default),
             "--{flag}: {line}"
         );
     }
