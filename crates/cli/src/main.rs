@@ -1,10 +1,14 @@
 //! The `cortex-realtime` command: the clap root and the dispatch to its subcommands (`serve`,
-//! `local`, `token`, `publish`, `tail`), one module each; [`logging`] sets up the logs.
+//! `local`, `token`, `publish`, `tail`), one module each. `serve`'s settings are the table in
+//! [`settings`], made into flags, file and config by [`layers`]; [`logging`] sets up the logs.
+//! Imports go one way: main, then the commands, then `settings`, then `layers`.
 
+mod layers;
 mod local;
 mod logging;
 mod publish;
 mod serve;
+mod settings;
 mod tail;
 mod token;
 
