@@ -339,6 +339,229 @@ async fn environment_variables_override_the_config_file() {
     let _ = std::fs::remove_file(path);
 }
 
+/// One setting of each kind (a number, a duration, a list, a key source) set in the layers from
+/// `top` down, each to its own value: the value served is `top`'s, and with no layer the default.
+#[tokio::test]
+async fn a_flag_beats_the_environment_beats_the_file_beats_the_default_for_each_kind_of_setting() {
+    const LAYERS: [&str; 3] = ["flag", "env", "file"];
+    let subs = |layer: &str| match layer {
+        "flag" => 3,
+        "env" => 2,
+        _ => 1,
+    };
+    for top in 0..=LAYERS.len() {
+        let winner = LAYERS.get(top).copied();
+        let name = winner.unwrap_or("default");
+        let path = temp_path("layers.toml");
+        // Enough commands per second to reach the default subscription limit at once.
+        let mut args = ["--listen", "127.0.0.1:0", "--commands-per-sec", "1000"]
+            .map(str::to_owned)
+            .to_vec();
+        let mut env = Vec::new();
+        for &layer in &LAYERS[top..] {
+            let (n, secret, key) = (
+                subs(layer),
+                format!("{layer}-secret"),
+                format!("{layer}-key"),
+            );
+            let timeout = if Some(layer) == winner { "300ms" } else { "1h" };
+            match layer {
+                "flag" => args.extend(
+                    [
+                        "--max-subscriptions",
+                        &n.to_string(),
+                        "--auth-timeout",
+                        timeout,
+                        "--publish-key",
+                        &key,
+                        "--jwt-secret",
+                        &secret,
+                    ]
+                    .map(str::to_owned),
+                ),
+                "env" => env.extend([
+                    ("CORTEX_MAX_SUBSCRIPTIONS", n.to_string()),
+                    ("CORTEX_AUTH_TIMEOUT", timeout.to_owned()),
+                    ("CORTEX_PUBLISH_KEY", key),
+                    ("CORTEX_JWT_SECRET", secret),
+                ]),
+                _ => {
+                    std::fs::write(
+                        &path,
+                        format!(
+                            "max_subscriptions = {n}\nauth_timeout = \"{timeout}\"\n\
+                             publish_key = [\"{key}\"]\njwt_secret = \"{secret}\"\n"
+                        ),
+                    )
+                    .unwrap();
+                    args.extend(["--config".to_owned(), path.to_str().unwrap().to_owned()]);
+                }
+            }
+        }
+        if winner.is_none() {
+            // Keys have no default: these flags only let the node start.
+            args.extend(
+                [
+                    "--publish-key",
+                    "default-key",
+                    "--jwt-secret",
+                    "default-secret",
+                ]
+                .map(str::to_owned),
+            );
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (p, addr) = serve(&args, &env).await;
+
+        for layer in LAYERS.iter().copied().chain(["default"]) {
+            let (key, secret) = (format!("{layer}-key"), format!("{layer}-secret"));
+            let (status, token) = if layer == name {
+                (202, Ok(()))
+            } else {
+                (401, Err(Some(401)))
+            };
+            assert_eq!(
+                publish_status(addr, &key).await,
+                status,
+                "{name} wins; {key}"
+            );
+            let c = connect(addr, &token_signed(&secret, "u_1", "o_1")).await;
+            assert_eq!(c.map(drop).map_err(Some), token, "{name} wins; {secret}");
+        }
+        let mut c = connect(addr, &token_signed(&format!("{name}-secret"), "u_1", "o_1"))
+            .await
+            .unwrap();
+        let limit = winner.map_or(cortex_realtime::Limits::default().max_subscriptions, subs);
+        let r = subscribe_past(&mut c, limit).await;
+        assert_eq!(
+            r["code"], "too_many_subscriptions",
+            "{name} wins; {limit}: {r}"
+        );
+
+        let mut waiting = Client::connect(&format!("ws://{addr}/api/ws")).await;
+        if winner.is_some() {
+            assert_eq!(waiting.closed().await, Some(4003), "{name} wins: 300ms");
+        } else {
+            let d = Duration::from_millis(500);
+            assert!(
+                tokio::time::timeout(d, waiting.closed()).await.is_err(),
+                "the default auth timeout is longer than {d:?}"
+            );
+        }
+        drop((c, waiting));
+        stop(p).await;
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[tokio::test]
+async fn a_duration_that_does_not_parse_refuses_to_start_and_names_its_flag() {
+    let path = temp_path("bad-duration.toml");
+    std::fs::write(&path, "history_max_age = \"soon\"\n").unwrap();
+    for (args, env) in [
+        (vec!["--idle-timeout", "soon"], vec![]),
+        (vec![], vec![("CORTEX_DRAIN_TIMEOUT", "soon")]),
+        (vec!["--config", path.to_str().unwrap()], vec![]),
+    ] {
+        let args = [&["serve"][..], &MINIMAL, &args].concat();
+        let err = refused_start(&args, &env).await;
+        assert!(err.contains("not a duration: soon"), "{err}");
+        let flag = ["--idle-timeout", "--drain-timeout", "--history-max-age"];
+        assert!(flag.iter().any(|f| err.contains(f)), "{err}");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// `serve --help` shows the library's defaults, and every flag's variable is `CORTEX_<FLAG>`.
+#[tokio::test]
+async fn serve_help_shows_the_library_defaults_and_a_cortex_variable_for_every_flag() {
+    let p = run_bin(&["serve", "--help"], &[]).await;
+    assert!(p.status().success(), "{}", p.stderr());
+    let help = p.stdout();
+    let lines: Vec<&str> = help.lines().collect();
+    let described = |flag: &str| -> &str {
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(&format!("--{flag} ")))
+            .unwrap_or_else(|| panic!("--{flag} in:\n{help}"));
+        lines[at + 1]
+    };
+    let mut flags = 0;
+    for l in &lines {
+        let Some(flag) = l.trim_start().strip_prefix("--") else {
+            continue;
+        };
+        let flag = flag.split(' ').next().unwrap();
+        if flag == "help" {
+            continue;
+        }
+        let var = format!("[env: CORTEX_{}", flag.to_uppercase().replace('-', "_"));
+        assert!(
+            described(flag).contains(&var),
+            "--{flag}: {}",
+            described(flag)
+        );
+        flags += 1;
+    }
+    assert!(flags >= 25, "{flags} flags:\n{help}");
+
+    let c = cortex_realtime::Config::default();
+    for (flag, default) in [
+        ("listen", "0.0.0.0:8080".to_owned()),
+        ("jwt-leeway", c.auth.leeway_secs.to_string()),
+        ("max-frame-bytes", c.limits.max_frame_bytes.to_string()),
+        ("max-subscriptions", c.limits.max_subscriptions.to_string()),
+        ("outbox-bytes", c.limits.outbox_bytes.to_string()),
+        ("outbox-events", c.limits.outbox_events.to_string()),
+        ("commands-per-sec", c.limits.commands_per_sec.to_string()),
+        (
+            "connections-per-user",
+            c.limits.connections_per_user.to_string(),
+        ),
+        (
+            "connections-per-node",
+            c.limits.connections_per_node.to_string(),
+        ),
+        ("max-event-bytes", c.limits.max_event_bytes.to_string()),
+        ("history-events", c.history.per_channel.to_string()),
+        ("history-max-bytes", c.history.max_bytes.to_string()),
+    ] {
+        let line = described(flag);
+        assert!(
+            line.contains(&format!("[default: {default}]")),
+            "--{flag}: {line}"
+        );
+    }
+    // A duration's default in any spelling humantime reads back (`5s`, `5m` or `300s`).
+    for (flag, default) in [
+        ("auth-timeout", c.limits.auth_timeout),
+        ("ping-interval", c.limits.ping_interval),
+        ("idle-timeout", c.limits.idle_timeout),
+        ("drain-timeout", c.drain_timeout),
+        ("history-max-age", c.history.max_age),
+    ] {
+        let line = described(flag);
+        let shown = line
+            .split_once("[default: ")
+            .and_then(|(_, d)| d.split_once(']'))
+            .unwrap_or_else(|| panic!("--{flag} shows a default: {line}"))
+            .0;
+        assert_eq!(
+            humantime::parse_duration(shown).ok(),
+            Some(default),
+            "--{flag}: {line}"
+        );
+    }
+    for flag in ["jwt-secret", "publish-key", "allowed-origin", "config"] {
+        assert!(
+            !described(flag).contains("[default:"),
+            "--{flag}: {}",
+            described(flag)
+        );
+    }
+}
+
 #[tokio::test]
 async fn sigterm_closes_every_connection_with_1001_and_exits_0_within_the_drain_timeout() {
     let (p, addr) = serve(

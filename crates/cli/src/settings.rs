@@ -1,0 +1,87 @@
+//! The settings of `serve`, one row each: its flag (and `CORTEX_<FLAG>` variable, and key of the
+//! `--config` file), its type, how it lands on the library's [`Config`], and its help sentence.
+//! Defaults are the library's ([`Config::default`]), but for [`DEFAULT_LISTEN`].
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+
+use cortex_realtime::{Config, KeySource};
+
+use crate::layers::{duration, set, settings, with};
+
+/// Where `serve` listens unless told otherwise (the library's default is loopback, port 0).
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080));
+
+/// What the settings are applied onto: the library's defaults, listening on [`DEFAULT_LISTEN`].
+fn defaults() -> Config {
+    Config {
+        listen: DEFAULT_LISTEN,
+        ..Config::default()
+    }
+}
+
+settings! {
+    defaults: defaults;
+    /// The settings of `serve` from one layer: the flags and the environment, or the file.
+    pub struct Settings {
+        listen: Option<SocketAddr> => set(|c| &mut c.listen),
+            "Address to listen on (port 0 picks a free port)";
+        #[arg(hide_env_values = true)]
+        jwt_secret: Option<String> => with(|c, s: String| if !s.is_empty() {
+                c.auth.keys.push(KeySource::Secret(s))
+            }),
+            "HS256 secret (its UTF-8 bytes are the key)";
+        #[arg(value_delimiter = ',')]
+        jwt_public_key: Vec<PathBuf> => with(|c, pems: Vec<PathBuf>| {
+                c.auth.keys.extend(pems.into_iter().map(KeySource::PublicKeyPem))
+            }),
+            "PEM file with an RSA, EC P-256 or Ed25519 public key";
+        jwks_file: Option<PathBuf> => with(|c, p| c.auth.keys.push(KeySource::JwksFile(p))),
+            "JWKS file with public keys";
+        jwt_issuer: Option<String> => with(|c, v| c.auth.issuer = Some(v)),
+            "Required `iss` claim";
+        jwt_audience: Option<String> => with(|c, v| c.auth.audience = Some(v)),
+            "Required `aud` claim";
+        jwt_leeway: Option<u64> => set(|c| &mut c.auth.leeway_secs),
+            "Clock leeway for exp/nbf/iat, seconds";
+        #[arg(value_delimiter = ',', hide_env_values = true)]
+        publish_key: Vec<String> => with(|c, keys: Vec<String>| {
+                c.publish_keys = keys.into_iter().filter(|k| !k.is_empty()).collect()
+            }),
+            "Publish API key (repeat, or comma-separate in the environment, for several)";
+        #[arg(value_delimiter = ',')]
+        allowed_origin: Vec<String> => with(|c, v| c.allowed_origins = v),
+            "Browser Origin allowed to connect (repeat for several); others get 403";
+        max_frame_bytes: Option<usize> => set(|c| &mut c.limits.max_frame_bytes),
+            "Largest client frame, bytes";
+        max_subscriptions: Option<usize> => set(|c| &mut c.limits.max_subscriptions),
+            "Subscriptions per connection";
+        outbox_bytes: Option<usize> => set(|c| &mut c.limits.outbox_bytes),
+            "Outbound queue per connection, bytes";
+        outbox_events: Option<usize> => set(|c| &mut c.limits.outbox_events),
+            "Outbound queue per connection, events";
+        commands_per_sec: Option<u32> => set(|c| &mut c.limits.commands_per_sec),
+            "Commands per second per connection";
+        connections_per_user: Option<usize> => set(|c| &mut c.limits.connections_per_user),
+            "Connections per user";
+        connections_per_node: Option<usize> => set(|c| &mut c.limits.connections_per_node),
+            "Connections per node";
+        max_event_bytes: Option<usize> => set(|c| &mut c.limits.max_event_bytes),
+            "Largest publish body per event, bytes";
+        auth_timeout: Option<String> => duration(|c| &mut c.limits.auth_timeout),
+            "Time allowed for the auth frame";
+        ping_interval: Option<String> => duration(|c| &mut c.limits.ping_interval),
+            "Interval of server pings";
+        idle_timeout: Option<String> => duration(|c| &mut c.limits.idle_timeout),
+            "Close a connection silent this long";
+        drain_timeout: Option<String> => duration(|c| &mut c.drain_timeout),
+            "Time allowed for a drain on SIGTERM";
+        history_events: Option<usize> => set(|c| &mut c.history.per_channel),
+            "Events of history kept per channel, for resuming clients";
+        history_max_age: Option<String> => duration(|c| &mut c.history.max_age),
+            "How long history is kept";
+        history_max_bytes: Option<usize> => set(|c| &mut c.history.max_bytes),
+            "Bytes of history kept across all channels";
+    }
+}
