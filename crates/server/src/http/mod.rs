@@ -183,3 +183,101 @@ where
     }
     let _ = tokio::time::timeout(node.config.drain_timeout, conn).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::KeySource;
+    use crate::broker::test_util::Flaky;
+    use crate::config::Config;
+    use axum::http::Method;
+    use std::sync::atomic::Ordering;
+
+    /// A node with a broker the test can take down, and its router.
+    fn node() -> (Arc<Node>, Arc<Flaky>, Router) {
+        let mut c = Config::default();
+        c.auth.keys = vec![KeySource::Secret("s".into())];
+        c.publish_keys = vec!["k".into()];
+        let mut flaky = None;
+        let node = Node::with_broker(c, |sink, _| {
+            let f = Arc::new(Flaky::new(sink));
+            flaky = Some(f.clone());
+            f
+        })
+        .expect("node");
+        let app = router(node.clone());
+        (node, flaky.unwrap(), app)
+    }
+
+    /// Sends one request through the router; (status, Retry-After, body).
+    async fn send(app: &Router, req: Request) -> (u16, Option<String>, String) {
+        let resp = tower::Service::call(&mut app.clone(), req).await.unwrap();
+        let status = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, retry, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn get(path: &str) -> Request {
+        Request::builder().uri(path).body(Body::empty()).unwrap()
+    }
+
+    fn publish() -> Request {
+        let body = r#"{"orgId":"o_1","type":"task.deleted","channels":["task:t_1"],"payload":{"taskId":"t_1"}}"#;
+        Request::builder()
+            .method(Method::POST)
+            .uri("/api/events")
+            .header(header::AUTHORIZATION, "Bearer k")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_503_carries_retry_after_and_nothing_else_does() {
+        let (node, flaky, app) = node();
+        assert_eq!(
+            send(&app, get("/readyz")).await,
+            (200, None, "ready".into())
+        );
+        let (status, retry, _) = send(&app, publish()).await;
+        assert_eq!((status, retry), (202, None));
+
+        // The backplane is away: not ready, publishes refused, health unchanged.
+        flaky.down.store(true, Ordering::SeqCst);
+        let (status, retry, body) = send(&app, get("/readyz")).await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")), "{body}");
+        let (status, retry, body) = send(&app, publish()).await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")));
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["error"], "unavailable", "{body}");
+        assert_eq!(send(&app, get("/healthz")).await.0, 200);
+        flaky.down.store(false, Ordering::SeqCst);
+        assert_eq!(send(&app, get("/readyz")).await.0, 200, "ready again");
+
+        // Draining: not ready, upgrades refused, with the same header.
+        node.shutdown.trigger();
+        let (status, retry, body) = send(&app, get("/readyz")).await;
+        assert_eq!(
+            (status, retry.as_deref(), body.as_str()),
+            (503, Some("1"), "draining")
+        );
+        let upgrade = Request::builder()
+            .uri("/api/ws")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(Body::empty())
+            .unwrap();
+        let (status, retry, body) = send(&app, upgrade).await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")), "{body}");
+        let (status, retry, _) = send(&app, publish()).await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")));
+    }
+}
