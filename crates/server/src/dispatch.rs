@@ -298,18 +298,10 @@ mod tests {
     use crate::broker::test_util::{key, prepared};
     use crate::ws::{Outbox, Queue};
     use futures_util::FutureExt;
-    use std::time::Duration;
 
     fn node() -> (Arc<Dispatch>, MemoryBroker) {
         let dispatch = Arc::new(Dispatch::new());
-        let retention = crate::config::Config::default().history;
-        let broker = MemoryBroker::new(
-            dispatch.clone(),
-            retention,
-            Duration::from_secs(300),
-            Duration::from_secs(300),
-            1000,
-        );
+        let broker = MemoryBroker::with_defaults(dispatch.clone());
         (dispatch, broker)
     }
 

@@ -148,6 +148,22 @@ impl Node {
         }))
     }
 
+    /// A node for tests (secret `s`, publish key `k`) whose broker the test can take down.
+    #[cfg(test)]
+    pub(crate) fn with_flaky_broker() -> (Arc<Node>, Arc<crate::broker::test_util::Flaky>) {
+        let mut c = Config::default();
+        c.auth.keys = vec![crate::auth::KeySource::Secret("s".into())];
+        c.publish_keys = vec!["k".into()];
+        let mut flaky = None;
+        let node = Node::with_broker(c, |sink, _| {
+            let f = Arc::new(crate::broker::test_util::Flaky::new(sink));
+            flaky = Some(f.clone());
+            f
+        })
+        .expect("node");
+        (node, flaky.expect("built"))
+    }
+
     /// Registers a publish, or `None` once the drain has begun. Counting before checking means
     /// every publish that passed the check is waited for by [`Node::publishes_settled`], so an
     /// event answered 202 is always in the outboxes before the sessions' last flush.

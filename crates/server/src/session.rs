@@ -966,18 +966,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscribe_the_broker_cannot_serve_is_answered_unavailable_and_the_connection_stays()
     {
-        use crate::broker::test_util::Flaky;
-        let mut c = Config::default();
-        c.auth.keys = vec![KeySource::Secret(SECRET.into())];
-        c.publish_keys = vec!["k".into()];
-        let mut flaky = None;
-        let node = Node::with_broker(c, |sink, _| {
-            let f = Arc::new(Flaky::new(sink));
-            flaky = Some(f.clone());
-            f
-        })
-        .expect("node");
-        let flaky = flaky.unwrap();
+        let (node, flaky) = Node::with_flaky_broker();
         let (mut client, _task) = pair(&node).await;
         auth(&mut client, unix_now() + 3600).await;
         flaky.down.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -189,10 +189,8 @@ pub(crate) mod test_util {
     impl Flaky {
         /// A memory broker delivering into `sink`, up.
         pub(crate) fn new(sink: Arc<dyn Sink>) -> Flaky {
-            let retention = crate::config::Config::default().history;
-            let minutes = std::time::Duration::from_secs(300);
             Flaky {
-                inner: super::MemoryBroker::new(sink, retention, minutes, minutes, 1000),
+                inner: super::MemoryBroker::with_defaults(sink),
                 down: Default::default(),
             }
         }

@@ -187,26 +187,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::KeySource;
     use crate::broker::test_util::Flaky;
-    use crate::config::Config;
     use axum::http::Method;
     use std::sync::atomic::Ordering;
 
     /// A node with a broker the test can take down, and its router.
     fn node() -> (Arc<Node>, Arc<Flaky>, Router) {
-        let mut c = Config::default();
-        c.auth.keys = vec![KeySource::Secret("s".into())];
-        c.publish_keys = vec!["k".into()];
-        let mut flaky = None;
-        let node = Node::with_broker(c, |sink, _| {
-            let f = Arc::new(Flaky::new(sink));
-            flaky = Some(f.clone());
-            f
-        })
-        .expect("node");
+        let (node, flaky) = Node::with_flaky_broker();
         let app = router(node.clone());
-        (node, flaky.unwrap(), app)
+        (node, flaky, app)
     }
 
     /// Sends one request through the router; (status, Retry-After, body).

@@ -52,6 +52,14 @@ impl MemoryBroker {
         }
     }
 
+    /// A broker with the default retention and 300 s windows, for tests.
+    #[cfg(test)]
+    pub(crate) fn with_defaults(sink: Arc<dyn Sink>) -> MemoryBroker {
+        let retention = crate::config::Config::default().history;
+        let minutes = Duration::from_secs(300);
+        MemoryBroker::new(sink, retention, minutes, minutes, 1000)
+    }
+
     fn publish_now(&self, events: &[PreparedEvent]) -> Vec<Outcome> {
         let now = Instant::now();
         events
@@ -176,14 +184,7 @@ mod tests {
 
     fn broker() -> (Arc<Recorder>, MemoryBroker) {
         let sink = Arc::new(Recorder::default());
-        let retention = crate::config::Config::default().history;
-        let b = MemoryBroker::new(
-            sink.clone(),
-            retention,
-            Duration::from_secs(300),
-            Duration::from_secs(300),
-            1000,
-        );
+        let b = MemoryBroker::with_defaults(sink.clone());
         (sink, b)
     }
 
