@@ -148,11 +148,13 @@ impl Node {
         }))
     }
 
-    /// A node for tests (secret `s`, publish key `k`) whose broker the test can take down.
+    /// A node for tests (HS256 `secret`, publish key `k`) whose broker the test can take down.
     #[cfg(test)]
-    pub(crate) fn with_flaky_broker() -> (Arc<Node>, Arc<crate::broker::test_util::Flaky>) {
+    pub(crate) fn with_flaky_broker(
+        secret: &str,
+    ) -> (Arc<Node>, Arc<crate::broker::test_util::Flaky>) {
         let mut c = Config::default();
-        c.auth.keys = vec![crate::auth::KeySource::Secret("s".into())];
+        c.auth.keys = vec![crate::auth::KeySource::Secret(secret.into())];
         c.publish_keys = vec!["k".into()];
         let mut flaky = None;
         let node = Node::with_broker(c, |sink, _| {

@@ -966,7 +966,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscribe_the_broker_cannot_serve_is_answered_unavailable_and_the_connection_stays()
     {
-        let (node, flaky) = Node::with_flaky_broker();
+        let (node, flaky) = Node::with_flaky_broker(SECRET);
         let (mut client, _task) = pair(&node).await;
         auth(&mut client, unix_now() + 3600).await;
         flaky.down.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -193,7 +193,7 @@ mod tests {
 
     /// A node with a broker the test can take down, and its router.
     fn node() -> (Arc<Node>, Arc<Flaky>, Router) {
-        let (node, flaky) = Node::with_flaky_broker();
+        let (node, flaky) = Node::with_flaky_broker("s");
         let app = router(node.clone());
         (node, flaky, app)
     }
