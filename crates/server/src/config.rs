@@ -1,4 +1,6 @@
-//! Every setting of a node in one place: its default, its unit and why it exists.
+//! Every setting of a node in one place: its default, its unit and why it exists. Plain data: it
+//! never reads the environment or a file (the command line layers those onto
+//! [`Config::default`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! Identifiers: event ids (`evt_` + a ULID: sortable by time, unique), connection ids and epochs.
+//! Stateless: it never keeps state and never asks another node (randomness keeps ids apart).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

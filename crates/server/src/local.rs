@@ -5,6 +5,7 @@
 //! starts reuse it, so a desktop app (or its sidecar) can read the file and connect. The node is
 //! still secure against other sites in the user's browser: browser `Origin`s are refused unless
 //! listed, `Host` must be a loopback name (DNS rebinding), and every connection needs a token.
+//! It never binds a non-loopback address.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

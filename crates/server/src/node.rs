@@ -1,7 +1,7 @@
 //! The composition root: one node's configuration, token verifier, broker, dispatch (with the
 //! hub), connection limits and drain signal, built once from a [`Config`] and shared by every
 //! connection and request. It wires the parts together and owns no protocol: sessions, the
-//! publish service and the HTTP layer use it; it uses none of them.
+//! publish service and the HTTP layer use it; it never imports any of them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

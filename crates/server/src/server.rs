@@ -1,6 +1,6 @@
 //! [`Server`], its [`Builder`] and its [`ServerHandle`]: bind the listener, accept connections
 //! (each handed to [`crate::http`]), run the node's housekeeping, and drain on shutdown. The
-//! entry point for embedding; no protocol or publish logic lives here.
+//! entry point for embedding; it never holds protocol or publish logic.
 
 use std::future::Future;
 use std::net::SocketAddr;

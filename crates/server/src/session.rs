@@ -2,7 +2,9 @@
 //!
 //! Generic over the byte stream, so tests drive it over an in-memory pipe with tokio's paused
 //! clock as well as over real sockets. Everything for one connection runs in one task: reading
-//! commands, draining the outbox into the socket, pings, the token's expiry and shutdown.
+//! commands, draining the outbox into the socket, pings, the token's expiry and shutdown. A
+//! session never touches another connection, and never writes to its socket while a publisher
+//! holds the grant (see [`crate::ws`]).
 
 use std::sync::Arc;
 use std::task::Poll;
@@ -1000,9 +1002,7 @@ mod tests {
         let fut = run(node.clone(), server, None);
         let size = std::mem::size_of_val(&fut);
         eprintln!("session future: {size} bytes, of which the WebSocket {ws}");
-        // 1,272 bytes when this was written, of which the WebSocket is 296 (2,040 before the
-        // session stopped keeping second copies of its arguments; 1,456 before the outbox wait
-        // and the batch write became polls and the rate buckets shared one clock).
+        // The bound and its history: docs/benchmarks.md, memory per connection.
         assert!(size <= 1344, "the session future grew to {size} bytes");
     }
 

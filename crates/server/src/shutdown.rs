@@ -1,5 +1,6 @@
 //! Shutdown is an argument: one token every task listens to, one tracker that knows when the
-//! last connection has closed.
+//! last connection has closed. It never decides what a task does on shutdown (sessions close
+//! with 1001, the accept loop stops): only when.
 
 use std::future::Future;
 use std::sync::Arc;

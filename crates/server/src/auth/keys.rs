@@ -1,6 +1,7 @@
 //! Key loading: configured secrets, PEM public-key files and JWKS files become the verifier's
 //! keys, each with the one algorithm it allows (the module documentation of [`crate::auth`]
-//! says which files are refused and which JWKS entries skipped). The only I/O of the verifier.
+//! says which files are refused and which JWKS entries skipped). The only I/O of the verifier,
+//! done once at start; it never sees a token and never fetches a key over the network.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,8 @@
 //! their order and their fixed reasons are ours (integer-only NumericDates, `exp` decided last,
 //! `"channels": null` refused, no key material taken from a header), and a library's defaults
 //! or error kinds changing between versions must not change which tokens open a connection.
+//! It never reads a file or the clock (`now` is an argument), and an error never quotes any
+//! part of the token.
 
 use std::fmt;
 

@@ -5,7 +5,7 @@
 //! to the events is the publish service's ([`Node::publish`]). Both HTTP layers (axum here, the
 //! publishers' lean path in [`super::publisher`]) answer through [`publish_body`] and
 //! [`ApiError::status_and_body`], so a status, an error code or the `Retry-After` of a 503 is
-//! decided in one place.
+//! decided in one place. It never decides what becomes of an event.
 
 use std::sync::Arc;
 use std::task::Poll;

@@ -1,7 +1,7 @@
 //! The HTTP layer: the router, the WebSocket upgrade, health and metrics, and the publish
 //! endpoints (through hyper and axum, or the publishers' lean path). It parses requests,
 //! authenticates publishers and maps errors to answers ([`api::ApiError`] is the one HTTP
-//! mapping of the publish API); it holds no publish or delivery logic of its own.
+//! mapping of the publish API); it never holds publish or delivery logic of its own.
 //!
 //! # Layout
 //!

@@ -2,7 +2,8 @@
 //! with one non-blocking `writev`, beside tungstenite. Used by the three writers of a
 //! connection's socket (see [`super`]): the session's own direct writes, a publisher's write to
 //! an idle connection, and a flusher's write of a long channel's queue. It owns the byte layout
-//! only; who may write when is the business of [`super::outbox`] and [`super::socket`].
+//! only and never decides who may write when: that is the business of [`super::outbox`] and
+//! [`super::socket`].
 
 use std::io::{self, IoSlice};
 
