@@ -411,7 +411,7 @@ impl Client {
     }
 }
 
-// ---- Helpers for publish_api.rs, cli.rs and ops.rs ----
+// ---- Helpers for publish_api/, cli.rs and ops.rs ----
 
 /// The `cortex-realtime` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_cortex-realtime");
