@@ -69,7 +69,7 @@ use policy::{BAD_SIGNATURE, ClaimRules, NO_MATCHING_KEY};
 /// Clock leeway applied to `exp`, `nbf` and `iat` unless configured otherwise (CONTRACT.md §4).
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 
-/// Everything [`JwtVerifier::new`] needs: the keys and the claim requirements.
+/// What the node verifies tokens with: the keys and the claim requirements.
 #[derive(Clone)]
 pub struct VerifierConfig {
     /// The verification keys; at least one is required.
