@@ -16,10 +16,15 @@
 //! 2. tells the broker the channel is held, if this is the node's first subscriber of it;
 //! 3. asks the broker for the channel's position and, with `since`, the events after it;
 //! 4. under the join lock: queues the `subscribed` reply, then the replay, then the buffered
-//!    events past the position (a buffered event at or below it is in the replay or was before
-//!    the subscribe: dropped), and moves the connection into the hub, where live events reach it
-//!    directly. Deliveries to a channel with joiners take the same lock, so each event is either
-//!    buffered (and queued here) or fanned out after the move: never both, never neither.
+//!    events past the position (for a newcomer a buffered event at or below it is in the replay
+//!    or was before the subscribe: dropped; a connection that was subscribed already gets those
+//!    before the reply, as it has not seen them), and moves the connection into the hub, where
+//!    live events reach it directly. Only then does the join stop counting as under way.
+//!
+//! While any join is under way on the node, a delivery fans out under the join shard's lock
+//! (the question "is a join under way?" is asked under the hub shard's lock), so each event is
+//! either buffered for a joiner (and queued here) or fanned out to it from the hub after the
+//! move: never both, never neither. With no join under way a delivery takes no join lock.
 //!
 //! A replay that would not fit the subscriber's outbox cannot be delivered whole: that is
 //! `recovered: false`, not a 4009 loop.
@@ -57,6 +62,8 @@ pub(crate) type ReplyFn<'a> = &'a (dyn Fn(&Subscribed) -> Utf8Bytes + Sync);
 /// One connection joining a channel: the live events delivered meanwhile.
 struct Joiner {
     sub: Subscriber,
+    /// It was subscribed already: nothing buffered may be dropped, it has not seen any of it.
+    was_member: bool,
     buffered: Vec<(u64, Arc<str>, Utf8Bytes)>,
     bytes: usize,
     /// More arrived than its outbox could take: it closes with 4009 once joined.
@@ -166,7 +173,6 @@ impl Dispatch {
         let Some(joiner) = take_joiner(&mut joins, key, conn) else {
             unreachable!("a joiner leaves the table only here or in abort");
         };
-        self.joining.fetch_sub(1, Ordering::SeqCst);
         let outbox = &joiner.sub.outbox;
         let replay = replay.filter(|r| {
             let bytes = r.iter().map(|b| b.len()).sum::<usize>();
@@ -178,6 +184,21 @@ impl Dispatch {
         };
         // A full outbox refuses these; the connection is closing with 4009 anyway, and its
         // client resumes again.
+        let pos = &subscribed.position;
+        let after = |offset: u64, epoch: &Arc<str>| offset > pos.offset || *epoch != pos.epoch;
+        let (mut before, mut later) = (Vec::new(), Vec::new());
+        for (offset, epoch, frame) in joiner.buffered {
+            if after(offset, &epoch) {
+                later.push(frame);
+            } else if joiner.was_member {
+                // A member missed these while it re-joined: they come before the reply. For a
+                // newcomer they are in the replay, or from before it subscribed.
+                before.push(frame);
+            }
+        }
+        for frame in before {
+            let _ = outbox.push(frame);
+        }
         let _ = outbox.push(reply(&subscribed));
         for frame in replay.into_iter().flatten() {
             let _ = outbox.push(frame);
@@ -185,13 +206,12 @@ impl Dispatch {
         if joiner.overflowed {
             outbox.overflow();
         }
-        let pos = &subscribed.position;
-        for (offset, epoch, frame) in joiner.buffered {
-            if offset > pos.offset || epoch != pos.epoch {
-                let _ = outbox.push(frame);
-            }
+        for frame in later {
+            let _ = outbox.push(frame);
         }
         self.hub.subscribe(key, joiner.sub);
+        // Only now: a delivery that finds no join under way must find the connection in the hub.
+        self.joining.fetch_sub(1, Ordering::SeqCst);
         drop(joins);
         Ok(subscribed)
     }
@@ -201,15 +221,18 @@ impl Dispatch {
     /// live events go through the join like a newcomer's).
     fn begin(&self, key: &ChannelKey, sub: Subscriber) -> (bool, bool) {
         let mut joins = self.joins(key);
+        // Counted before a member leaves the hub: a delivery asks (under the hub's lock) whether
+        // anyone is joining, so it either reached the member or goes through the join table.
+        self.joining.fetch_add(1, Ordering::SeqCst);
         let was_member = self.hub.unsubscribe(key, sub.conn);
         let first = !was_member && !joins.contains_key(key) && !self.hub.has_subscribers(key);
         joins.entry(key.clone()).or_default().push(Joiner {
             sub,
+            was_member,
             buffered: Vec::new(),
             bytes: 0,
             overflowed: false,
         });
-        self.joining.fetch_add(1, Ordering::SeqCst);
         (first, was_member)
     }
 
@@ -220,7 +243,6 @@ impl Dispatch {
         let Some(joiner) = take_joiner(&mut joins, key, conn) else {
             return;
         };
-        self.joining.fetch_sub(1, Ordering::SeqCst);
         if was_member {
             if joiner.overflowed {
                 joiner.sub.outbox.overflow();
@@ -229,8 +251,10 @@ impl Dispatch {
                 let _ = joiner.sub.outbox.push(frame);
             }
             self.hub.subscribe(key, joiner.sub);
+            self.joining.fetch_sub(1, Ordering::SeqCst);
             return;
         }
+        self.joining.fetch_sub(1, Ordering::SeqCst);
         let last = !joins.contains_key(key) && !self.hub.has_subscribers(key);
         drop(joins);
         if last {
@@ -265,19 +289,20 @@ fn take_joiner(joins: &mut JoinShard, key: &ChannelKey, conn: ConnId) -> Option<
 impl Sink for Dispatch {
     fn deliver(&self, d: &Delivery<'_>) {
         let make = || encode(d.key, d.event, d.offset, d.epoch);
-        let n = if self.joining.load(Ordering::SeqCst) == 0 {
-            self.hub.fan_out(d.key, make, &d.event.tally)
+        let no_joins = || self.joining.load(Ordering::SeqCst) == 0;
+        let fast = self.hub.fan_out_if(d.key, no_joins, make, &d.event.tally);
+        let n = if let Some(n) = fast {
+            n
         } else {
+            let make = || encode(d.key, d.event, d.offset, d.epoch);
+            // Someone on the node is joining. The fan-out happens under the join shard's lock,
+            // so a member of this channel that starts to re-join either got this event from the
+            // hub or finds it buffered; a newcomer that registers after this event was delivered
+            // reads a position that includes it (the memory broker delivers under the channel's
+            // lock, which its recovery takes; a backplane delivers only what it has stored).
             let mut joins = self.joins(d.key);
             match joins.get_mut(d.key) {
-                // No joiner of this channel: fan out without holding the join table. One that
-                // registers from here on reads a position that includes this event (the memory
-                // broker delivers under the channel's lock, which its recovery takes; a
-                // backplane delivers only what it has stored).
-                None => {
-                    drop(joins);
-                    self.hub.fan_out(d.key, make, &d.event.tally)
-                }
+                None => self.hub.fan_out(d.key, make, &d.event.tally),
                 Some(joiners) => {
                     let frame = make();
                     for j in joiners.iter_mut() {
@@ -348,11 +373,11 @@ mod tests {
     }
 
     fn publish(b: &MemoryBroker, channels: &[&str], n: usize) {
-        let events: Vec<PreparedEvent> = (0..n).map(|_| prepared("o", channels, None)).collect();
-        b.publish(&events).now_or_never().unwrap().unwrap();
+        for _ in 0..n {
+            let events = [prepared("o", channels, None)];
+            b.publish(&events).now_or_never().unwrap().unwrap();
+        }
     }
-
-    use crate::broker::PreparedEvent;
 
     #[test]
     fn an_event_is_encoded_once_per_channel_and_its_bytes_shared() {
@@ -486,6 +511,62 @@ mod tests {
             .unwrap();
         assert_eq!(offsets(&drain(&member)), [1], "the member still receives");
         assert!(drain(&newcomer).is_empty());
+    }
+
+    #[test]
+    fn a_member_that_subscribes_again_misses_no_event_published_meanwhile() {
+        let (d, b) = node();
+        let b = Arc::new(b);
+        let member = Outbox::new(1 << 30, 1 << 20);
+        join(&d, &b, "task:t", 1, &member, None);
+        let total = 20_000;
+        let publisher = {
+            let b = b.clone();
+            std::thread::spawn(move || publish(&b, &["task:t"], total))
+        };
+        let mut frames = Vec::new();
+        while !publisher.is_finished() {
+            join(&d, &b, "task:t", 1, &member, None);
+            frames.extend(drain(&member));
+        }
+        publisher.join().unwrap();
+        frames.extend(drain(&member));
+        let events: Vec<Utf8Bytes> = frames
+            .into_iter()
+            .filter(|f| !f.as_str().contains(r#""type":"subscribed""#))
+            .collect();
+        let got = offsets(&events);
+        let want: Vec<u64> = (1..=total as u64).collect();
+        assert_eq!(got.len(), want.len(), "every event once");
+        assert_eq!(got, want, "in order, none missed");
+    }
+
+    #[test]
+    fn newcomers_joining_while_events_flow_get_every_event_after_their_position_once() {
+        let (d, b) = node();
+        let b = Arc::new(b);
+        let total = 5_000;
+        let publisher = {
+            let b = b.clone();
+            std::thread::spawn(move || publish(&b, &["task:t"], total))
+        };
+        let mut joined = Vec::new();
+        let mut conn = 100;
+        while !publisher.is_finished() && joined.len() < 50 {
+            let o = Outbox::new(1 << 30, 1 << 20);
+            let s = join(&d, &b, "task:t", conn, &o, None);
+            joined.push((s.position.offset, o));
+            conn += 1;
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+        publisher.join().unwrap();
+        assert!(joined.len() > 10, "joins happened while events flowed");
+        for (position, o) in joined {
+            let frames = drain(&o);
+            assert!(frames[0].as_str().contains(r#""type":"subscribed""#));
+            let want: Vec<u64> = (position + 1..=total as u64).collect();
+            assert_eq!(offsets(&frames[1..]), want, "joined at {position}");
+        }
     }
 
     #[test]

@@ -263,9 +263,25 @@ impl Hub {
         make: impl FnOnce() -> Utf8Bytes,
         tally: &Tally,
     ) -> usize {
+        self.fan_out_if(key, || true, make, tally)
+            .expect("the condition holds")
+    }
+
+    /// [`Hub::fan_out`] if `proceed()`, asked under the channel's shard lock (so a change of
+    /// membership is either before the question or after the fan-out); `None` when it said no.
+    pub fn fan_out_if(
+        &self,
+        key: &ChannelKey,
+        proceed: impl FnOnce() -> bool,
+        make: impl FnOnce() -> Utf8Bytes,
+        tally: &Tally,
+    ) -> Option<usize> {
         let mut shard = self.shard(key);
+        if !proceed() {
+            return None;
+        }
         let Some(members) = shard.get_mut(key) else {
-            return 0;
+            return Some(0);
         };
         let msg = &make();
         let mut seen = tally
@@ -318,7 +334,7 @@ impl Hub {
         if let Some(flushes) = flushes {
             flushes.start();
         }
-        delivered
+        Some(delivered)
     }
 
     /// How many connections are subscribed to `key`.
