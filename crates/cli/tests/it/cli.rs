@@ -480,12 +480,19 @@ async fn serve_help_shows_the_library_defaults_and_a_cortex_variable_for_every_f
     assert!(p.status().success(), "{}", p.stderr());
     let help = p.stdout();
     let lines: Vec<&str> = help.lines().collect();
-    let described = |flag: &str| -> &str {
+    // A flag's description: the lines after its own up to the next flag's, joined (clap wraps
+    // them at the terminal's width, or at 100 columns without a terminal).
+    let described = |flag: &str| -> String {
         let at = lines
             .iter()
             .position(|l| l.trim_start().starts_with(&format!("--{flag} ")))
             .unwrap_or_else(|| panic!("--{flag} in:\n{help}"));
-        lines[at + 1]
+        lines[at + 1..]
+            .iter()
+            .take_while(|l| !l.trim_start().starts_with('-'))
+            .map(|l| l.trim())
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let mut flags = 0;
     for l in &lines {
