@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
-use cortex_realtime::{Config, KeySource};
+use cortex_realtime::{Config, KeySource, RedisConfig};
 
 use crate::layers::{duration, set, settings, with};
 
@@ -83,5 +83,14 @@ settings! {
             "How long history is kept";
         history_max_bytes: Option<usize> => set(|c| &mut c.history.max_bytes),
             "Bytes of history kept across all channels";
+        #[arg(hide_env_values = true)]
+        redis: Option<String> => with(|c, url: String| c.redis = Some(RedisConfig::new(url))),
+            "Redis shared by the nodes (redis://HOST:PORT, or rediss://); without it the node is \
+             alone, in memory";
+        redis_prefix: Option<String> => with(|c, prefix: String| if let Some(r) = &mut c.redis {
+                r.prefix = prefix
+            }),
+            "Prefix of every Redis key and channel, so deployments can share a Redis \
+             [default: cortex]";
     }
 }

@@ -32,6 +32,34 @@ pub struct Config {
     pub history: Retention,
     /// How long a drain may take after SIGTERM before the remaining connections are dropped.
     pub drain_timeout: Duration,
+    /// The Redis backplane many nodes share; `None` (the default): this node alone, in memory.
+    pub redis: Option<RedisConfig>,
+}
+
+/// Where the Redis backplane is (CONTRACT.md sections 1 and 10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://HOST:PORT` (or `rediss://` for TLS) of one Redis server.
+    pub url: String,
+    /// Prefix of every key and pub/sub channel, so deployments can share a Redis.
+    pub prefix: String,
+    /// How long one Redis command may take before the node counts Redis as unreachable (a
+    /// paused Redis must not hang a publish).
+    pub command_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// The default prefix.
+    pub const DEFAULT_PREFIX: &'static str = "cortex";
+
+    /// A Redis at `url`, with the default prefix and timeout.
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            prefix: RedisConfig::DEFAULT_PREFIX.into(),
+            command_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 impl Default for Config {
@@ -50,6 +78,7 @@ impl Default for Config {
                 max_bytes: 64 * 1024 * 1024,
             },
             drain_timeout: Duration::from_secs(10),
+            redis: None,
         }
     }
 }

@@ -12,7 +12,7 @@ use cortex_protocol::{ChannelId, Since};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{JwtVerifier, KeyError};
-use crate::broker::{Broker, BrokerError, MemoryBroker, Sink};
+use crate::broker::{BadRedisUrl, Broker, BrokerError, MemoryBroker, RedisBroker, Sink};
 use crate::config::Config;
 use crate::dispatch::{Dispatch, ReplyFn, Subscribed};
 use crate::hub::{ChannelKey, ConnId, Subscriber};
@@ -39,6 +39,9 @@ pub enum StartError {
     /// A key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The Redis URL could not be read.
+    #[error(transparent)]
+    Redis(#[from] BadRedisUrl),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -98,22 +101,30 @@ impl Node {
     /// Builds a node's state from its configuration (no listener: see [`crate::Server`]), with
     /// the in-memory broker.
     pub(crate) fn new(config: Config) -> Result<Arc<Node>, StartError> {
+        if let Some(redis) = config.redis.clone() {
+            return Node::with_broker(config, |sink, config| {
+                let (retention, window) = (config.history, config.limits.idempotency_window);
+                Ok(Arc::new(RedisBroker::start(
+                    sink, &redis, retention, window,
+                )?))
+            });
+        }
         Node::with_broker(config, |sink, config| {
             let l = &config.limits;
-            Arc::new(MemoryBroker::new(
+            Ok(Arc::new(MemoryBroker::new(
                 sink,
                 config.history,
                 l.channel_idle,
                 l.idempotency_window,
                 l.idempotency_capacity,
-            ))
+            )))
         })
     }
 
     /// The same with the broker `make` builds, delivering into the node's dispatch.
     pub(crate) fn with_broker(
         config: Config,
-        make: impl FnOnce(Arc<dyn Sink>, &Config) -> Arc<dyn Broker>,
+        make: impl FnOnce(Arc<dyn Sink>, &Config) -> Result<Arc<dyn Broker>, StartError>,
     ) -> Result<Arc<Node>, StartError> {
         if config.auth.keys.is_empty() {
             return Err(StartError::NoVerificationKey);
@@ -123,7 +134,7 @@ impl Node {
         }
         let verifier = JwtVerifier::new(&config.auth)?;
         let dispatch = Arc::new(Dispatch::new());
-        let broker = make(dispatch.clone(), &config);
+        let broker = make(dispatch.clone(), &config)?;
         let l = &config.limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(l.ws_read_buffer)
@@ -160,7 +171,7 @@ impl Node {
         let node = Node::with_broker(c, |sink, _| {
             let f = Arc::new(crate::broker::test_util::Flaky::new(sink));
             flaky = Some(f.clone());
-            f
+            Ok(f)
         })
         .expect("node");
         (node, flaky.expect("built"))

@@ -533,6 +533,10 @@ async fn serve_help_shows_the_library_defaults_and_a_cortex_variable_for_every_f
         ("max-event-bytes", c.limits.max_event_bytes.to_string()),
         ("history-events", c.history.per_channel.to_string()),
         ("history-max-bytes", c.history.max_bytes.to_string()),
+        (
+            "redis-prefix",
+            cortex_realtime::RedisConfig::DEFAULT_PREFIX.to_owned(),
+        ),
     ] {
         let line = described(flag);
         assert!(

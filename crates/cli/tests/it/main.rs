@@ -2,6 +2,7 @@
 
 mod util;
 
+mod backplane;
 mod cli;
 mod client;
 mod delivery;

@@ -17,6 +17,7 @@
 //! [`MemoryBroker`] is the one-node default.
 
 pub(crate) mod memory;
+pub(crate) mod redis;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use futures_util::future::BoxFuture;
 use crate::hub::{ChannelKey, Tally};
 
 pub(crate) use memory::MemoryBroker;
+pub(crate) use redis::{BadRedisUrl, RedisBroker};
 
 /// An event as every node delivers it: the same id, type and payload on each of its channels.
 #[derive(Debug)]

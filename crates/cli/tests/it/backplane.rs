@@ -1,0 +1,236 @@
+//! The Redis backplane (issue 14, CONTRACT.md sections 1, 6, 7 and 10): several nodes sharing
+//! a real `redis-server` that each test starts on a free port (never the machine's Redis), so
+//! it can kill it and start it again.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cortex_realtime::RedisConfig;
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+/// A `redis-server` of the test's own, on `port`; killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Starts one on `port` and waits until it answers.
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) is installed");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+
+    fn start() -> Redis {
+        Redis::start_on(Redis::free_port())
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node on the Redis at `url`.
+async fn node(url: &str) -> TestServer {
+    let mut c = config();
+    c.redis = Some(RedisConfig::new(url));
+    TestServer::with(c).await
+}
+
+/// Waits until `/readyz` answers `want`.
+async fn ready_is(s: &TestServer, want: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, _) = get(&s.http("/readyz")).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {status}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An event for `task:t_1` of `o_1`.
+fn task_event(n: u64) -> Value {
+    event("o_1", &["task:t_1"], n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_redis_deliver_each_event_with_the_same_offset_and_epoch() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis.url()).await, node(&redis.url()).await);
+    ready_is(&a, 200, WAIT).await;
+    ready_is(&b, 200, WAIT).await;
+    let mut on_a = a.client("u_1", "o_1").await;
+    let mut on_b = b.client("u_2", "o_1").await;
+    assert_eq!(on_a.subscribe("task:t_1").await["type"], "subscribed");
+    assert_eq!(on_b.subscribe("task:t_1").await["type"], "subscribed");
+    // Published on either node: every subscriber on every node gets it, in the same place.
+    for (n, via) in [(1, &b), (2, &a), (3, &b)] {
+        let (status, answer) = via.publish(task_event(n)).await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(
+            answer["recipients"], 1,
+            "this node's own subscriber: {answer}"
+        );
+    }
+    let mut seen = Vec::new();
+    for c in [&mut on_a, &mut on_b] {
+        let got: Vec<(u64, u64, String)> = [c.recv().await, c.recv().await, c.recv().await]
+            .iter()
+            .map(|e| {
+                (
+                    e["payload"]["n"].as_u64().unwrap(),
+                    e["offset"].as_u64().unwrap(),
+                    e["epoch"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        seen.push(got);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the same events, offsets and epoch on both nodes"
+    );
+    assert_eq!(
+        seen[0].iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(),
+        [(1, 1), (2, 2), (3, 3)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_node_and_a_key_holds_across_nodes() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis.url()).await, node(&redis.url()).await);
+    ready_is(&a, 200, WAIT).await;
+    ready_is(&b, 200, WAIT).await;
+    let mut c = a.client("u_1", "o_1").await;
+    let sub = c.subscribe("task:t_1").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    a.publish(task_event(1)).await;
+    assert_eq!(c.recv().await["offset"], 1);
+    drop(c);
+    for n in 2..=4 {
+        assert_eq!(a.publish(task_event(n)).await.0, 202);
+    }
+    // On the other node, from offset 1: the missed events, then live ones.
+    let mut c = b.client("u_1", "o_1").await;
+    c.send(json!({"type": "subscribe", "channelId": "task:t_1",
+                  "since": {"offset": 1, "epoch": epoch}}))
+        .await;
+    let reply = c.recv().await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(
+        reply["epoch"],
+        epoch.as_str(),
+        "no node restart changes an epoch"
+    );
+    for n in 2..=4 {
+        let e = c.recv().await;
+        assert_eq!(
+            (e["offset"].as_u64(), e["payload"]["n"].as_u64()),
+            (Some(n), Some(n))
+        );
+    }
+
+    // An idempotency key seen by one node is seen by the other.
+    let mut keyed = task_event(9);
+    keyed["idempotencyKey"] = json!("k-9");
+    let (_, first) = a.publish(keyed.clone()).await;
+    let (status, again) = b.publish(keyed).await;
+    assert_eq!(status, 202);
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    let e = c.recv().await;
+    assert_eq!(e["payload"]["n"], 9, "delivered once");
+    c.silent_for(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_at_start_or_later_keeps_the_node_and_its_connections() {
+    let port = Redis::free_port();
+    let s = node(&format!("redis://127.0.0.1:{port}")).await;
+    // Down at start: not ready, publishes 503 with Retry-After, subscribes `unavailable`.
+    let (status, _) = get(&s.http("/healthz")).await;
+    assert_eq!(status, 200, "alive");
+    ready_is(&s, 503, WAIT).await;
+    let (status, answer) = s.publish(task_event(1)).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"], "unavailable");
+    let mut c = s.client("u_1", "o_1").await;
+    let refused = c.subscribe("task:t_1").await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "unavailable");
+
+    // Redis comes: ready again without a restart; the same connection subscribes and receives.
+    let mut redis = Redis::start_on(port);
+    ready_is(&s, 200, Duration::from_secs(10)).await;
+    assert_eq!(c.subscribe("task:t_1").await["type"], "subscribed");
+    assert_eq!(s.publish(task_event(2)).await.0, 202);
+    assert_eq!(c.recv().await["payload"]["n"], 2);
+
+    // Killed: not ready within a few seconds, publishes 503, the connection stays.
+    redis.kill();
+    ready_is(&s, 503, Duration::from_secs(5)).await;
+    assert_eq!(s.publish(task_event(3)).await.0, 503);
+    let pong = {
+        c.send(json!({"type": "ping"})).await;
+        c.recv().await
+    };
+    assert_eq!(pong["type"], "pong", "the connection stays open");
+
+    // Back (empty): ready again, and delivery resumes.
+    let _redis = Redis::start_on(port);
+    ready_is(&s, 200, Duration::from_secs(10)).await;
+    let (status, answer) = s.publish(task_event(4)).await;
+    assert_eq!(status, 202, "{answer}");
+    let e = c.recv().await;
+    assert_eq!(e["payload"]["n"], 4, "{e}");
+}

@@ -1,0 +1,72 @@
+//! Key and pub/sub channel names. Every name of an org carries the org as its hash tag
+//! (`{org}`), so one org lives on one Redis Cluster slot, a publish updates all of an event's
+//! channels atomically in one script, and orgs spread over a Cluster's shards. Names only: this
+//! module never talks to Redis.
+
+use crate::hub::ChannelKey;
+
+/// The names of one deployment (its prefix).
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Names under `prefix`.
+    pub(crate) fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The org's pub/sub channel: every event of the org, published once.
+    pub(crate) fn events(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:events", self.prefix)
+    }
+
+    /// The org a pub/sub channel name belongs to (the inverse of [`Keys::events`]).
+    pub(crate) fn org_of<'a>(&self, events: &'a str) -> Option<&'a str> {
+        events
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":{")?
+            .strip_suffix("}:events")
+    }
+
+    /// A channel's epoch, offset and history stream.
+    pub(crate) fn channel(&self, key: &ChannelKey) -> [String; 3] {
+        let (p, org, ch) = (&self.prefix, &key.org, key.channel.as_str());
+        [
+            format!("{p}:{{{org}}}:epoch:{ch}"),
+            format!("{p}:{{{org}}}:offset:{ch}"),
+            format!("{p}:{{{org}}}:history:{ch}"),
+        ]
+    }
+
+    /// An idempotency key of an org.
+    pub(crate) fn idempotency(&self, org: &str, key: &str) -> String {
+        format!("{}:{{{org}}}:idem:{key}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cortex_protocol::ChannelId;
+    use std::sync::Arc;
+
+    #[test]
+    fn every_name_of_an_org_carries_its_hash_tag() {
+        let k = Keys::new("cortex");
+        let key = ChannelKey::new(Arc::from("o_1"), ChannelId::parse("task:t_9").unwrap());
+        let names = k.channel(&key);
+        assert_eq!(names[0], "cortex:{o_1}:epoch:task:t_9");
+        for n in names
+            .iter()
+            .chain([&k.events("o_1"), &k.idempotency("o_1", "k")])
+        {
+            assert!(n.contains("{o_1}"), "{n}");
+        }
+        assert_eq!(k.org_of(&k.events("o_1")), Some("o_1"));
+        assert_eq!(k.org_of("other:{o_1}:events"), None);
+    }
+}
