@@ -36,12 +36,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cortex_protocol::Since;
 use cortex_protocol::event::write_delivery;
+use cortex_protocol::{ServerMessage, Since};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::broker::{Broker, BrokerError, Delivery, EventBody, Position, Sink};
-use crate::hub::{ChannelKey, ConnId, Hub, Subscriber};
+use crate::hub::{ChannelKey, ConnId, Hub, Subscriber, Tally};
 use crate::metrics;
 
 /// Shards of the join table (joins are brief; contention is rare).
@@ -289,30 +289,65 @@ fn take_joiner(joins: &mut JoinShard, key: &ChannelKey, conn: ConnId) -> Option<
 impl Sink for Dispatch {
     fn deliver(&self, d: &Delivery<'_>) {
         let make = || encode(d.key, d.event, d.offset, d.epoch);
+        let n = self.send(d.key, d.offset, d.epoch, make, &d.event.tally);
+        metrics::delivered(n);
+    }
+
+    fn reset(&self, key: &ChannelKey, position: &Position) {
+        let make = || {
+            Utf8Bytes::from(
+                ServerMessage::Subscribed {
+                    channel_id: key.channel.to_string(),
+                    offset: position.offset,
+                    epoch: position.epoch.to_string(),
+                    recovered: Some(false),
+                    r#ref: None,
+                }
+                .to_json(),
+            )
+        };
+        self.send(
+            key,
+            position.offset,
+            &position.epoch,
+            make,
+            &Tally::default(),
+        );
+    }
+}
+
+impl Dispatch {
+    /// Hands one frame of `key` at `offset` to the hub, and to the channel's joiners.
+    fn send(
+        &self,
+        key: &ChannelKey,
+        offset: u64,
+        epoch: &Arc<str>,
+        make: impl Fn() -> Utf8Bytes,
+        tally: &Tally,
+    ) -> usize {
         let no_joins = || self.joining.load(Ordering::SeqCst) == 0;
-        let fast = self.hub.fan_out_if(d.key, no_joins, make, &d.event.tally);
-        let n = if let Some(n) = fast {
+        let fast = self.hub.fan_out_if(key, no_joins, &make, tally);
+        if let Some(n) = fast {
             n
         } else {
-            let make = || encode(d.key, d.event, d.offset, d.epoch);
             // Someone on the node is joining. The fan-out happens under the join shard's lock,
             // so a member of this channel that starts to re-join either got this event from the
             // hub or finds it buffered; a newcomer that registers after this event was delivered
             // reads a position that includes it (the memory broker delivers under the channel's
             // lock, which its recovery takes; a backplane delivers only what it has stored).
-            let mut joins = self.joins(d.key);
-            match joins.get_mut(d.key) {
-                None => self.hub.fan_out(d.key, make, &d.event.tally),
+            let mut joins = self.joins(key);
+            match joins.get_mut(key) {
+                None => self.hub.fan_out(key, make, tally),
                 Some(joiners) => {
                     let frame = make();
                     for j in joiners.iter_mut() {
-                        j.buffer(d.offset, d.epoch, &frame);
+                        j.buffer(offset, epoch, &frame);
                     }
-                    self.hub.fan_out(d.key, || frame, &d.event.tally)
+                    self.hub.fan_out(key, || frame, tally)
                 }
             }
-        };
-        metrics::delivered(n);
+        }
     }
 }
 

@@ -61,6 +61,16 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Runs `redis-cli` against it.
+    fn cli(&self, args: &[&str]) {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    }
+
     /// SIGKILL, and wait for it to be gone.
     fn kill(&mut self) {
         let _ = self.child.kill();
@@ -226,11 +236,56 @@ async fn redis_away_at_start_or_later_keeps_the_node_and_its_connections() {
     };
     assert_eq!(pong["type"], "pong", "the connection stays open");
 
-    // Back (empty): ready again, and delivery resumes.
+    // Back (empty): ready again, and delivery resumes, after the notice that the channel's
+    // history was lost (a new epoch).
     let _redis = Redis::start_on(port);
     ready_is(&s, 200, Duration::from_secs(10)).await;
     let (status, answer) = s.publish(task_event(4)).await;
     assert_eq!(status, 202, "{answer}");
+    let notice = c.recv().await;
+    assert_eq!(
+        (notice["type"].as_str(), notice["recovered"].as_bool()),
+        (Some("subscribed"), Some(false)),
+        "{notice}"
+    );
     let e = c.recv().await;
     assert_eq!(e["payload"]["n"], 4, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_emptied_under_a_subscriber_is_never_skipped_silently() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis.url()).await, node(&redis.url()).await);
+    ready_is(&a, 200, WAIT).await;
+    ready_is(&b, 200, WAIT).await;
+    let mut c = a.client("u_1", "o_1").await;
+    let first = c.subscribe("task:t_1").await;
+    for n in 1..=2 {
+        assert_eq!(b.publish(task_event(n)).await.0, 202);
+        assert_eq!(c.recv().await["offset"], n);
+    }
+    // The store loses everything while the client stays connected.
+    redis.cli(&["FLUSHALL"]);
+    assert_eq!(b.publish(task_event(3)).await.0, 202);
+    let notice = c.recv().await;
+    assert_eq!(notice["type"], "subscribed", "{notice}");
+    assert_eq!(notice["channelId"], "task:t_1");
+    assert_eq!(notice["recovered"], false);
+    assert_eq!(
+        notice["offset"], 0,
+        "the new position, before the next event"
+    );
+    assert!(notice.get("ref").is_none(), "unsolicited: {notice}");
+    assert_ne!(notice["epoch"], first["epoch"], "a new epoch");
+    let e = c.recv().await;
+    assert_eq!(
+        (e["offset"].as_u64(), e["payload"]["n"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(e["epoch"], notice["epoch"]);
+    let pong = {
+        c.send(json!({"type": "ping"})).await;
+        c.recv().await
+    };
+    assert_eq!(pong["type"], "pong", "the connection is kept");
 }

@@ -128,6 +128,12 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// Delivers one event on one channel to this node's subscribers. Called in offset order per
     /// channel; must not block.
     fn deliver(&self, delivery: &Delivery<'_>);
+
+    /// The channel skipped events that cannot be delivered (the backplane lost them, or its
+    /// history was lost): every subscriber is told, before the channel's next event, that it
+    /// now stands at `position` without having recovered (CONTRACT.md section 6). Must not
+    /// block.
+    fn reset(&self, key: &ChannelKey, position: &Position);
 }
 
 /// Positions, history, idempotency and delivery between nodes.

@@ -172,6 +172,10 @@ mod tests {
     struct Recorder(Mutex<Vec<(String, u64, String, String)>>);
 
     impl Sink for Recorder {
+        fn reset(&self, _: &ChannelKey, _: &crate::broker::Position) {
+            panic!("the memory broker never loses events");
+        }
+
         fn deliver(&self, d: &Delivery<'_>) {
             self.0.lock().unwrap().push((
                 d.key.channel.to_string(),

@@ -68,8 +68,27 @@ struct Own {
     done: Option<oneshot::Sender<()>>,
 }
 
+/// A channel this node holds: how many holds, and the last position it delivered.
+#[derive(Default)]
+struct Held {
+    holds: usize,
+    last: Option<(u64, Arc<str>)>,
+}
+
+/// What to do with an event on a held channel, given the last position delivered.
+enum Next {
+    /// The next one: deliver.
+    Deliver,
+    /// Delivered already (or older than the position a join read): drop.
+    Seen,
+    /// Events are missing, or the epoch changed (Redis lost the channel's data): tell every
+    /// subscriber, then deliver.
+    Skipped,
+}
+
 struct Inner {
     keys: Keys,
+    held: Mutex<HashMap<ChannelKey, Held>>,
     link: Link,
     listener: Listener,
     sink: Arc<dyn Sink>,
@@ -107,6 +126,7 @@ impl RedisBroker {
             link: Link::new(client.clone(), config.command_timeout),
             listener: Listener::new(client, keys.clone(), config.command_timeout),
             keys,
+            held: Mutex::new(HashMap::new()),
             sink,
             publish: Script::new(scripts::PUBLISH),
             recover: Script::new(scripts::RECOVER),
@@ -200,6 +220,18 @@ impl Inner {
             };
             let key = ChannelKey::new(org.clone(), channel);
             let epoch: Arc<str> = Arc::from(epoch.as_str());
+            match self.next(&key, offset, &epoch) {
+                Next::Seen => continue,
+                Next::Skipped => {
+                    let position = Position {
+                        offset: offset - 1,
+                        epoch: epoch.clone(),
+                    };
+                    tracing::warn!(channel = %key.channel, "events skipped; subscribers told");
+                    self.sink.reset(&key, &position);
+                }
+                Next::Deliver => {}
+            }
             self.sink.deliver(&Delivery {
                 key: &key,
                 event: &event,
@@ -209,6 +241,40 @@ impl Inner {
         }
         if let Some(done) = own.and_then(|o| o.done) {
             let _ = done.send(());
+        }
+    }
+
+    /// Where an event stands against the last position delivered on its channel (tracked for
+    /// held channels only), and that position moved on.
+    fn next(&self, key: &ChannelKey, offset: u64, epoch: &Arc<str>) -> Next {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(h) = held.get_mut(key) else {
+            return Next::Deliver;
+        };
+        let next = match &h.last {
+            None => Next::Deliver,
+            Some((last, e)) if e == epoch => {
+                if offset <= *last {
+                    return Next::Seen;
+                } else if offset == last + 1 {
+                    Next::Deliver
+                } else {
+                    Next::Skipped
+                }
+            }
+            Some(_) => Next::Skipped,
+        };
+        h.last = Some((offset, epoch.clone()));
+        next
+    }
+
+    /// A join read `position`: the first one of a held channel is where its tracking starts.
+    fn seen_position(&self, key: &ChannelKey, position: &Position) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = held.get_mut(key)
+            && h.last.is_none()
+        {
+            h.last = Some((position.offset, position.epoch.clone()));
         }
     }
 
@@ -402,6 +468,7 @@ impl Inner {
             offset,
             epoch: Arc::from(epoch),
         };
+        self.seen_position(key, &position);
         let events = match (since, parts.get(2)) {
             (Some(since), Some(Value::Array(entries))) if since.epoch == epoch => {
                 self.continuous(since.offset, offset, entries)
@@ -466,10 +533,19 @@ impl Broker for RedisBroker {
     }
 
     fn hold(&self, key: &ChannelKey) {
+        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.entry(key.clone()).or_default().holds += 1;
         self.inner.listener.hold(&key.org);
     }
 
     fn release(&self, key: &ChannelKey) {
+        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = held.get_mut(key) {
+            h.holds -= 1;
+            if h.holds == 0 {
+                held.remove(key);
+            }
+        }
         self.inner.listener.release(&key.org);
     }
 
