@@ -289,3 +289,35 @@ async fn a_redis_emptied_under_a_subscriber_is_never_skipped_silently() {
     };
     assert_eq!(pong["type"], "pong", "the connection is kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pubsub_connections_leave_no_gap() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis.url()).await, node(&redis.url()).await);
+    ready_is(&a, 200, WAIT).await;
+    ready_is(&b, 200, WAIT).await;
+    let mut c = a.client("u_1", "o_1").await;
+    assert_eq!(c.subscribe("task:t_1").await["type"], "subscribed");
+    assert_eq!(b.publish(task_event(1)).await.0, 202);
+    assert_eq!(c.recv().await["offset"], 1);
+    // Every node's pub/sub connection goes while events are published on the other node:
+    // those published before node A has subscribed again reach it through its catch-up.
+    let mut sent = 1;
+    for round in 0..3 {
+        redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        for _ in 0..20 {
+            sent += 1;
+            let (status, answer) = b.publish(task_event(sent)).await;
+            assert_eq!(status, 202, "round {round}: {answer}");
+        }
+    }
+    for n in 2..=sent {
+        let e = c.recv().await;
+        assert_eq!(e["type"], "task.status_changed", "no notice, no gap: {e}");
+        assert_eq!(
+            (e["offset"].as_u64(), e["payload"]["n"].as_u64()),
+            (Some(n), Some(n))
+        );
+    }
+    c.silent_for(Duration::from_millis(300)).await;
+}

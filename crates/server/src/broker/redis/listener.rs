@@ -113,6 +113,7 @@ impl Listener {
         stop: CancellationToken,
         deliver: impl Fn(&str, &[u8]),
         lost: impl Fn(),
+        reconcile: impl Fn() -> futures_util::future::BoxFuture<'static, ()>,
     ) {
         let mut wait = BACKOFF.0;
         loop {
@@ -127,6 +128,9 @@ impl Listener {
                 let (mut sink, mut stream) = pubsub.split();
                 self.up.store(true, Ordering::Release);
                 tracing::info!("redis pub/sub connected");
+                // Once subscribed again after a reconnect, what was published meanwhile is
+                // caught up before the first message read (messages wait in the stream).
+                let mut caught_up = false;
                 'connected: loop {
                     let (add, remove) = {
                         let s = self.state();
@@ -166,6 +170,10 @@ impl Listener {
                             break 'connected;
                         }
                         self.state().subscribed.remove(&org);
+                    }
+                    if !caught_up {
+                        caught_up = true;
+                        reconcile().await;
                     }
                     tokio::select! {
                         _ = stop.cancelled() => return,

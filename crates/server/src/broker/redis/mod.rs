@@ -143,7 +143,11 @@ impl RedisBroker {
             let deliver = |org: &str, payload: &[u8]| i.deliver(org, payload);
             // The command connection went the same way, most likely: check it at once.
             let lost = || i.link.doubt();
-            i.listener.run(s, deliver, lost).await
+            let reconcile = || {
+                let i = i.clone();
+                Box::pin(async move { i.reconcile().await }) as BoxFuture<'static, ()>
+            };
+            i.listener.run(s, deliver, lost, reconcile).await
         });
         Ok(RedisBroker { inner, stop })
     }
@@ -275,6 +279,80 @@ impl Inner {
             && h.last.is_none()
         {
             h.last = Some((position.offset, position.epoch.clone()));
+        }
+    }
+
+    /// After a pub/sub reconnect: every held channel's position, read at once (pipelined);
+    /// a channel that moved on meanwhile has its missed events delivered from history, in
+    /// order, or, when history no longer covers them or the epoch changed, its subscribers told.
+    async fn reconcile(&self) {
+        let tracked: Vec<(ChannelKey, u64, Arc<str>)> = {
+            let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.iter()
+                .filter_map(|(k, h)| h.last.as_ref().map(|(o, e)| (k.clone(), *o, e.clone())))
+                .collect()
+        };
+        if tracked.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (key, _, _) in &tracked {
+            let [epoch, offset, _] = self.keys.channel(key);
+            pipe.get(epoch).get(offset);
+        }
+        let Some(now) = self
+            .link
+            .run(|mut c| async move { pipe.query_async::<Vec<Option<String>>>(&mut c).await })
+            .await
+        else {
+            return;
+        };
+        for ((key, last, epoch), pair) in tracked.iter().zip(now.chunks(2)) {
+            let same_epoch = pair[0].as_deref() == Some(&**epoch);
+            let offset = pair
+                .get(1)
+                .cloned()
+                .flatten()
+                .and_then(|o| o.parse::<u64>().ok());
+            if same_epoch && offset == Some(*last) {
+                continue;
+            }
+            self.catch_up(key, *last, epoch).await;
+        }
+    }
+
+    /// Delivers what `key` published after `last` (of `epoch`) from history, or tells its
+    /// subscribers the channel's new position when history cannot give it all.
+    async fn catch_up(&self, key: &ChannelKey, last: u64, epoch: &Arc<str>) {
+        let since = Since {
+            offset: last,
+            epoch: epoch.to_string(),
+        };
+        let Ok(recovery) = self.recover_now(key, Some(&since)).await else {
+            return;
+        };
+        let Some(events) = recovery.events else {
+            tracing::warn!(channel = %key.channel, "missed events not in history; subscribers told");
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(h) = held.get_mut(key) {
+                h.last = Some((recovery.position.offset, recovery.position.epoch.clone()));
+            }
+            drop(held);
+            self.sink.reset(key, &recovery.position);
+            return;
+        };
+        for r in events {
+            if matches!(
+                self.next(key, r.offset, &recovery.position.epoch),
+                Next::Deliver
+            ) {
+                self.sink.deliver(&Delivery {
+                    key,
+                    event: &r.event,
+                    offset: r.offset,
+                    epoch: &recovery.position.epoch,
+                });
+            }
         }
     }
 
@@ -442,6 +520,17 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) || !self.listener.subscribed(&key.org).await {
             return Err(BrokerError::Unavailable);
         }
+        let recovery = self.recover_now(key, since).await?;
+        self.seen_position(key, &recovery.position);
+        Ok(recovery)
+    }
+
+    /// The channel's position and, for `since`, the events after it, read from Redis.
+    async fn recover_now(
+        &self,
+        key: &ChannelKey,
+        since: Option<&Since>,
+    ) -> Result<Recovery, BrokerError> {
         let [epoch_key, offset_key, history_key] = self.keys.channel(key);
         let mut invocation = self.recover.prepare_invoke();
         invocation
@@ -468,7 +557,6 @@ impl Inner {
             offset,
             epoch: Arc::from(epoch),
         };
-        self.seen_position(key, &position);
         let events = match (since, parts.get(2)) {
             (Some(since), Some(Value::Array(entries))) if since.epoch == epoch => {
                 self.continuous(since.offset, offset, entries)
