@@ -12,7 +12,9 @@ use cortex_protocol::{ChannelId, Since};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{JwtVerifier, KeyError};
-use crate::broker::{BadRedisUrl, Broker, BrokerError, MemoryBroker, RedisBroker, Sink};
+#[cfg(feature = "redis")]
+use crate::broker::RedisBroker;
+use crate::broker::{Broker, BrokerError, MemoryBroker, Sink};
 use crate::config::Config;
 use crate::dispatch::{Dispatch, ReplyFn, Subscribed};
 use crate::hub::{ChannelKey, ConnId, Subscriber};
@@ -39,9 +41,9 @@ pub enum StartError {
     /// A key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The Redis URL could not be read.
-    #[error(transparent)]
-    Redis(#[from] BadRedisUrl),
+    /// The Redis backplane is configured but cannot be used.
+    #[error("{0}")]
+    Redis(String),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -99,15 +101,21 @@ impl Drop for InFlight<'_> {
 
 impl Node {
     /// Builds a node's state from its configuration (no listener: see [`crate::Server`]), with
-    /// the in-memory broker.
+    /// the Redis broker when `config.redis` names one, else the in-memory broker.
     pub(crate) fn new(config: Config) -> Result<Arc<Node>, StartError> {
         if let Some(redis) = config.redis.clone() {
+            #[cfg(feature = "redis")]
             return Node::with_broker(config, |sink, config| {
                 let (retention, window) = (config.history, config.limits.idempotency_window);
-                Ok(Arc::new(RedisBroker::start(
-                    sink, &redis, retention, window,
-                )?))
+                RedisBroker::start(sink, &redis, retention, window)
+                    .map(|b| Arc::new(b) as Arc<dyn Broker>)
+                    .map_err(|e| StartError::Redis(e.to_string()))
             });
+            #[cfg(not(feature = "redis"))]
+            return Err(StartError::Redis(format!(
+                "{}: this build has no Redis backplane (feature `redis`)",
+                redis.url
+            )));
         }
         Node::with_broker(config, |sink, config| {
             let l = &config.limits;

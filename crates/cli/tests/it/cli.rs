@@ -883,3 +883,25 @@ async fn publish_with_a_wrong_key_an_unreachable_url_or_bad_payload_json_exits_n
     assert!(!p.status().success(), "nothing listens there");
     assert!(!p.stderr().is_empty());
 }
+
+/// A Redis URL that cannot be one stops `serve`, saying why, before anything listens.
+#[tokio::test]
+async fn serve_refuses_a_redis_url_it_cannot_use_and_says_why() {
+    for (url, why) in [
+        (
+            "http://127.0.0.1:6379",
+            "the scheme must be redis or rediss",
+        ),
+        ("redis://", "bad Redis URL"),
+        ("not a url", "the scheme must be redis or rediss"),
+    ] {
+        let mut args = vec!["serve"];
+        args.extend(MINIMAL);
+        let from_env = args.clone();
+        args.extend(["--redis", url]);
+        let err = refused_start(&args, &[]).await;
+        assert!(err.contains(why), "{url}: {err}");
+        let err = refused_start(&from_env, &[("CORTEX_REDIS", url)]).await;
+        assert!(err.contains(why), "{url} from the environment: {err}");
+    }
+}

@@ -17,6 +17,7 @@
 //! [`MemoryBroker`] is the one-node default.
 
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
 pub(crate) mod redis;
 
 use std::sync::Arc;
@@ -27,7 +28,8 @@ use futures_util::future::BoxFuture;
 use crate::hub::{ChannelKey, Tally};
 
 pub(crate) use memory::MemoryBroker;
-pub(crate) use redis::{BadRedisUrl, RedisBroker};
+#[cfg(feature = "redis")]
+pub(crate) use redis::RedisBroker;
 
 /// An event as every node delivers it: the same id, type and payload on each of its channels.
 #[derive(Debug)]
@@ -133,6 +135,7 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// history was lost): every subscriber is told, before the channel's next event, that it
     /// now stands at `position` without having recovered (CONTRACT.md section 6). Must not
     /// block.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     fn reset(&self, key: &ChannelKey, position: &Position);
 }
 

@@ -108,8 +108,8 @@ pub(crate) struct RedisBroker {
 
 /// The Redis URL could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("bad --redis URL: {0}")]
-pub struct BadRedisUrl(String);
+#[error("bad Redis URL (redis://HOST:PORT or rediss://HOST:PORT): {0}")]
+pub(crate) struct BadRedisUrl(String);
 
 impl RedisBroker {
     /// Starts the connections' tasks (they connect in the background: a Redis that is down at
@@ -120,7 +120,13 @@ impl RedisBroker {
         retention: Retention,
         window: Duration,
     ) -> Result<RedisBroker, BadRedisUrl> {
-        let client = Client::open(config.url.as_str()).map_err(|e| BadRedisUrl(e.to_string()))?;
+        let url = config.url.as_str();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(BadRedisUrl(format!(
+                "{url}: the scheme must be redis or rediss"
+            )));
+        }
+        let client = Client::open(url).map_err(|e| BadRedisUrl(format!("{url}: {e}")))?;
         let keys = Keys::new(&config.prefix);
         let inner = Arc::new(Inner {
             link: Link::new(client.clone(), config.command_timeout),
