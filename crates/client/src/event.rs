@@ -153,7 +153,9 @@ pub enum ClientEvent {
         /// The channel's epoch.
         epoch: String,
     },
-    /// A channel was subscribed again after a reconnect, resuming after the last event seen.
+    /// A channel was subscribed again after a reconnect, resuming after the last event seen;
+    /// or, with `recovered: false` while connected, the server's notice that the channel
+    /// skipped events it cannot deliver (its backplane lost them): reload its state.
     Resubscribed {
         /// The channel.
         channel: ChannelId,

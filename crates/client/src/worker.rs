@@ -542,6 +542,37 @@ impl Worker {
         self.emit(ClientEvent::Event(event)).await.map_err(stopped)
     }
 
+    /// The server's continuity notice (CONTRACT.md section 6): an unsolicited `subscribed` with
+    /// `recovered: false` on a joined channel. Its missed events are gone; the position moves
+    /// to the notice's, and the application hears it like a resume that did not recover.
+    async fn notice(
+        &mut self,
+        conn: &mut Conn,
+        channel_id: &str,
+        recovered: Option<bool>,
+        offset: u64,
+        epoch: String,
+    ) -> Result<(), End> {
+        let Ok(channel) = ChannelId::parse(channel_id) else {
+            return Ok(());
+        };
+        if recovered != Some(false) || conn.wire.get(&channel) != Some(&Wire::Joined) {
+            return Ok(());
+        }
+        let position = Position {
+            offset,
+            epoch: epoch.clone(),
+        };
+        self.positions.insert(channel.clone(), position);
+        let ev = ClientEvent::Resubscribed {
+            channel,
+            recovered: false,
+            offset,
+            epoch,
+        };
+        self.emit(ev).await.map_err(stopped)
+    }
+
     /// A reply to one of our commands, or a server-initiated `unsubscribed`.
     async fn reply(&mut self, conn: &mut Conn, msg: ServerMessage) -> Result<(), End> {
         match msg {
@@ -553,7 +584,9 @@ impl Worker {
                 r#ref,
             } => {
                 let Some(r) = ref_num(r#ref.as_ref()) else {
-                    return Ok(());
+                    return self
+                        .notice(conn, &channel_id, recovered, offset, epoch)
+                        .await;
                 };
                 let Some(Pending::Subscribe { channel, .. }) = conn.pending.remove(&r) else {
                     return Ok(());

@@ -321,3 +321,53 @@ async fn killed_pubsub_connections_leave_no_gap() {
     }
     c.silent_for(Duration::from_millis(300)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_surfaces_the_notice_like_a_resume_that_did_not_recover() {
+    use cortex_client::{Client, ClientEvent};
+    let redis = Redis::start();
+    let s = node(&redis.url()).await;
+    ready_is(&s, 200, WAIT).await;
+    let (_client, mut events) = Client::builder(s.ws_url())
+        .token(token("u_1", "o_1"))
+        .subscribe("task:t_1".parse().unwrap())
+        .start()
+        .unwrap();
+    let next = async |events: &mut cortex_client::Events| {
+        tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("a client event in time")
+            .expect("the client runs")
+    };
+    loop {
+        if matches!(next(&mut events).await, ClientEvent::Subscribed { .. }) {
+            break;
+        }
+    }
+    assert_eq!(s.publish(task_event(1)).await.0, 202);
+    let ClientEvent::Event(e) = next(&mut events).await else {
+        panic!("the event")
+    };
+    let first_epoch = e.epoch.clone();
+    redis.cli(&["FLUSHALL"]);
+    assert_eq!(s.publish(task_event(2)).await.0, 202);
+    let ClientEvent::Resubscribed {
+        recovered,
+        offset,
+        epoch,
+        ..
+    } = next(&mut events).await
+    else {
+        panic!("the notice first")
+    };
+    assert!(!recovered);
+    assert_eq!(offset, 0);
+    assert_ne!(epoch, first_epoch);
+    let ClientEvent::Event(e) = next(&mut events).await else {
+        panic!("then the event")
+    };
+    assert_eq!(
+        (e.offset, e.epoch.as_str(), e.payload["n"].as_u64()),
+        (1, epoch.as_str(), Some(2))
+    );
+}
