@@ -170,6 +170,9 @@ struct Conn {
     expires: Option<Expiry>,
     refresh_at: Option<Instant>,
     resync_at: Option<Instant>,
+    /// Subscribes refused `unavailable` (the server's backplane is away) are sent again after
+    /// this backoff (CONTRACT.md sections 3 and 8); a subscribe that succeeds resets it.
+    unavailable: Backoff,
     last_frame: Instant,
 }
 
@@ -306,6 +309,11 @@ impl Worker {
             expires,
             refresh_at: expires.as_ref().map(Expiry::refresh_at),
             resync_at: None,
+            unavailable: {
+                let mut b = self.backoff.clone();
+                b.reset();
+                b
+            },
             last_frame: Instant::now(),
         };
         let end = self.serve(&mut conn).await;
@@ -597,6 +605,7 @@ impl Worker {
                     return Ok(());
                 }
                 conn.wire.insert(channel.clone(), Wire::Joined);
+                conn.unavailable.reset();
                 if recovered != Some(true) {
                     // Fresh, or the gap is lost: events after the reply's offset follow.
                     let position = Position {
@@ -675,6 +684,16 @@ impl Worker {
                     Some(Pending::Subscribe { channel, .. }) if code == ErrorCode::RateLimited => {
                         conn.wire.remove(&channel);
                         conn.resync_at = Some(Instant::now() + RESYNC_AFTER);
+                        Ok(())
+                    }
+                    // Nothing changed on the server: still wanted, sent again after a backoff
+                    // (with its position, so a resume stays a resume).
+                    Some(Pending::Subscribe { channel, .. }) if code == ErrorCode::Unavailable => {
+                        conn.wire.remove(&channel);
+                        let delay = conn.unavailable.next_delay(&mut *self.rng);
+                        let at = Instant::now() + delay;
+                        conn.resync_at = Some(conn.resync_at.map_or(at, |t| t.min(at)));
+                        tracing::debug!(%channel, ?delay, "subscribe refused: unavailable; again later");
                         Ok(())
                     }
                     Some(Pending::Unsubscribe(channel)) if code == ErrorCode::RateLimited => {

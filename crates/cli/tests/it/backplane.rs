@@ -371,3 +371,57 @@ async fn the_rust_client_surfaces_the_notice_like_a_resume_that_did_not_recover(
         (1, epoch.as_str(), Some(2))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_retries_a_subscribe_refused_unavailable_until_redis_is_back() {
+    use cortex_client::{Client, ClientEvent};
+    let port = Redis::free_port();
+    let s = node(&format!("redis://127.0.0.1:{port}")).await;
+    let (_client, mut events) = Client::builder(s.ws_url())
+        .token(token("u_1", "o_1"))
+        .subscribe("task:t_1".parse().unwrap())
+        .start()
+        .unwrap();
+    // Refused while Redis is away, silently retried: no failure reaches the application.
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), async {
+        loop {
+            let ev = events.recv().await.expect("the client runs");
+            assert!(
+                !matches!(
+                    ev,
+                    ClientEvent::SubscribeFailed { .. } | ClientEvent::Subscribed { .. }
+                ),
+                "{ev:?}"
+            );
+        }
+    })
+    .await;
+    assert!(
+        quiet.is_err(),
+        "nothing but connection events while Redis is away"
+    );
+    let _redis = Redis::start_on(port);
+    ready_is(&s, 200, Duration::from_secs(10)).await;
+    let subscribed = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            match events.recv().await.expect("the client runs") {
+                ClientEvent::Subscribed { .. } => return,
+                ClientEvent::SubscribeFailed { code, .. } => panic!("gave up: {code:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok(), "subscribed once Redis is back");
+    assert_eq!(s.publish(task_event(1)).await.0, 202);
+    let ev = tokio::time::timeout(WAIT, async {
+        loop {
+            if let ClientEvent::Event(e) = events.recv().await.expect("the client runs") {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the event");
+    assert_eq!(ev.payload["n"], 1);
+}
