@@ -7,16 +7,15 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rand::Rng;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::reconnect::Reconnect;
+
 /// How often an idle connection is pinged.
 const PROBE: Duration = Duration::from_secs(1);
-/// The first and the largest wait between two connection attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 /// The node's command connection to Redis.
 pub(crate) struct Link {
@@ -97,7 +96,7 @@ impl Link {
     /// it is doubted) until it is lost, then connects again after a backoff with full jitter. The
     /// probe is what makes an idle node notice a Redis that died or was paused.
     pub(crate) async fn maintain(&self, stop: CancellationToken) {
-        let mut wait = BACKOFF.0;
+        let mut backoff = Reconnect::new();
         loop {
             let attempt = self
                 .client
@@ -116,7 +115,7 @@ impl Link {
                     *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
                     self.up.store(true, Ordering::Release);
                     tracing::info!("redis connected");
-                    wait = BACKOFF.0;
+                    backoff.reset();
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => return,
@@ -132,12 +131,9 @@ impl Link {
                     }
                 }
                 _ => {
-                    let jittered = wait.mul_f64(rand::rng().random_range(0.0..1.0));
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(jittered.max(Duration::from_millis(20))) => {}
+                    if !backoff.wait(&stop).await {
+                        return;
                     }
-                    wait = (wait * 2).min(BACKOFF.1);
                 }
             }
         }

@@ -10,15 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use rand::Rng;
 use redis::Client;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
-
-/// The first and the largest wait between two connection attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+use super::reconnect::Reconnect;
 
 #[derive(Default)]
 struct State {
@@ -115,7 +112,7 @@ impl Listener {
         lost: impl Fn(),
         reconcile: impl Fn() -> futures_util::future::BoxFuture<'static, ()>,
     ) {
-        let mut wait = BACKOFF.0;
+        let mut backoff = Reconnect::new();
         loop {
             let connected = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -124,7 +121,7 @@ impl Listener {
                 }
             };
             if let Some(pubsub) = connected {
-                wait = BACKOFF.0;
+                backoff.reset();
                 let (mut sink, mut stream) = pubsub.split();
                 self.up.store(true, Ordering::Release);
                 tracing::info!("redis pub/sub connected");
@@ -194,12 +191,9 @@ impl Listener {
                 lost();
                 tracing::warn!("redis pub/sub connection lost; reconnecting");
             }
-            let jittered = wait.mul_f64(rand::rng().random_range(0.0..1.0));
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(jittered.max(Duration::from_millis(20))) => {}
+            if !backoff.wait(&stop).await {
+                return;
             }
-            wait = (wait * 2).min(BACKOFF.1);
         }
     }
 }

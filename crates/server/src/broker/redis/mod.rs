@@ -19,6 +19,7 @@
 pub(crate) mod keys;
 pub(crate) mod link;
 pub(crate) mod listener;
+pub(crate) mod reconnect;
 pub(crate) mod scripts;
 
 use std::collections::HashMap;
