@@ -425,3 +425,45 @@ async fn the_rust_client_retries_a_subscribe_refused_unavailable_until_redis_is_
     .expect("the event");
     assert_eq!(ev.payload["n"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_hangs_nothing_and_a_retried_key_is_delivered_once() {
+    let redis = Redis::start();
+    let s = node(&redis.url()).await;
+    ready_is(&s, 200, WAIT).await;
+    let mut c = s.client("u_1", "o_1").await;
+    assert_eq!(c.subscribe("task:t_1").await["type"], "subscribed");
+    let pid = redis.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    // A publish neither hangs nor is accepted: 503 within the command timeout.
+    let mut keyed = task_event(1);
+    keyed["idempotencyKey"] = json!("k-paused");
+    let started = Instant::now();
+    let (status, _) = s.publish(keyed.clone()).await;
+    assert_eq!(status, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    ready_is(&s, 503, Duration::from_secs(5)).await;
+    c.send(json!({"type": "ping"})).await;
+    assert_eq!(c.recv().await["type"], "pong", "the connection stays");
+    signal("-CONT");
+    ready_is(&s, 200, Duration::from_secs(10)).await;
+    // The paused publish's outcome was unknown (Redis may have run it once it woke): the
+    // retry with the same key is answered, and the event arrives exactly once.
+    let (status, answer) = s.publish(keyed).await;
+    assert_eq!(status, 202, "{answer}");
+    let e = c.recv().await;
+    assert_eq!(e["payload"]["n"], 1, "{e}");
+    c.silent_for(Duration::from_millis(500)).await;
+}
