@@ -67,8 +67,8 @@ pub(crate) struct Position {
     pub epoch: Arc<str>,
 }
 
-/// What a repeated `idempotencyKey` was first answered with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a repeated `idempotencyKey` was first answered with (kept as JSON by a backplane).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct FirstAnswer {
     /// The event id given the first time.
     pub id: String,

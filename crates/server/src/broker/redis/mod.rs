@@ -386,7 +386,7 @@ impl Inner {
                 id: ev.body.id.clone(),
                 channels: ev.channels.iter().map(|c| c.to_string()).collect(),
             };
-            let first = serde_json::json!({"id": first.id, "channels": first.channels}).to_string();
+            let first = serde_json::to_string(&first).expect("an answer serializes");
             invocation
                 .arg(u8::from(ev.idempotency_key.is_some()))
                 .arg(ev.channels.len())
@@ -412,18 +412,9 @@ impl Inner {
             .iter()
             .map(|item| match item {
                 Value::Array(pair) if pair.len() == 2 => match int(&pair[0]) {
-                    Some(0) => {
-                        let first: serde_json::Value =
-                            serde_json::from_str(text(&pair[1])?).ok()?;
-                        Some(Outcome::Duplicate(FirstAnswer {
-                            id: first["id"].as_str()?.to_owned(),
-                            channels: first["channels"]
-                                .as_array()?
-                                .iter()
-                                .filter_map(|c| c.as_str().map(str::to_owned))
-                                .collect(),
-                        }))
-                    }
+                    Some(0) => serde_json::from_str(text(&pair[1])?)
+                        .ok()
+                        .map(Outcome::Duplicate),
                     Some(1) => {
                         let Value::Array(p) = &pair[1] else {
                             return None;
@@ -490,33 +481,38 @@ impl Inner {
                 }
             }
         }
-        if let Err(e) = result {
-            let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
-            for ev in events {
-                own.remove(&ev.body.id);
+        let answers = result.and_then(|()| {
+            events
+                .iter()
+                .map(|ev| outcomes.get_mut(&*ev.org).and_then(Iterator::next))
+                .collect::<Option<Vec<Outcome>>>()
+                .ok_or(BrokerError::Unavailable)
+        });
+        let answers = match answers {
+            Ok(a) => a,
+            Err(e) => {
+                self.forget(events.iter());
+                return Err(e);
             }
-            return Err(e);
-        }
-        let answers: Vec<Outcome> = events
-            .iter()
-            .map(|ev| outcomes.get_mut(&*ev.org).and_then(Iterator::next))
-            .collect::<Option<_>>()
-            .ok_or(BrokerError::Unavailable)?;
+        };
         // Duplicates are not published: nothing comes back for them.
-        {
-            let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
-            for (ev, o) in events.iter().zip(&answers) {
-                if matches!(o, Outcome::Duplicate(_)) {
-                    own.remove(&ev.body.id);
-                }
-            }
-        }
+        let duplicates = events.iter().zip(&answers);
+        self.forget(
+            duplicates
+                .filter(|(_, o)| matches!(o, Outcome::Duplicate(_)))
+                .map(|(ev, _)| ev),
+        );
         let _ = tokio::time::timeout(OWN_EVENTS_WAIT, futures_util::future::join_all(waits)).await;
+        self.forget(events.iter());
+        Ok(answers)
+    }
+
+    /// Stops waiting for these events to come back (dropping their waiters).
+    fn forget<'e>(&self, events: impl Iterator<Item = &'e PreparedEvent>) {
         let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
         for ev in events {
             own.remove(&ev.body.id);
         }
-        Ok(answers)
     }
 
     async fn recover(
