@@ -161,6 +161,24 @@ impl<T, F: Fn(&mut Config, T)> Apply<T> for With<F, T> {
     }
 }
 
+/// The value is applied by `f`, which may refuse it (a setting that excludes another); no
+/// default is shown.
+pub fn checked<T, F: Fn(&mut Config, T) -> Result<()>>(f: F) -> Checked<F, T> {
+    Checked(f, PhantomData)
+}
+
+/// See [`checked`].
+pub struct Checked<F, T>(F, PhantomData<fn(T)>);
+
+impl<T, F: Fn(&mut Config, T) -> Result<()>> Apply<T> for Checked<F, T> {
+    fn apply(&self, c: &mut Config, _flag: &str, v: T) -> Result<()> {
+        (self.0)(c, v)
+    }
+    fn default_in(&self, _defaults: &mut Config) -> Option<String> {
+        None
+    }
+}
+
 /// The variable a setting is also read from: `CORTEX_` and its name in upper case.
 pub fn env_var(name: &str) -> String {
     format!("CORTEX_{}", name.to_uppercase())

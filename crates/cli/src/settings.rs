@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use cortex_realtime::{Config, KeySource, RedisConfig};
 
-use crate::layers::{duration, set, settings, with};
+use crate::layers::{checked, duration, set, settings, with};
 
 /// Where `serve` listens unless told otherwise (the library's default is loopback, port 0).
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -85,8 +85,21 @@ settings! {
             "Bytes of history kept across all channels";
         #[arg(hide_env_values = true)]
         redis: Option<String> => with(|c, url: String| c.redis = Some(RedisConfig::new(url))),
-            "Redis shared by the nodes (redis://HOST:PORT, or rediss://); without it the node is \
-             alone, in memory";
+            "Redis server shared by the nodes (redis://[:PASSWORD@]HOST:PORT); without it (and \
+             without --redis-cluster) the node is alone, in memory";
+        #[arg(value_delimiter = ',', hide_env_values = true)]
+        redis_cluster: Vec<String> => checked(|c, urls: Vec<String>| {
+                if c.redis.is_some() {
+                    anyhow::bail!(
+                        "--redis and --redis-cluster exclude each other: give one Redis server \
+                         (--redis) or the seed nodes of a Redis Cluster (--redis-cluster)"
+                    );
+                }
+                c.redis = Some(RedisConfig::cluster(urls));
+                Ok(())
+            }),
+            "Seed nodes of a Redis Cluster shared by the nodes (redis://HOST:PORT, repeat or \
+             comma-separate); the rest of the Cluster is found from them";
         redis_prefix: Option<String> => with(|c, prefix: String| if let Some(r) = &mut c.redis {
                 r.prefix = prefix
             }),

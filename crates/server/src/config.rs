@@ -39,8 +39,8 @@ pub struct Config {
 /// Where the Redis backplane is (CONTRACT.md sections 1 and 10).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// `redis://HOST:PORT` (or `rediss://` for TLS) of one Redis server.
-    pub url: String,
+    /// One Redis server, or the seed nodes of a Redis Cluster.
+    pub servers: RedisServers,
     /// Prefix of every key and pub/sub channel, so deployments can share a Redis.
     pub prefix: String,
     /// How long one Redis command may take before the node counts Redis as unreachable (a
@@ -52,12 +52,40 @@ impl RedisConfig {
     /// The default prefix.
     pub const DEFAULT_PREFIX: &'static str = "cortex";
 
-    /// A Redis at `url`, with the default prefix and timeout.
+    /// A Redis server at `url` (`redis://HOST:PORT`), with the default prefix and timeout.
     pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig::with(RedisServers::One(url.into()))
+    }
+
+    /// A Redis Cluster known by its seed nodes' `urls`, with the default prefix and timeout.
+    pub fn cluster(urls: Vec<String>) -> RedisConfig {
+        RedisConfig::with(RedisServers::Cluster(urls))
+    }
+
+    fn with(servers: RedisServers) -> RedisConfig {
         RedisConfig {
-            url: url.into(),
+            servers,
             prefix: RedisConfig::DEFAULT_PREFIX.into(),
             command_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Which Redis the nodes share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisServers {
+    /// `redis://HOST:PORT` of one Redis server (`serve --redis`).
+    One(String),
+    /// `redis://HOST:PORT` of some nodes of a Redis Cluster (`serve --redis-cluster`): the rest
+    /// of the Cluster is found from them.
+    Cluster(Vec<String>),
+}
+
+impl std::fmt::Display for RedisServers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisServers::One(url) => f.write_str(url),
+            RedisServers::Cluster(urls) => write!(f, "cluster {}", urls.join(",")),
         }
     }
 }

@@ -48,7 +48,7 @@ pub use auth::{
     AuthError, Claims, DEFAULT_LEEWAY_SECS, KeyError, KeySource, MAX_TOKEN_LEN, VerifierConfig,
     mint_hs256, mint_hs256_claims,
 };
-pub use config::{Config, Limits, RedisConfig, Retention};
+pub use config::{Config, Limits, RedisConfig, RedisServers, Retention};
 pub use cortex_protocol as protocol;
 pub use node::{Node, StartError};
 pub use publish::{Accepted, PublishError};

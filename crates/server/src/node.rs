@@ -114,7 +114,7 @@ impl Node {
             #[cfg(not(feature = "redis"))]
             return Err(StartError::Redis(format!(
                 "{}: this build has no Redis backplane (feature `redis`)",
-                redis.url
+                redis.servers
             )));
         }
         Node::with_broker(config, |sink, config| {

@@ -5,6 +5,11 @@
 
 use crate::hub::ChannelKey;
 
+/// The Redis Cluster slot of everything of `org` (its names' hash tag is the org).
+pub(crate) fn slot(org: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(org.as_bytes()) % 16384
+}
+
 /// The names of one deployment (its prefix).
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
@@ -68,5 +73,12 @@ mod tests {
         }
         assert_eq!(k.org_of(&k.events("o_1")), Some("o_1"));
         assert_eq!(k.org_of("other:{o_1}:events"), None);
+    }
+
+    #[test]
+    fn slots_are_the_cluster_key_slots_of_the_hash_tag() {
+        // Values of CLUSTER KEYSLOT (Redis 7.0): "foo" and "{foo}:anything" share one slot.
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("123456789"), 0x31c3 % 16384);
     }
 }

@@ -1,54 +1,95 @@
-//! The pub/sub side: one connection subscribed to the pub/sub channel of every org this node
-//! holds channels of (reference-counted by the node's holds), kept in the node's own list of
-//! wanted subscriptions and subscribed again by this task after every reconnect (it never relies
-//! on a client library's automatic resubscribe). It hands every message to the broker; it never
-//! parses one.
+//! The pub/sub side of one Redis server (in a Cluster, of one master): one connection
+//! subscribed to the pub/sub channel of every org this node wants from that server, kept in its
+//! own list of wanted subscriptions and subscribed again by this task after every reconnect (it
+//! never relies on a client library's automatic resubscribe). An org no longer wanted stays
+//! subscribed for [`LINGER`], so a channel that empties and fills again costs no round trips.
+//!
+//! Every message is handed to the broker as it is read, in the order Redis sent it; nothing is
+//! queued in between. A delivery probe publishes a marker on one of the subscribed orgs' channels
+//! every [`PROBE_EVERY`]; a connection that does not bring it back within the timeout is up but
+//! delivering nothing, and is replaced (then reconciled like any reconnect).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use redis::Client;
+use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
+use super::pubsub::{self, Reply, Server};
 use super::reconnect::Reconnect;
+
+/// How long an org nobody here holds any more stays subscribed.
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
+/// How often the delivery probe runs on a connection with subscriptions.
+pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// What a probe message starts with (never the start of an event's message).
+pub(crate) const PROBE_MARK: &[u8] = b"probe ";
+
+/// What a listener calls back into (the broker).
+pub(crate) struct Hooks {
+    /// A message of an org's channel: its org and payload.
+    pub(crate) deliver: Box<dyn Fn(&str, &[u8]) + Send + Sync>,
+    /// The connection was lost.
+    pub(crate) lost: Box<dyn Fn() + Send + Sync>,
+    /// Subscribed again after a (re)connect: reconcile every held channel of `orgs`.
+    pub(crate) reconcile: Box<dyn Fn(Vec<Arc<str>>) -> BoxFuture<'static, ()> + Send + Sync>,
+    /// Publishes `payload` on `channel` through the command connection; whether it was sent.
+    pub(crate) probe: Box<dyn Fn(String, Vec<u8>) -> BoxFuture<'static, bool> + Send + Sync>,
+    /// Redis said the slots moved (a Cluster resharded or failed over).
+    pub(crate) moved: Box<dyn Fn() + Send + Sync>,
+}
 
 #[derive(Default)]
 struct State {
-    /// Orgs this node holds channels of, with how many channels.
-    wanted: HashMap<Arc<str>, usize>,
-    /// Orgs the current connection is subscribed to.
+    /// Orgs wanted; the instant since which nobody holds one that lingers.
+    wanted: HashMap<Arc<str>, Option<Instant>>,
+    /// Orgs asked of the current connection.
+    requested: HashSet<Arc<str>>,
+    /// Orgs the current connection confirmed.
     subscribed: HashSet<Arc<str>>,
 }
 
-/// The node's pub/sub connection.
+/// The pub/sub connection to one server.
 pub(crate) struct Listener {
-    client: Client,
+    server: Server,
     keys: Keys,
+    sharded: bool,
     timeout: Duration,
     state: Mutex<State>,
     /// The wanted list changed.
     changed: Notify,
-    /// The subscribed list changed (for [`Listener::subscribed`]).
+    /// A subscription was confirmed (for [`Listener::subscribed`]).
     progress: Notify,
     up: AtomicBool,
+    /// The last probe sent, and the last one that came back.
+    probe_sent: AtomicU64,
+    probe_seen: AtomicU64,
+    probe_back: Notify,
+    /// Tells this node's probes from other nodes'.
+    id: String,
 }
 
 impl Listener {
-    /// A listener on `client`, not connected yet ([`Listener::run`] connects it).
-    pub(crate) fn new(client: Client, keys: Keys, timeout: Duration) -> Listener {
+    /// A listener of `server`, not connected yet ([`Listener::run`] connects it); `sharded` for
+    /// a Cluster's sharded pub/sub (`SSUBSCRIBE`).
+    pub(crate) fn new(server: Server, keys: Keys, sharded: bool, timeout: Duration) -> Listener {
         Listener {
-            client,
+            server,
             keys,
+            sharded,
             timeout,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             progress: Notify::new(),
             up: AtomicBool::new(false),
+            probe_sent: AtomicU64::new(0),
+            probe_seen: AtomicU64::new(0),
+            probe_back: Notify::new(),
+            id: crate::id::epoch(),
         }
     }
 
@@ -61,31 +102,29 @@ impl Listener {
         self.up.load(Ordering::Acquire)
     }
 
-    /// Whether this node holds channels of `org` (so its events come back to it).
+    /// Whether `org`'s events come to this node now.
     pub(crate) fn listens_to(&self, org: &str) -> bool {
-        self.state().subscribed.contains(org)
+        self.is_up() && self.state().subscribed.contains(org)
     }
 
-    /// This node holds one more channel of `org`.
-    pub(crate) fn hold(&self, org: &Arc<str>) {
+    /// This node wants `org`'s events from this server.
+    pub(crate) fn want(&self, org: &Arc<str>) {
         let mut s = self.state();
-        let n = s.wanted.entry(org.clone()).or_insert(0);
-        *n += 1;
-        if *n == 1 {
+        if s.wanted.insert(org.clone(), None).is_none() {
             self.changed.notify_one();
         }
     }
 
-    /// This node holds one channel of `org` fewer.
-    pub(crate) fn release(&self, org: &str) {
+    /// This node no longer wants `org`'s events: unsubscribed after [`LINGER`] unless wanted
+    /// again meanwhile; at once with `now` (the org moved to another server).
+    pub(crate) fn unwant(&self, org: &str, now: bool) {
         let mut s = self.state();
-        if let Some(n) = s.wanted.get_mut(org) {
-            *n -= 1;
-            if *n == 0 {
-                s.wanted.remove(org);
-                self.changed.notify_one();
-            }
+        if now {
+            s.wanted.remove(org);
+        } else if let Some(since) = s.wanted.get_mut(org) {
+            *since = Some(Instant::now());
         }
+        self.changed.notify_one();
     }
 
     /// Waits (within the timeout) until the connection is subscribed to `org`'s events.
@@ -93,7 +132,7 @@ impl Listener {
         let wait = async {
             loop {
                 let progressed = self.progress.notified();
-                if self.is_up() && self.state().subscribed.contains(org) {
+                if self.listens_to(org) {
                     return;
                 }
                 progressed.await;
@@ -102,98 +141,236 @@ impl Listener {
         tokio::time::timeout(self.timeout, wait).await.is_ok()
     }
 
-    /// Keeps the connection up and subscribed to the wanted orgs until `stop`, handing every
-    /// message (its org and payload) to `deliver`, in the order Redis sent them, and calling
-    /// `lost` whenever the connection goes.
-    pub(crate) async fn run(
-        &self,
-        stop: CancellationToken,
-        deliver: impl Fn(&str, &[u8]),
-        lost: impl Fn(),
-        reconcile: impl Fn() -> futures_util::future::BoxFuture<'static, ()>,
-    ) {
+    fn channel(&self, org: &str) -> String {
+        self.keys.events(org)
+    }
+
+    /// Keeps the connection up and subscribed to the wanted orgs until `stop`.
+    pub(crate) async fn run(&self, stop: CancellationToken, hooks: &Hooks) {
         let mut backoff = Reconnect::new();
         loop {
             let connected = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = tokio::time::timeout(self.timeout, self.client.get_async_pubsub()) => {
+                r = tokio::time::timeout(self.timeout, pubsub::connect(&self.server)) => {
                     r.ok().and_then(Result::ok)
                 }
             };
-            if let Some(pubsub) = connected {
+            if let Some((writer, reader)) = connected {
                 backoff.reset();
-                let (mut sink, mut stream) = pubsub.split();
+                {
+                    let mut s = self.state();
+                    s.requested.clear();
+                    s.subscribed.clear();
+                }
                 self.up.store(true, Ordering::Release);
-                tracing::info!("redis pub/sub connected");
-                // Once subscribed again after a reconnect, what was published meanwhile is
-                // caught up before the first message read (messages wait in the stream).
-                let mut caught_up = false;
-                'connected: loop {
-                    let (add, remove) = {
-                        let s = self.state();
-                        let add: Vec<Arc<str>> = s
-                            .wanted
-                            .keys()
-                            .filter(|o| !s.subscribed.contains(*o))
-                            .cloned()
-                            .collect();
-                        let remove: Vec<Arc<str>> = s
-                            .subscribed
-                            .iter()
-                            .filter(|o| !s.wanted.contains_key(*o))
-                            .cloned()
-                            .collect();
-                        (add, remove)
-                    };
-                    for org in add {
-                        let ok = tokio::time::timeout(
-                            self.timeout,
-                            sink.subscribe(self.keys.events(&org)),
-                        )
-                        .await;
-                        if !matches!(ok, Ok(Ok(()))) {
-                            break 'connected;
-                        }
-                        self.state().subscribed.insert(org);
-                        self.progress.notify_waiters();
+                tracing::info!(server = %self.server.addr(), "redis pub/sub connected");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    e = self.read(reader, hooks) => {
+                        tracing::warn!(server = %self.server.addr(), error = %e, "redis pub/sub connection lost; reconnecting");
                     }
-                    for org in remove {
-                        let ok = tokio::time::timeout(
-                            self.timeout,
-                            sink.unsubscribe(self.keys.events(&org)),
-                        )
-                        .await;
-                        if !matches!(ok, Ok(Ok(()))) {
-                            break 'connected;
-                        }
-                        self.state().subscribed.remove(&org);
-                    }
-                    if !caught_up {
-                        caught_up = true;
-                        reconcile().await;
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = self.changed.notified() => {}
-                        msg = stream.next() => match msg {
-                            Some(msg) => {
-                                if let Some(org) = self.keys.org_of(msg.get_channel_name()) {
-                                    deliver(org, msg.get_payload_bytes());
-                                }
-                            }
-                            None => break 'connected,
-                        },
+                    why = self.write(writer, hooks) => {
+                        tracing::warn!(server = %self.server.addr(), "redis pub/sub connection {why}; reconnecting");
                     }
                 }
                 self.up.store(false, Ordering::Release);
-                self.state().subscribed.clear();
+                {
+                    let mut s = self.state();
+                    s.requested.clear();
+                    s.subscribed.clear();
+                }
                 self.progress.notify_waiters();
-                lost();
-                tracing::warn!("redis pub/sub connection lost; reconnecting");
+                (hooks.lost)();
             }
             if !backoff.wait(&stop).await {
                 return;
             }
         }
+    }
+
+    /// Reads until the connection fails, handing each message on as it comes.
+    async fn read(&self, mut reader: pubsub::Reader, hooks: &Hooks) -> std::io::Error {
+        loop {
+            let reply = match reader.read().await {
+                Ok(r) => r,
+                Err(e) => return e,
+            };
+            match reply {
+                Reply::Message { channel, payload } => {
+                    if let Some(rest) = payload.strip_prefix(PROBE_MARK) {
+                        self.probe_arrived(rest);
+                    } else if let Some(org) = std::str::from_utf8(&channel)
+                        .ok()
+                        .and_then(|c| self.keys.org_of(c))
+                    {
+                        (hooks.deliver)(org, &payload);
+                    }
+                }
+                Reply::Subscribed(channel) => {
+                    if let Some(org) = self.org_of(&channel) {
+                        let mut s = self.state();
+                        if let Some(org) = s.requested.get(org).cloned() {
+                            s.subscribed.insert(org);
+                        }
+                        drop(s);
+                        self.progress.notify_waiters();
+                    }
+                }
+                Reply::Unsubscribed(channel) => {
+                    if let Some(org) = self.org_of(&channel) {
+                        let mut s = self.state();
+                        s.subscribed.remove(org);
+                        let wanted = s.wanted.contains_key(org);
+                        s.requested.remove(org);
+                        drop(s);
+                        if wanted {
+                            // Not asked for: the slot moved to another master.
+                            tracing::info!(server = %self.server.addr(), "redis ended a subscription (slot moved)");
+                            (hooks.moved)();
+                            self.changed.notify_one();
+                        }
+                    }
+                }
+                Reply::Error(e) => {
+                    tracing::warn!(server = %self.server.addr(), error = %e, "redis refused a subscription");
+                    if e.starts_with("MOVED") || e.starts_with("ASK") {
+                        (hooks.moved)();
+                    }
+                }
+                Reply::Other => {}
+            }
+        }
+    }
+
+    fn org_of<'a>(&self, channel: &'a [u8]) -> Option<&'a str> {
+        self.keys.org_of(std::str::from_utf8(channel).ok()?)
+    }
+
+    fn probe_arrived(&self, rest: &[u8]) {
+        let Some((id, seq)) = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|r| r.split_once(' '))
+        else {
+            return;
+        };
+        if id == self.id
+            && let Ok(seq) = seq.parse::<u64>()
+        {
+            self.probe_seen.fetch_max(seq, Ordering::AcqRel);
+            self.probe_back.notify_waiters();
+        }
+    }
+
+    /// Subscribes and unsubscribes as the wanted list changes, reconciles after the first
+    /// subscriptions, and runs the delivery probe; returns why the connection must go.
+    async fn write(&self, mut w: pubsub::Writer, hooks: &Hooks) -> &'static str {
+        let (sub, unsub): (&[u8], &[u8]) = if self.sharded {
+            (b"SSUBSCRIBE", b"SUNSUBSCRIBE")
+        } else {
+            (b"SUBSCRIBE", b"UNSUBSCRIBE")
+        };
+        let mut reconciled = false;
+        let mut next_probe = tokio::time::Instant::now() + PROBE_EVERY;
+        let mut round = 0usize;
+        loop {
+            let (add, remove) = self.diff();
+            for org in &add {
+                if w.send(&[sub, self.channel(org).as_bytes()]).await.is_err() {
+                    return "failed to write";
+                }
+            }
+            for org in &remove {
+                if w.send(&[unsub, self.channel(org).as_bytes()])
+                    .await
+                    .is_err()
+                {
+                    return "failed to write";
+                }
+            }
+            if !reconciled {
+                // Everything wanted is asked for: once confirmed, what was published while this
+                // connection was away is caught up (events arriving meanwhile wait in order).
+                let orgs: Vec<Arc<str>> = self.state().requested.iter().cloned().collect();
+                for org in &orgs {
+                    if !self.subscribed(org).await {
+                        return "did not confirm its subscriptions";
+                    }
+                }
+                reconciled = true;
+                (hooks.reconcile)(orgs).await;
+            }
+            let wake = tokio::time::Instant::now() + Duration::from_secs(1);
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep_until(wake.min(next_probe)) => {}
+            }
+            if tokio::time::Instant::now() >= next_probe {
+                next_probe = tokio::time::Instant::now() + PROBE_EVERY;
+                round += 1;
+                if !self.probe(round, hooks).await {
+                    return "delivered nothing (its probe did not come back)";
+                }
+            }
+        }
+    }
+
+    /// The orgs to subscribe (wanted, not asked for) and to unsubscribe (asked for, and no
+    /// longer wanted or done lingering); both marked done.
+    fn diff(&self) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        let mut s = self.state();
+        let now = Instant::now();
+        s.wanted
+            .retain(|_, since| since.is_none_or(|t| now.duration_since(t) < LINGER));
+        let add: Vec<Arc<str>> = s
+            .wanted
+            .keys()
+            .filter(|o| !s.requested.contains(*o))
+            .cloned()
+            .collect();
+        let remove: Vec<Arc<str>> = s
+            .requested
+            .iter()
+            .filter(|o| !s.wanted.contains_key(*o))
+            .cloned()
+            .collect();
+        for o in &add {
+            s.requested.insert(o.clone());
+        }
+        for o in &remove {
+            s.requested.remove(o);
+            s.subscribed.remove(o);
+        }
+        (add, remove)
+    }
+
+    /// One probe on one of the subscribed orgs (in turn): `false` when it was published but
+    /// did not come back within the timeout.
+    async fn probe(&self, round: usize, hooks: &Hooks) -> bool {
+        let org = {
+            let s = self.state();
+            let mut orgs: Vec<&Arc<str>> = s.subscribed.iter().collect();
+            if orgs.is_empty() {
+                return true;
+            }
+            orgs.sort();
+            orgs[round % orgs.len()].clone()
+        };
+        let seq = self.probe_sent.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut payload = PROBE_MARK.to_vec();
+        payload.extend_from_slice(format!("{} {seq}", self.id).as_bytes());
+        let back = async {
+            loop {
+                let notified = self.probe_back.notified();
+                if self.probe_seen.load(Ordering::Acquire) >= seq {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if !(hooks.probe)(self.channel(&org), payload).await {
+            // Redis did not take it (down, paused): the command side reports that.
+            return true;
+        }
+        tokio::time::timeout(self.timeout, back).await.is_ok()
     }
 }

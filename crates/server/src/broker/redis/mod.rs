@@ -19,16 +19,19 @@
 pub(crate) mod keys;
 pub(crate) mod link;
 pub(crate) mod listener;
+pub(crate) mod pubsub;
 pub(crate) mod reconnect;
 pub(crate) mod scripts;
+pub(crate) mod shards;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cortex_protocol::{ChannelId, EventType, Since};
 use futures_util::future::BoxFuture;
+use redis::cluster::ClusterClient;
 use redis::{Client, Script, Value};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -39,18 +42,23 @@ use super::{
     Broker, BrokerError, Delivery, EventBody, FirstAnswer, Outcome, Position, PreparedEvent,
     Recovered, Recovery, Sink,
 };
-use crate::config::{RedisConfig, Retention};
+use crate::config::{RedisConfig, RedisServers, Retention};
 use crate::hub::{ChannelKey, Tally};
 use crate::id;
 use keys::Keys;
-use link::Link;
-use listener::Listener;
+use link::{Link, Target};
+use listener::Hooks;
+use pubsub::Server;
+use shards::{Range, Shards};
 
 /// How long a channel's epoch and offset outlive its last event: far longer than its history,
 /// so a client that resumes within the history's age finds the same epoch.
 const POSITION_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long a publish waits for its own events to come back through pub/sub.
 const OWN_EVENTS_WAIT: Duration = Duration::from_secs(1);
+/// Events of one channel held back while its gap is refilled from history; past this, the
+/// refill reads history once more instead of holding more.
+const MAX_PENDING: usize = 1000;
 
 /// An event as stored in history and sent over pub/sub.
 #[derive(Deserialize)]
@@ -69,29 +77,65 @@ struct Own {
     done: Option<oneshot::Sender<()>>,
 }
 
-/// A channel this node holds: how many holds, and the last position it delivered.
+/// A channel this node holds: how many holds, the last position it delivered, and while a gap
+/// is being refilled from history, the events that came meanwhile.
 #[derive(Default)]
 struct Held {
     holds: usize,
     last: Option<(u64, Arc<str>)>,
+    refill: Option<Vec<Pending>>,
+    overflowed: bool,
+}
+
+/// An event held back behind a refill.
+struct Pending {
+    offset: u64,
+    epoch: Arc<str>,
+    event: Arc<EventBody>,
 }
 
 /// What to do with an event on a held channel, given the last position delivered.
+#[derive(Debug, PartialEq, Eq)]
 enum Next {
     /// The next one: deliver.
     Deliver,
     /// Delivered already (or older than the position a join read): drop.
     Seen,
-    /// Events are missing, or the epoch changed (Redis lost the channel's data): tell every
-    /// subscriber, then deliver.
-    Skipped,
+    /// Events are missing before it: refill them from history first.
+    Gap,
+    /// The epoch changed (Redis lost the channel's data): tell every subscriber, then deliver.
+    NewEpoch,
+}
+
+impl Held {
+    /// Where an event stands against the last position delivered; the position moves on to it
+    /// unless there is a gap.
+    fn next(&mut self, offset: u64, epoch: &Arc<str>) -> Next {
+        let next = match &self.last {
+            None => Next::Deliver,
+            Some((last, e)) if e == epoch => {
+                if offset <= *last {
+                    return Next::Seen;
+                } else if offset == last + 1 {
+                    Next::Deliver
+                } else {
+                    return Next::Gap;
+                }
+            }
+            Some(_) => Next::NewEpoch,
+        };
+        self.last = Some((offset, epoch.clone()));
+        next
+    }
 }
 
 struct Inner {
     keys: Keys,
     held: Mutex<HashMap<ChannelKey, Held>>,
     link: Link,
-    listener: Listener,
+    shards: Shards,
+    /// `PUBLISH`, or `SPUBLISH` in a Cluster.
+    publish_command: &'static str,
     sink: Arc<dyn Sink>,
     publish: Script,
     recover: Script,
@@ -109,8 +153,34 @@ pub(crate) struct RedisBroker {
 
 /// The Redis URL could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("bad Redis URL (redis://HOST:PORT or rediss://HOST:PORT): {0}")]
+#[error("bad Redis URL (redis://HOST:PORT): {0}")]
 pub(crate) struct BadRedisUrl(String);
+
+/// A Redis URL read: its client, and the server (address and credentials) it names.
+fn open(url: &str) -> Result<(Client, Server), BadRedisUrl> {
+    if url.starts_with("rediss://") {
+        return Err(BadRedisUrl(format!(
+            "{url}: TLS to Redis (rediss://) is not supported by this build yet; \
+             reach Redis over a TLS tunnel (stunnel, a sidecar) with redis://"
+        )));
+    }
+    if !url.starts_with("redis://") {
+        return Err(BadRedisUrl(format!("{url}: the scheme must be redis")));
+    }
+    let client = Client::open(url).map_err(|e| BadRedisUrl(format!("{url}: {e}")))?;
+    let info = client.get_connection_info();
+    let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+        return Err(BadRedisUrl(format!("{url}: not a TCP address")));
+    };
+    let settings = info.redis_settings();
+    let server = Server {
+        host: host.clone(),
+        port: *port,
+        username: settings.username().map(str::to_owned),
+        password: settings.password().map(str::to_owned),
+    };
+    Ok((client, server))
+}
 
 impl RedisBroker {
     /// Starts the connections' tasks (they connect in the background: a Redis that is down at
@@ -121,17 +191,40 @@ impl RedisBroker {
         retention: Retention,
         window: Duration,
     ) -> Result<RedisBroker, BadRedisUrl> {
-        let url = config.url.as_str();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(BadRedisUrl(format!(
-                "{url}: the scheme must be redis or rediss"
-            )));
-        }
-        let client = Client::open(url).map_err(|e| BadRedisUrl(format!("{url}: {e}")))?;
+        let timeout = config.command_timeout;
+        let (target, seed, sharded) = match &config.servers {
+            RedisServers::One(url) => {
+                let (client, server) = open(url)?;
+                (Target::One(client), server, false)
+            }
+            RedisServers::Cluster(urls) => {
+                let Some(first) = urls.first() else {
+                    return Err(BadRedisUrl("no Cluster seed node given".into()));
+                };
+                let mut seed = None;
+                for url in urls {
+                    let (_, server) = open(url)?;
+                    seed.get_or_insert(server);
+                }
+                let client = ClusterClient::builder(urls.clone())
+                    .retries(0)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .build()
+                    .map_err(|e| BadRedisUrl(format!("{first}: {e}")))?;
+                (
+                    Target::Cluster(client),
+                    seed.expect("one seed at least"),
+                    true,
+                )
+            }
+        };
         let keys = Keys::new(&config.prefix);
-        let inner = Arc::new(Inner {
-            link: Link::new(client.clone(), config.command_timeout),
-            listener: Listener::new(client, keys.clone(), config.command_timeout),
+        let stop = CancellationToken::new();
+        let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
+            link: Link::new(target, timeout),
+            shards: Shards::new(keys.clone(), sharded, timeout, hooks(me), stop.clone()),
+            publish_command: if sharded { "SPUBLISH" } else { "PUBLISH" },
             keys,
             held: Mutex::new(HashMap::new()),
             sink,
@@ -142,21 +235,71 @@ impl RedisBroker {
             own: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
         });
-        let stop = CancellationToken::new();
         let (i, s) = (inner.clone(), stop.clone());
         tokio::spawn(async move { i.link.maintain(s).await });
-        let (i, s) = (inner.clone(), stop.clone());
-        tokio::spawn(async move {
-            let deliver = |org: &str, payload: &[u8]| i.deliver(org, payload);
-            // The command connection went the same way, most likely: check it at once.
-            let lost = || i.link.doubt();
-            let reconcile = || {
-                let i = i.clone();
-                Box::pin(async move { i.reconcile().await }) as BoxFuture<'static, ()>
-            };
-            i.listener.run(s, deliver, lost, reconcile).await
-        });
+        if sharded {
+            let (i, s) = (Arc::downgrade(&inner), stop.clone());
+            tokio::spawn(async move { Inner::follow_slots(i, s, seed).await });
+        } else {
+            inner.shards.set_ranges(vec![Range {
+                first: 0,
+                last: 16383,
+                master: seed,
+            }]);
+        }
         Ok(RedisBroker { inner, stop })
+    }
+}
+
+/// What the pub/sub listeners call back into: the broker, while it lives.
+fn hooks(me: &Weak<Inner>) -> Hooks {
+    let (d, l, r, p, m) = (me.clone(), me.clone(), me.clone(), me.clone(), me.clone());
+    Hooks {
+        deliver: Box::new(move |org, payload| {
+            if let Some(i) = d.upgrade() {
+                Inner::deliver(&i, org, payload);
+            }
+        }),
+        // The command connection went the same way, most likely: check it at once.
+        lost: Box::new(move || {
+            if let Some(i) = l.upgrade() {
+                i.link.doubt();
+            }
+        }),
+        reconcile: Box::new(move |orgs| {
+            let r = r.clone();
+            Box::pin(async move {
+                if let Some(i) = r.upgrade() {
+                    Inner::reconcile(&i, &orgs).await;
+                }
+            })
+        }),
+        probe: Box::new(move |channel, payload| {
+            let p = p.clone();
+            Box::pin(async move {
+                let Some(i) = p.upgrade() else { return false };
+                let command = i.publish_command;
+                let sent = i
+                    .link
+                    .run(|mut c| {
+                        let (channel, payload) = (channel.clone(), payload.clone());
+                        async move {
+                            redis::cmd(command)
+                                .arg(channel)
+                                .arg(payload)
+                                .query_async::<i64>(&mut c)
+                                .await
+                        }
+                    })
+                    .await;
+                sent.is_some()
+            })
+        }),
+        moved: Box::new(move || {
+            if let Some(i) = m.upgrade() {
+                i.shards.moved.notify_one();
+            }
+        }),
     }
 }
 
@@ -202,8 +345,51 @@ fn text(v: &Value) -> Option<&str> {
 }
 
 impl Inner {
-    /// One pub/sub message: an event on its channels, in their offset order.
-    fn deliver(&self, org: &str, payload: &[u8]) {
+    /// Follows a Cluster's slot map until `stop`: read at once, then every [`shards::REFRESH`]
+    /// and whenever a listener hears that slots moved. Orgs that moved to another master are
+    /// reconciled once their new listener is subscribed.
+    async fn follow_slots(me: Weak<Inner>, stop: CancellationToken, seed: Server) {
+        let mut known = false;
+        loop {
+            let Some(i) = me.upgrade() else { return };
+            let answer = i
+                .link
+                .run(|mut c| async move {
+                    redis::cmd("CLUSTER")
+                        .arg("SLOTS")
+                        .query_async::<Value>(&mut c)
+                        .await
+                })
+                .await;
+            if let Some(ranges) = answer.as_ref().and_then(|a| shards::parse_slots(a, &seed)) {
+                known = true;
+                for (org, listener) in i.shards.set_ranges(ranges) {
+                    let i = i.clone();
+                    tokio::spawn(async move {
+                        if listener.subscribed(&org).await {
+                            Inner::reconcile(&i, &[org]).await;
+                        }
+                    });
+                }
+            }
+            let wait = if known {
+                shards::REFRESH
+            } else {
+                Duration::from_millis(200)
+            };
+            // Held while waiting; the broker's drop stops this task.
+            let moved = i.shards.moved.notified();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = moved => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// One pub/sub message: an event on its channels, each delivered in offset order. An event
+    /// after a gap waits (with those after it) while the gap is refilled from history.
+    fn deliver(me: &Arc<Inner>, org: &str, payload: &[u8]) {
         let Some(at) = payload.iter().position(|&b| b == b'\n') else {
             return;
         };
@@ -215,7 +401,7 @@ impl Inner {
         let Some(fresh) = parse_body(body, header.len()) else {
             return;
         };
-        let own = self
+        let own = me
             .own
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -225,58 +411,67 @@ impl Inner {
             None => Arc::new(fresh),
         };
         let org: Arc<str> = Arc::from(org);
+        // Delivered under the lock of the held channels, so a refill's deliveries and these
+        // never interleave out of order (the broker's lock comes before the dispatch's).
+        let mut held = me.held.lock().unwrap_or_else(|e| e.into_inner());
         for (channel, offset, epoch) in header {
             let Ok(channel) = ChannelId::parse(&channel) else {
                 continue;
             };
             let key = ChannelKey::new(org.clone(), channel);
             let epoch: Arc<str> = Arc::from(epoch.as_str());
-            match self.next(&key, offset, &epoch) {
-                Next::Seen => continue,
-                Next::Skipped => {
-                    let position = Position {
-                        offset: offset - 1,
-                        epoch: epoch.clone(),
-                    };
-                    tracing::warn!(channel = %key.channel, "events skipped; subscribers told");
-                    self.sink.reset(&key, &position);
+            if let Some(h) = held.get_mut(&key) {
+                if let Some(pending) = &mut h.refill {
+                    if pending.len() < MAX_PENDING {
+                        pending.push(Pending {
+                            offset,
+                            epoch,
+                            event: event.clone(),
+                        });
+                    } else {
+                        h.overflowed = true;
+                    }
+                    continue;
                 }
-                Next::Deliver => {}
+                match h.next(offset, &epoch) {
+                    Next::Seen => continue,
+                    Next::Deliver => {}
+                    Next::NewEpoch => me.notice(&key, offset - 1, &epoch),
+                    Next::Gap => {
+                        h.refill = Some(vec![Pending {
+                            offset,
+                            epoch,
+                            event: event.clone(),
+                        }]);
+                        let (i, k) = (me.clone(), key.clone());
+                        tokio::spawn(async move { Inner::refill(&i, &k).await });
+                        continue;
+                    }
+                }
             }
-            self.sink.deliver(&Delivery {
+            me.sink.deliver(&Delivery {
                 key: &key,
                 event: &event,
                 offset,
                 epoch: &epoch,
             });
         }
+        drop(held);
         if let Some(done) = own.and_then(|o| o.done) {
             let _ = done.send(());
         }
     }
 
-    /// Where an event stands against the last position delivered on its channel (tracked for
-    /// held channels only), and that position moved on.
-    fn next(&self, key: &ChannelKey, offset: u64, epoch: &Arc<str>) -> Next {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(h) = held.get_mut(key) else {
-            return Next::Deliver;
-        };
-        let next = match &h.last {
-            None => Next::Deliver,
-            Some((last, e)) if e == epoch => {
-                if offset <= *last {
-                    return Next::Seen;
-                } else if offset == last + 1 {
-                    Next::Deliver
-                } else {
-                    Next::Skipped
-                }
-            }
-            Some(_) => Next::Skipped,
-        };
-        h.last = Some((offset, epoch.clone()));
-        next
+    /// Tells `key`'s subscribers that its events skipped to `offset` of `epoch`.
+    fn notice(&self, key: &ChannelKey, offset: u64, epoch: &Arc<str>) {
+        tracing::warn!(channel = %key.channel, "events skipped; subscribers told");
+        self.sink.reset(
+            key,
+            &Position {
+                offset,
+                epoch: epoch.clone(),
+            },
+        );
     }
 
     /// A join read `position`: the first one of a held channel is where its tracking starts.
@@ -289,13 +484,101 @@ impl Inner {
         }
     }
 
-    /// After a pub/sub reconnect: every held channel's position, read at once (pipelined);
-    /// a channel that moved on meanwhile has its missed events delivered from history, in
-    /// order, or, when history no longer covers them or the epoch changed, its subscribers told.
-    async fn reconcile(&self) {
+    /// Starts a refill of `key` unless one runs (or the channel is not held).
+    fn start_refill(me: &Arc<Inner>, key: &ChannelKey) {
+        let mut held = me.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = held.get_mut(key)
+            && h.refill.is_none()
+            && h.last.is_some()
+        {
+            h.refill = Some(Vec::new());
+            let (i, k) = (me.clone(), key.clone());
+            tokio::spawn(async move { Inner::refill(&i, &k).await });
+        }
+    }
+
+    /// Delivers from history what `key` published after the last position delivered, then the
+    /// events held back meanwhile, in order; where history cannot give it all (or Redis does not
+    /// answer), the subscribers get the continuity notice first.
+    async fn refill(me: &Arc<Inner>, key: &ChannelKey) {
+        loop {
+            let last = {
+                let held = me.held.lock().unwrap_or_else(|e| e.into_inner());
+                match held.get(key).and_then(|h| h.last.clone()) {
+                    Some(last) => last,
+                    None => return,
+                }
+            };
+            let since = Since {
+                offset: last.0,
+                epoch: last.1.to_string(),
+            };
+            let recovery = me.recover_now(key, Some(&since)).await;
+            let mut held = me.held.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(h) = held.get_mut(key) else { return };
+            let pending = h.refill.take().unwrap_or_default();
+            let overflowed = std::mem::take(&mut h.overflowed);
+            match recovery {
+                Ok(Recovery {
+                    events: Some(events),
+                    position,
+                }) => {
+                    for r in events {
+                        if h.next(r.offset, &position.epoch) == Next::Deliver {
+                            me.sink.deliver(&Delivery {
+                                key,
+                                event: &r.event,
+                                offset: r.offset,
+                                epoch: &position.epoch,
+                            });
+                        }
+                    }
+                }
+                other => {
+                    let at = match (pending.first(), other) {
+                        (Some(p), _) => Some((p.offset - 1, p.epoch.clone())),
+                        (None, Ok(r)) => Some((r.position.offset, r.position.epoch)),
+                        (None, Err(_)) => None,
+                    };
+                    if let Some((offset, epoch)) = at {
+                        tracing::warn!(channel = %key.channel, "missed events not in history");
+                        h.last = Some((offset, epoch.clone()));
+                        me.notice(key, offset, &epoch);
+                    }
+                }
+            }
+            for p in pending {
+                match h.next(p.offset, &p.epoch) {
+                    Next::Seen => continue,
+                    Next::Deliver => {}
+                    Next::NewEpoch => me.notice(key, p.offset - 1, &p.epoch),
+                    Next::Gap => {
+                        h.last = Some((p.offset, p.epoch.clone()));
+                        me.notice(key, p.offset - 1, &p.epoch);
+                    }
+                }
+                me.sink.deliver(&Delivery {
+                    key,
+                    event: &p.event,
+                    offset: p.offset,
+                    epoch: &p.epoch,
+                });
+            }
+            if !overflowed {
+                return;
+            }
+            // Events were dropped while held back: read history again from here.
+            h.refill = Some(Vec::new());
+        }
+    }
+
+    /// After a pub/sub (re)connect: the positions of every held channel of `orgs`, read at
+    /// once (pipelined); a channel that moved on meanwhile is refilled.
+    async fn reconcile(me: &Arc<Inner>, orgs: &[Arc<str>]) {
         let tracked: Vec<(ChannelKey, u64, Arc<str>)> = {
-            let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let held = me.held.lock().unwrap_or_else(|e| e.into_inner());
             held.iter()
+                .filter(|(k, _)| orgs.contains(&k.org))
                 .filter_map(|(k, h)| h.last.as_ref().map(|(o, e)| (k.clone(), *o, e.clone())))
                 .collect()
         };
@@ -304,61 +587,28 @@ impl Inner {
         }
         let mut pipe = redis::pipe();
         for (key, _, _) in &tracked {
-            let [epoch, offset, _] = self.keys.channel(key);
+            let [epoch, offset, _] = me.keys.channel(key);
             pipe.get(epoch).get(offset);
         }
-        let Some(now) = self
+        let now = me
             .link
-            .run(|mut c| async move { pipe.query_async::<Vec<Option<String>>>(&mut c).await })
-            .await
-        else {
-            return;
-        };
-        for ((key, last, epoch), pair) in tracked.iter().zip(now.chunks(2)) {
-            let same_epoch = pair[0].as_deref() == Some(&**epoch);
-            let offset = pair
-                .get(1)
-                .cloned()
-                .flatten()
-                .and_then(|o| o.parse::<u64>().ok());
-            if same_epoch && offset == Some(*last) {
-                continue;
-            }
-            self.catch_up(key, *last, epoch).await;
-        }
-    }
-
-    /// Delivers what `key` published after `last` (of `epoch`) from history, or tells its
-    /// subscribers the channel's new position when history cannot give it all.
-    async fn catch_up(&self, key: &ChannelKey, last: u64, epoch: &Arc<str>) {
-        let since = Since {
-            offset: last,
-            epoch: epoch.to_string(),
-        };
-        let Ok(recovery) = self.recover_now(key, Some(&since)).await else {
-            return;
-        };
-        let Some(events) = recovery.events else {
-            tracing::warn!(channel = %key.channel, "missed events not in history; subscribers told");
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(h) = held.get_mut(key) {
-                h.last = Some((recovery.position.offset, recovery.position.epoch.clone()));
-            }
-            drop(held);
-            self.sink.reset(key, &recovery.position);
-            return;
-        };
-        for r in events {
-            if matches!(
-                self.next(key, r.offset, &recovery.position.epoch),
-                Next::Deliver
-            ) {
-                self.sink.deliver(&Delivery {
-                    key,
-                    event: &r.event,
-                    offset: r.offset,
-                    epoch: &recovery.position.epoch,
-                });
+            .run(|mut c| {
+                let pipe = &pipe;
+                async move { pipe.query_async::<Vec<Option<String>>>(&mut c).await }
+            })
+            .await;
+        for (i, (key, last, epoch)) in tracked.iter().enumerate() {
+            let same = now.as_ref().is_some_and(|now| {
+                now.get(2 * i).cloned().flatten().as_deref() == Some(&**epoch)
+                    && now
+                        .get(2 * i + 1)
+                        .cloned()
+                        .flatten()
+                        .and_then(|o| o.parse().ok())
+                        == Some(*last)
+            });
+            if !same {
+                Inner::start_refill(me, key);
             }
         }
     }
@@ -377,7 +627,8 @@ impl Inner {
             .arg(self.retention.max_age.as_secs().max(1))
             .arg(self.window.as_secs().max(1))
             .arg(POSITION_TTL.as_secs())
-            .arg(events.len());
+            .arg(events.len())
+            .arg(self.publish_command);
         for ev in events {
             if let Some(k) = &ev.idempotency_key {
                 invocation.key(self.keys.idempotency(org, k));
@@ -402,7 +653,10 @@ impl Inner {
         }
         let reply: Value = self
             .link
-            .run(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .run(|mut c| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut c).await }
+            })
             .await
             .ok_or(BrokerError::Unavailable)?;
         let Value::Array(items) = reply else {
@@ -448,7 +702,7 @@ impl Inner {
         {
             let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
             for ev in events {
-                if self.listener.listens_to(&ev.org) {
+                if self.shards.listens_to(&ev.org) {
                     let (tx, rx) = oneshot::channel();
                     own.insert(
                         ev.body.id.clone(),
@@ -520,7 +774,7 @@ impl Inner {
         key: &ChannelKey,
         since: Option<&Since>,
     ) -> Result<Recovery, BrokerError> {
-        if self.closed.load(Ordering::Acquire) || !self.listener.subscribed(&key.org).await {
+        if self.closed.load(Ordering::Acquire) || !self.shards.subscribed(&key.org).await {
             return Err(BrokerError::Unavailable);
         }
         let recovery = self.recover_now(key, since).await?;
@@ -545,7 +799,10 @@ impl Inner {
             .arg(POSITION_TTL.as_secs());
         let reply: Value = self
             .link
-            .run(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .run(|mut c| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut c).await }
+            })
             .await
             .ok_or(BrokerError::Unavailable)?;
         let Value::Array(parts) = reply else {
@@ -626,7 +883,7 @@ impl Broker for RedisBroker {
     fn hold(&self, key: &ChannelKey) {
         let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
         held.entry(key.clone()).or_default().holds += 1;
-        self.inner.listener.hold(&key.org);
+        self.inner.shards.hold(&key.org);
     }
 
     fn release(&self, key: &ChannelKey) {
@@ -637,13 +894,13 @@ impl Broker for RedisBroker {
                 held.remove(key);
             }
         }
-        self.inner.listener.release(&key.org);
+        self.inner.shards.release(&key.org);
     }
 
     fn ready(&self) -> bool {
         !self.inner.closed.load(Ordering::Acquire)
             && self.inner.link.is_up()
-            && self.inner.listener.is_up()
+            && self.inner.shards.is_up()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -8,7 +8,8 @@
 ///
 /// KEYS, per event: its idempotency key (when it has one), then per channel: epoch, offset,
 /// history. ARGV: pub/sub channel, now (ms), events kept per channel, history TTL (s),
-/// idempotency TTL (s), position TTL (s), event count, then per event: has a key (0/1), channel
+/// idempotency TTL (s), position TTL (s), event count, the publish command (`PUBLISH`, or
+/// `SPUBLISH` in a Cluster: sharded pub/sub), then per event: has a key (0/1), channel
 /// count, body, first answer, and per channel: its name and an epoch to use if it has none.
 ///
 /// Returns per event `{0, first answer}` (a repeated key: nothing published) or
@@ -18,8 +19,8 @@ pub(crate) const PUBLISH: &str = r#"
 local events_channel, now = ARGV[1], ARGV[2]
 local keep, history_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local idem_ttl, position_ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
-local n = tonumber(ARGV[7])
-local k, a = 1, 8
+local n, publish = tonumber(ARGV[7]), ARGV[8]
+local k, a = 1, 9
 local out = {}
 for i = 1, n do
   local has_key, channels = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
@@ -59,7 +60,7 @@ for i = 1, n do
       positions[#positions + 1] = offset
       positions[#positions + 1] = epoch
     end
-    redis.call('PUBLISH', events_channel, '[' .. table.concat(header, ',') .. ']\n' .. body)
+    redis.call(publish, events_channel, '[' .. table.concat(header, ',') .. ']\n' .. body)
     out[#out + 1] = {1, positions}
   end
 end
