@@ -70,9 +70,8 @@ impl Node {
         let Some(_in_flight) = self.begin_publish() else {
             return Err(PublishError::Unavailable);
         };
-        if !self.broker.ready() {
-            return Err(PublishError::Unavailable);
-        }
+        // Not `broker.ready()`: a Cluster with one master gone still takes the other shards'
+        // orgs; the broker answers Unavailable for what it cannot take.
         let batch = bodies.len() > 1;
         let now = OffsetDateTime::now_utc();
         let mut prepared = Vec::with_capacity(bodies.len());

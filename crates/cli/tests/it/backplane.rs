@@ -2,110 +2,12 @@
 //! a real `redis-server` that each test starts on a free port (never the machine's Redis), so
 //! it can kill it and start it again.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cortex_realtime::RedisConfig;
 use serde_json::{Value, json};
 
+use crate::redis::{Redis, node, ready_is};
 use crate::util::*;
-
-/// A `redis-server` of the test's own, on `port`; killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    /// Starts one on `port` and waits until it answers.
-    fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package) is installed");
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-
-    fn start() -> Redis {
-        Redis::start_on(Redis::free_port())
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Runs `redis-cli` against it.
-    fn cli(&self, args: &[&str]) {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
-    }
-
-    /// SIGKILL, and wait for it to be gone.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A node on the Redis at `url`.
-async fn node(url: &str) -> TestServer {
-    let mut c = config();
-    c.redis = Some(RedisConfig::new(url));
-    TestServer::with(c).await
-}
-
-/// Waits until `/readyz` answers `want`.
-async fn ready_is(s: &TestServer, want: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, _) = get(&s.http("/readyz")).await;
-        if status == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz stayed {status}, not {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// An event for `task:t_1` of `o_1`.
 fn task_event(n: u64) -> Value {
@@ -433,15 +335,7 @@ async fn a_paused_redis_hangs_nothing_and_a_retried_key_is_delivered_once() {
     ready_is(&s, 200, WAIT).await;
     let mut c = s.client("u_1", "o_1").await;
     assert_eq!(c.subscribe("task:t_1").await["type"], "subscribed");
-    let pid = redis.child.id().to_string();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    };
+    let signal = |sig: &str| redis.signal(sig);
     signal("-STOP");
     // A publish neither hangs nor is accepted: 503 within the command timeout.
     let mut keyed = task_event(1);

@@ -1,10 +1,12 @@
 //! Integration tests: the real server on 127.0.0.1:0, real WebSocket clients, real HTTP.
 
+mod redis;
 mod util;
 
 mod backplane;
 mod cli;
 mod client;
+mod cluster;
 mod delivery;
 mod hardening;
 mod hostile;

@@ -1,0 +1,263 @@
+//! Real `redis-server`s of the tests' own, on free ports (never the machine's Redis on 6379):
+//! one server, or a Redis Cluster made with `redis-cli --cluster create`, which a test can
+//! kill, pause, flush and start again; and nodes on them.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cortex_realtime::RedisConfig;
+
+use crate::util::*;
+
+/// A `redis-server` of the test's own, on `port`; killed when dropped.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Starts one on `port` and waits until it answers.
+    pub fn start_on(port: u16) -> Redis {
+        Redis::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--protected-mode", "no"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) is installed");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+
+    pub fn start() -> Redis {
+        Redis::start_on(Redis::free_port())
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against it; what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sends `sig` (`-STOP`, `-CONT`) to it.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node on the Redis at `url`.
+pub async fn node(url: &str) -> TestServer {
+    let mut c = config();
+    c.redis = Some(RedisConfig::new(url));
+    TestServer::with(c).await
+}
+
+/// Waits until `/readyz` answers `want`.
+pub async fn ready_is(s: &TestServer, want: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, _) = get(&s.http("/readyz")).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {status}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A three-master Redis Cluster of the test's own (no replicas; a master's loss leaves the
+/// other shards serving: `cluster-require-full-coverage no`); killed when dropped.
+pub struct Cluster {
+    pub masters: Vec<Redis>,
+    dir: std::path::PathBuf,
+}
+
+impl Cluster {
+    /// A port free with its cluster bus port (+10000).
+    fn free_pair() -> u16 {
+        loop {
+            let port = Redis::free_port();
+            if port < 55000
+                && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
+                && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            {
+                return port;
+            }
+        }
+    }
+
+    fn start_node(dir: &std::path::Path, port: u16) -> Redis {
+        let conf = dir.join(format!("nodes-{port}.conf"));
+        Redis::start_with(
+            port,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                conf.to_str().unwrap(),
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-require-full-coverage",
+                "no",
+                "--dir",
+                dir.to_str().unwrap(),
+            ],
+        )
+    }
+
+    /// Starts three masters and joins them with `redis-cli --cluster create`.
+    pub fn start() -> Cluster {
+        let dir = temp_path("redis-cluster");
+        std::fs::create_dir_all(&dir).unwrap();
+        let masters: Vec<Redis> = (0..3)
+            .map(|_| Cluster::start_node(&dir, Cluster::free_pair()))
+            .collect();
+        let addrs: Vec<String> = masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "redis-cli --cluster create: {out:?}");
+        let cluster = Cluster { masters, dir };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every live master says the cluster is ok.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.masters.iter().all(|m| {
+            m.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                && m.cli(&["CLUSTER", "SLOTS"]).lines().count() > 3
+        }) {
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The seed URLs (every master).
+    pub fn urls(&self) -> Vec<String> {
+        self.masters.iter().map(Redis::url).collect()
+    }
+
+    /// The index of the master that owns `org`'s slot (as `redis-cli --cluster create` split
+    /// them: three equal ranges in master order).
+    pub fn shard_of(&self, org: &str) -> usize {
+        let slot: u16 = self.masters[0]
+            .cli(&["CLUSTER", "KEYSLOT", &format!("{{{org}}}")])
+            .trim()
+            .parse()
+            .unwrap();
+        match slot {
+            0..=5460 => 0,
+            5461..=10922 => 1,
+            _ => 2,
+        }
+    }
+
+    /// One org on each shard, in master order.
+    pub fn org_per_shard(&self) -> Vec<String> {
+        let mut found: Vec<Option<String>> = vec![None; 3];
+        for n in 0.. {
+            let org = format!("o_{n}");
+            let shard = self.shard_of(&org);
+            if found[shard].is_none() {
+                found[shard] = Some(org);
+            }
+            if found.iter().all(Option::is_some) {
+                return found.into_iter().map(Option::unwrap).collect();
+            }
+        }
+        unreachable!()
+    }
+
+    /// SIGKILLs master `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.masters[i].kill();
+    }
+
+    /// Starts master `i` again on its port, with its cluster config (it rejoins, empty).
+    pub fn restart(&mut self, i: usize) {
+        let port = self.masters[i].port;
+        self.masters[i] = Cluster::start_node(&self.dir, port);
+        self.wait_ok();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.masters {
+            m.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A node on the Cluster with seed nodes `urls`.
+pub async fn cluster_node(urls: Vec<String>) -> TestServer {
+    let mut c = config();
+    c.redis = Some(RedisConfig::cluster(urls));
+    TestServer::with(c).await
+}
