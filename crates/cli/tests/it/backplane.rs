@@ -361,3 +361,68 @@ async fn a_paused_redis_hangs_nothing_and_a_retried_key_is_delivered_once() {
     assert_eq!(e["payload"]["n"], 1, "{e}");
     c.silent_for(Duration::from_millis(500)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_that_is_not_an_id_never_reaches_a_redis_key() {
+    let redis = Redis::start();
+    let s = node(&redis.url()).await;
+    ready_is(&s, 200, WAIT).await;
+    // A publish body: refused before Redis.
+    for org in ["o{1}", "{o_1", "o_1}", "o 1", ""] {
+        let (status, answer) = s.publish(event(org, &["task:t_1"], 1)).await;
+        assert_eq!(status, 400, "{org}: {answer}");
+        assert_eq!(answer["error"], "invalid_org", "{answer}");
+    }
+    // A token: refused at auth (4001), before any subscribe.
+    for org in ["o{1}", "o_1}"] {
+        let mut c = Client::connect(&s.ws_url()).await;
+        c.send(json!({"type": "auth", "token": token(&format!("u_{org}"), org)}))
+            .await;
+        assert_eq!(c.closed().await, Some(4001), "{org}");
+    }
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0", "no key was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_error_replies_become_the_documented_answers() {
+    let redis = Redis::start();
+    let s = node(&redis.url()).await;
+    ready_is(&s, 200, WAIT).await;
+    let mut c = s.client("u_1", "o_1").await;
+    assert_eq!(c.subscribe("task:t_1").await["type"], "subscribed");
+
+    // NOSCRIPT (the script cache emptied): loaded again, the publish goes through.
+    redis.cli(&["SCRIPT", "FLUSH"]);
+    let (status, answer) = s.publish(task_event(1)).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(c.recv().await["payload"]["n"], 1);
+
+    // OOM under maxmemory (noeviction): 503 with Retry-After, nothing delivered, the node and
+    // its connections kept; once memory is allowed again, publishes go through.
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    let mut keyed = task_event(2);
+    keyed["idempotencyKey"] = json!("k-oom");
+    let resp = reqwest::Client::new()
+        .post(s.http("/api/events"))
+        .bearer_auth(PUBLISH_KEY)
+        .json(&keyed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().get("retry-after").is_some(), "Retry-After");
+    let (status, _) = get(&s.http("/healthz")).await;
+    assert_eq!(status, 200);
+    c.silent_for(Duration::from_millis(300)).await;
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    // The script refused as a whole under OOM: the key was never claimed, so the retry is
+    // delivered (once).
+    let (status, answer) = s.publish(keyed.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_ne!(answer["duplicate"], true, "{answer}");
+    assert_eq!(c.recv().await["payload"]["n"], 2);
+    let (_, again) = s.publish(keyed).await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    c.silent_for(Duration::from_millis(300)).await;
+}

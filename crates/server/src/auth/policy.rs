@@ -47,7 +47,8 @@ pub(super) const NO_MATCHING_KEY: &str = "no key matches the token's kid";
 pub(super) const BAD_SIGNATURE: &str = "bad signature";
 pub(super) const PAYLOAD_NOT_OBJECT: &str = "payload is not a JSON object";
 pub(super) const BAD_SUB: &str = "sub must be a non-empty string";
-pub(super) const BAD_ORG: &str = "org must be a non-empty string";
+pub(super) const BAD_ORG: &str =
+    "org must be an id (a string matching [A-Za-z0-9][A-Za-z0-9._-]{0,127})";
 pub(super) const NO_EXP: &str = "exp is required";
 pub(super) const BAD_EXP: &str = "exp must be an integer";
 pub(super) const BAD_NBF: &str = "nbf must be an integer";
@@ -181,7 +182,10 @@ impl ClaimRules {
     pub(super) fn check(&self, payload: &[u8], now: i64) -> Result<Claims, AuthError> {
         let claims = parse_object(payload).ok_or(AuthError::Invalid(PAYLOAD_NOT_OBJECT))?;
         let sub = non_empty_string(&claims, "sub").ok_or(AuthError::Invalid(BAD_SUB))?;
-        let org = non_empty_string(&claims, "org").ok_or(AuthError::Invalid(BAD_ORG))?;
+        // An id, as in channel ids: never a `{` or `}`, which would break the Redis hash tag.
+        let org = non_empty_string(&claims, "org")
+            .filter(|o| cortex_protocol::channel::is_valid_id(o))
+            .ok_or(AuthError::Invalid(BAD_ORG))?;
         let exp = numeric_date(&claims, "exp", BAD_EXP)?.ok_or(AuthError::Invalid(NO_EXP))?;
         let nbf = numeric_date(&claims, "nbf", BAD_NBF)?;
         let iat = numeric_date(&claims, "iat", BAD_IAT)?;
@@ -650,6 +654,10 @@ mod tests {
             (claims_with(&[("-org", json!(null))]), BAD_ORG),
             (claims_with(&[("org", json!(""))]), BAD_ORG),
             (claims_with(&[("org", json!(7))]), BAD_ORG),
+            (claims_with(&[("org", json!("o_1}"))]), BAD_ORG),
+            (claims_with(&[("org", json!("{o_1"))]), BAD_ORG),
+            (claims_with(&[("org", json!("o 1"))]), BAD_ORG),
+            (claims_with(&[("org", json!("x".repeat(129)))]), BAD_ORG),
             (claims_with(&[("org", json!({"id": "o_1"}))]), BAD_ORG),
             (claims_with(&[("-exp", json!(null))]), NO_EXP),
             (claims_with(&[("exp", json!("1800003600"))]), BAD_EXP),
