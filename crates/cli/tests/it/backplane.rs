@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::redis::{Redis, node, ready_is};
+use crate::redis::{Muffler, Redis, node, ready_is};
 use crate::util::*;
 
 /// An event for `task:t_1` of `o_1`.
@@ -425,4 +425,33 @@ async fn redis_error_replies_become_the_documented_answers() {
     let (_, again) = s.publish(keyed).await;
     assert_eq!(again["duplicate"], true, "{again}");
     c.silent_for(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubsub_connection_up_but_silent_is_found_by_the_probe_and_nothing_is_lost() {
+    let redis = Redis::start();
+    // Node A reaches Redis through a proxy that can silence its open connections.
+    let muffler = Muffler::start(redis.port).await;
+    let (a, b) = (node(&muffler.url()).await, node(&redis.url()).await);
+    ready_is(&a, 200, WAIT).await;
+    ready_is(&b, 200, WAIT).await;
+    let mut c = a.client("u_1", "o_1").await;
+    assert_eq!(c.subscribe("task:t_1").await["type"], "subscribed");
+    assert_eq!(b.publish(task_event(1)).await.0, 202);
+    assert_eq!(c.recv().await["offset"], 1);
+    muffler.muffle();
+    for n in 2..=6 {
+        assert_eq!(b.publish(task_event(n)).await.0, 202);
+    }
+    // Within the probe's period and timeout, node A replaces the silent connection and
+    // catches up from history: every event, in order, no notice.
+    for n in 2..=6 {
+        // Found within the probe's period and timeouts (the command connection, silenced too,
+        // is found by its ping), then caught up.
+        let e = c.recv_within(Duration::from_secs(15)).await;
+        assert_eq!(e["type"], "task.status_changed", "no notice: {e}");
+        assert_eq!(e["offset"], n, "{e}");
+    }
+    assert_eq!(b.publish(task_event(7)).await.0, 202);
+    assert_eq!(c.recv().await["offset"], 7);
 }

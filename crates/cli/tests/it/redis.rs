@@ -261,3 +261,75 @@ pub async fn cluster_node(urls: Vec<String>) -> TestServer {
     c.redis = Some(RedisConfig::cluster(urls));
     TestServer::with(c).await
 }
+
+/// A TCP proxy in front of a Redis whose [`Muffler::muffle`] makes every connection open now
+/// keep going but bring nothing back (what Redis sends is read and dropped): a connection up
+/// and silent. Later connections pass.
+pub struct Muffler {
+    pub port: u16,
+    muffle: std::sync::Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Muffler {
+    pub async fn start(backend: u16) -> Muffler {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let muffle = std::sync::Arc::new(std::sync::Mutex::new(
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let current = muffle.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let muffled = current.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                    else {
+                        return;
+                    };
+                    let (mut ci, mut co) = inbound.into_split();
+                    let (mut si, mut so) = outbound.into_split();
+                    let up = tokio::io::copy(&mut ci, &mut so);
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match si.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if !muffled.is_cancelled() && co.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        Muffler { port, muffle, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Every connection open now brings nothing back from here on.
+    pub fn muffle(&self) {
+        let mut m = self.muffle.lock().unwrap();
+        m.cancel();
+        *m = tokio_util::sync::CancellationToken::new();
+    }
+}
+
+impl Drop for Muffler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -228,8 +228,20 @@ impl Client {
 
     /// The next JSON message, or how the connection ended.
     pub async fn next(&mut self) -> Result<Value, Ended> {
+        self.next_within(WAIT).await
+    }
+
+    /// The next JSON message within `wait` (skipping pings); panics on close or timeout.
+    pub async fn recv_within(&mut self, wait: Duration) -> Value {
+        match self.next_within(wait).await {
+            Ok(v) => v,
+            Err(e) => panic!("expected a message, connection ended: {e:?}"),
+        }
+    }
+
+    async fn next_within(&mut self, wait: Duration) -> Result<Value, Ended> {
         loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next())
+            let m = tokio::time::timeout(wait, self.ws.next())
                 .await
                 .expect("a frame within the wait");
             match m {

@@ -31,7 +31,7 @@ pub(crate) enum Target {
     /// One Redis server.
     One(Client),
     /// A Redis Cluster.
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 /// A handle on the command connection (cheap to clone).

@@ -29,10 +29,13 @@ pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// What a probe message starts with (never the start of an event's message).
 pub(crate) const PROBE_MARK: &[u8] = b"probe ";
 
+/// Called with a message of an org's channel: its org and payload.
+pub(crate) type DeliverFn = dyn Fn(&str, &[u8]) + Send + Sync;
+
 /// What a listener calls back into (the broker).
 pub(crate) struct Hooks {
     /// A message of an org's channel: its org and payload.
-    pub(crate) deliver: Box<dyn Fn(&str, &[u8]) + Send + Sync>,
+    pub(crate) deliver: Box<DeliverFn>,
     /// The connection was lost.
     pub(crate) lost: Box<dyn Fn() + Send + Sync>,
     /// Subscribed again after a (re)connect: reconcile every held channel of `orgs`.

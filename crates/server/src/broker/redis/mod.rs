@@ -213,7 +213,7 @@ impl RedisBroker {
                     .build()
                     .map_err(|e| BadRedisUrl(format!("{first}: {e}")))?;
                 (
-                    Target::Cluster(client),
+                    Target::Cluster(Box::new(client)),
                     seed.expect("one seed at least"),
                     true,
                 )
