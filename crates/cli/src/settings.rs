@@ -105,5 +105,18 @@ settings! {
             }),
             "Prefix of every Redis key and channel, so deployments can share a Redis \
              [default: cortex]";
+        redis_lease_ttl: Option<String> => checked(|c, v: String| {
+                let ttl = humantime::parse_duration(&v)
+                    .map_err(|e| anyhow::anyhow!("--redis-lease-ttl: not a duration: {v}: {e}"))?;
+                if ttl < std::time::Duration::from_secs(1) {
+                    anyhow::bail!("--redis-lease-ttl: at least 1s (the leases are renewed every third of it)");
+                }
+                if let Some(r) = &mut c.redis {
+                    r.lease_ttl = ttl;
+                }
+                Ok(())
+            }),
+            "How long the connections of a node that stopped (it died, or lost Redis) still \
+             count against their users' limit across nodes [default: 30s]";
     }
 }

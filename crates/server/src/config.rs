@@ -46,6 +46,9 @@ pub struct RedisConfig {
     /// How long one Redis command may take before the node counts Redis as unreachable (a
     /// paused Redis must not hang a publish).
     pub command_timeout: Duration,
+    /// How long a connection's lease (its place in its user's count across nodes) lives
+    /// unless its node renews it: how long the connections of a node that died still count.
+    pub lease_ttl: Duration,
 }
 
 impl RedisConfig {
@@ -67,6 +70,7 @@ impl RedisConfig {
             servers,
             prefix: RedisConfig::DEFAULT_PREFIX.into(),
             command_timeout: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }

@@ -1,13 +1,39 @@
 //! Connection limits: connections per user (`sub` within an `org`) and per node, and each
 //! connection's id on this node. It counts; it never closes or refuses anything itself: the
 //! upgrade answers 429 and the `auth` frame closes with 4029.
+//!
+//! With a backplane the per-user count holds across nodes: each connection also takes a
+//! lease from [`Leases`] (the backplane's), which expires when its node dies. While the
+//! backplane cannot answer, the node's own count is the limit (CONTRACT.md section 9).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::BoxFuture;
+
 use crate::auth::Claims;
 use crate::hub::ConnId;
+
+/// What a backplane answers for a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lease {
+    /// Taken: the user had fewer than the maximum across nodes.
+    Taken,
+    /// The user has the maximum across nodes.
+    Full,
+    /// The backplane cannot tell now: the node's own count decides (and the lease is taken
+    /// once the backplane is back, so the count across nodes converges).
+    Unknown,
+}
+
+/// Connections counted across nodes, by leases that expire unless their node renews them.
+pub(crate) trait Leases: Send + Sync + 'static {
+    /// Takes a lease for connection `conn` of `user` unless `max` are held across nodes.
+    fn take<'a>(&'a self, user: &'a UserKey, conn: ConnId, max: usize) -> BoxFuture<'a, Lease>;
+    /// Gives the lease back (also when [`Lease::Unknown`]). Never blocks.
+    fn give_back(&self, user: &UserKey, conn: ConnId);
+}
 
 /// A connection refused at the door for a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +45,7 @@ pub enum LimitExceeded {
 }
 
 /// A user: (org, sub).
-type UserKey = (Arc<str>, Arc<str>);
+pub(crate) type UserKey = (Arc<str>, Arc<str>);
 
 /// Open connections, per user and per node.
 pub struct Connections {
@@ -28,6 +54,7 @@ pub struct Connections {
     next: AtomicU64,
     max_per_user: usize,
     max_total: usize,
+    leases: Option<Arc<dyn Leases>>,
 }
 
 /// Holds one slot of the connection limits; frees it when dropped.
@@ -35,6 +62,7 @@ pub struct ConnectionGuard {
     node: Arc<Connections>,
     user: UserKey,
     conn: ConnId,
+    leased: bool,
 }
 
 impl ConnectionGuard {
@@ -51,6 +79,9 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        if let (true, Some(leases)) = (self.leased, &self.node.leases) {
+            leases.give_back(&self.user, self.conn);
+        }
         let mut m = self.node.per_user.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = m.get_mut(&self.user) {
             *n -= 1;
@@ -63,18 +94,46 @@ impl Drop for ConnectionGuard {
 }
 
 impl Connections {
-    pub(crate) fn new(max_per_user: usize, max_total: usize) -> Connections {
+    /// Limits counted on this node, and per user also across nodes by `leases`.
+    pub(crate) fn new(
+        max_per_user: usize,
+        max_total: usize,
+        leases: Option<Arc<dyn Leases>>,
+    ) -> Connections {
         Connections {
             per_user: Mutex::new(HashMap::new()),
             total: AtomicU64::new(0),
             next: AtomicU64::new(1),
             max_per_user,
             max_total,
+            leases,
         }
     }
 
-    /// Takes a slot for this token's user, or says which limit is full.
-    pub fn register(self: &Arc<Self>, claims: &Claims) -> Result<ConnectionGuard, LimitExceeded> {
+    /// Takes a slot for this token's user (on this node, then across nodes), or says which
+    /// limit is full.
+    pub async fn admit(
+        self: &Arc<Self>,
+        claims: &Claims,
+    ) -> Result<ConnectionGuard, LimitExceeded> {
+        let mut guard = self.register(claims)?;
+        let Some(leases) = &self.leases else {
+            return Ok(guard);
+        };
+        match leases
+            .take(&guard.user, guard.conn, self.max_per_user)
+            .await
+        {
+            Lease::Taken | Lease::Unknown => {
+                guard.leased = true;
+                Ok(guard)
+            }
+            Lease::Full => Err(LimitExceeded::User),
+        }
+    }
+
+    /// Takes a slot for this token's user on this node, or says which limit is full.
+    fn register(self: &Arc<Self>, claims: &Claims) -> Result<ConnectionGuard, LimitExceeded> {
         let user = (
             Arc::from(claims.org.as_str()),
             Arc::from(claims.sub.as_str()),
@@ -93,6 +152,7 @@ impl Connections {
             node: self.clone(),
             user,
             conn: self.next.fetch_add(1, Ordering::Relaxed),
+            leased: false,
         })
     }
 

@@ -154,6 +154,7 @@ impl Node {
             connections: Arc::new(Connections::new(
                 l.connections_per_user,
                 l.connections_per_node,
+                broker.leases(),
             )),
             verifier,
             broker,

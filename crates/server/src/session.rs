@@ -258,7 +258,8 @@ where
         })?;
         let guard = node
             .connections
-            .register(&claims)
+            .admit(&claims)
+            .await
             .map_err(|_| Closing::TooManyConnections)?;
         return Ok((claims, guard));
     }

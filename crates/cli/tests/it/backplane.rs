@@ -455,3 +455,132 @@ async fn a_pubsub_connection_up_but_silent_is_found_by_the_probe_and_nothing_is_
     assert_eq!(b.publish(task_event(7)).await.0, 202);
     assert_eq!(c.recv().await["offset"], 7);
 }
+
+/// Connects `sub` of `org` with the token in the `auth` frame: `Ok` when `connected`, else the
+/// close code.
+async fn try_client(ws_url: &str, sub: &str, org: &str) -> Result<Client, Option<u16>> {
+    let mut c = Client::connect(ws_url).await;
+    c.send(json!({"type":"auth","token": token(sub, org)}))
+        .await;
+    match c.next().await {
+        Ok(m) if m["type"] == "connected" => Ok(c),
+        Ok(m) => panic!("neither connected nor closed: {m}"),
+        Err(Ended::Closed(code)) => Err(code),
+        Err(Ended::Gone) => Err(None),
+    }
+}
+
+/// Connects `sub` of `org` until it is let in (a lease given back or expired frees a place).
+async fn admitted_within(ws_url: &str, sub: &str, org: &str, within: Duration) -> Client {
+    let deadline = Instant::now() + within;
+    loop {
+        match try_client(ws_url, sub, org).await {
+            Ok(c) => return c,
+            Err(code) => {
+                assert_eq!(code, Some(4029), "refused for the limit only");
+                assert!(Instant::now() < deadline, "still refused after {within:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_user_count_across_nodes_and_a_dead_nodes_expire() {
+    let redis = Redis::start();
+    let mut c = cortex_realtime::Config::default();
+    c.auth.keys = vec![cortex_realtime::KeySource::Secret(SECRET.into())];
+    c.publish_keys = vec![PUBLISH_KEY.into()];
+    c.limits.connections_per_user = 3;
+    let mut r = cortex_realtime::RedisConfig::new(redis.url());
+    r.lease_ttl = Duration::from_secs(3);
+    c.redis = Some(r);
+    let a = TestServer::with(c).await;
+    // Node B is a process of its own, so it can die without a word (SIGKILL).
+    let url = redis.url();
+    let mut b = Proc::spawn(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis",
+            &url,
+            "--connections-per-user",
+            "3",
+            "--redis-lease-ttl",
+            "3s",
+        ],
+        &[
+            ("CORTEX_JWT_SECRET", SECRET),
+            ("CORTEX_PUBLISH_KEY", PUBLISH_KEY),
+        ],
+    );
+    let b_ws = format!("ws://{}/api/ws", b.listening().await);
+    ready_is(&a, 200, WAIT).await;
+
+    // Three of u_1's connections, two of them on B: a fourth is refused on either node, by the
+    // `auth` frame (4029) and at the upgrade (429).
+    let mut on_a = vec![a.client("u_1", "o_1").await];
+    let _on_b = [
+        try_client(&b_ws, "u_1", "o_1").await.expect("B admits"),
+        try_client(&b_ws, "u_1", "o_1").await.expect("B admits"),
+    ];
+    assert_eq!(
+        try_client(&a.ws_url(), "u_1", "o_1").await.err(),
+        Some(Some(4029))
+    );
+    assert_eq!(
+        try_client(&b_ws, "u_1", "o_1").await.err(),
+        Some(Some(4029))
+    );
+    let query = format!("{}?token={}", a.ws_url(), token("u_1", "o_1"));
+    assert_eq!(Client::connect_with(&query, &[]).await.err(), Some(429));
+    // Counted per user of an org: another user, and the same `sub` in another org, are not.
+    let _other = a.client("u_2", "o_1").await;
+    let _same_sub_other_org = a.client("u_1", "o_2").await;
+
+    // One closed on A frees a place on B at once (its lease is given back, not left to expire).
+    drop(on_a.pop());
+    let started = Instant::now();
+    let freed = admitted_within(&b_ws, "u_1", "o_1", Duration::from_secs(2)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "given back, not expired"
+    );
+    drop(freed);
+
+    // B dies holding two: they count until their leases expire (3 s), then A admits three.
+    on_a.push(admitted_within(&a.ws_url(), "u_1", "o_1", Duration::from_secs(2)).await);
+    b.kill();
+    let died = Instant::now();
+    assert_eq!(
+        try_client(&a.ws_url(), "u_1", "o_1").await.err(),
+        Some(Some(4029)),
+        "a dead node's connections still count for a while"
+    );
+    on_a.push(admitted_within(&a.ws_url(), "u_1", "o_1", Duration::from_secs(8)).await);
+    assert!(
+        died.elapsed() > Duration::from_secs(1),
+        "not before the leases expired"
+    );
+    on_a.push(a.client("u_1", "o_1").await);
+    assert_eq!(
+        try_client(&a.ws_url(), "u_1", "o_1").await.err(),
+        Some(Some(4029))
+    );
+
+    // Redis away: the node's own count is the limit, and every connection stays.
+    drop(redis);
+    ready_is(&a, 503, Duration::from_secs(10)).await;
+    assert_eq!(
+        try_client(&a.ws_url(), "u_1", "o_1").await.err(),
+        Some(Some(4029)),
+        "three here already"
+    );
+    drop(on_a.pop());
+    let mut back = admitted_within(&a.ws_url(), "u_1", "o_1", Duration::from_secs(2)).await;
+    back.assert_alive().await;
+    for c in &mut on_a {
+        c.assert_alive().await;
+    }
+}

@@ -606,6 +606,12 @@ impl Proc {
             .unwrap_or_else(|_| panic!("not an address: {line:?}"))
     }
 
+    /// Kills the process with SIGKILL (no drain, no goodbye) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.status = self.child.wait().ok();
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         sigterm(self.pid());

@@ -26,6 +26,7 @@ use cortex_protocol::{ChannelId, EventType, Since};
 use futures_util::future::BoxFuture;
 
 use crate::hub::{ChannelKey, Tally};
+use crate::limits::Leases;
 
 pub(crate) use memory::MemoryBroker;
 #[cfg(feature = "redis")]
@@ -170,6 +171,10 @@ pub(crate) trait Broker: Send + Sync + 'static {
 
     /// Periodic housekeeping (forgetting idle channels, expired keys).
     fn sweep(&self) {}
+    /// Where connections per user are counted across nodes, when the broker spans them.
+    fn leases(&self) -> Option<Arc<dyn Leases>> {
+        None
+    }
 
     /// Stops: later calls fail with [`BrokerError::Unavailable`]; connections to a backplane
     /// are let go.

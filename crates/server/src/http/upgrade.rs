@@ -226,7 +226,7 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Resp
                     );
                 }
             };
-            match node.connections.register(&claims) {
+            match node.connections.admit(&claims).await {
                 Ok(guard) => Some(Box::new((claims, guard))),
                 Err(_) => {
                     metrics::refused("too_many_connections");

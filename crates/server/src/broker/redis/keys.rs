@@ -47,6 +47,11 @@ impl Keys {
         ]
     }
 
+    /// The connection leases of a user (`sub`) of an org.
+    pub(crate) fn leases(&self, org: &str, sub: &str) -> String {
+        format!("{}:{{{org}}}:conns:{sub}", self.prefix)
+    }
+
     /// An idempotency key of an org.
     pub(crate) fn idempotency(&self, org: &str, key: &str) -> String {
         format!("{}:{{{org}}}:idem:{key}", self.prefix)
@@ -65,10 +70,11 @@ mod tests {
         let key = ChannelKey::new(Arc::from("o_1"), ChannelId::parse("task:t_9").unwrap());
         let names = k.channel(&key);
         assert_eq!(names[0], "cortex:{o_1}:epoch:task:t_9");
-        for n in names
-            .iter()
-            .chain([&k.events("o_1"), &k.idempotency("o_1", "k")])
-        {
+        for n in names.iter().chain([
+            &k.events("o_1"),
+            &k.idempotency("o_1", "k"),
+            &k.leases("o_1", "u_1"),
+        ]) {
             assert!(n.contains("{o_1}"), "{n}");
         }
         assert_eq!(k.org_of(&k.events("o_1")), Some("o_1"));

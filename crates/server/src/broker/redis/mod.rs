@@ -17,6 +17,7 @@
 //! It never builds a frame or touches a connection: delivery is the sink's.
 
 pub(crate) mod keys;
+pub(crate) mod leases;
 pub(crate) mod link;
 pub(crate) mod listener;
 pub(crate) mod pubsub;
@@ -30,6 +31,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cortex_protocol::{ChannelId, EventType, Since};
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use redis::cluster::ClusterClient;
 use redis::{Client, Script, Value};
@@ -45,7 +47,9 @@ use super::{
 use crate::config::{RedisConfig, RedisServers, Retention};
 use crate::hub::{ChannelKey, Tally};
 use crate::id;
+use crate::limits::{Lease, Leases, UserKey};
 use keys::Keys;
+use leases::Book;
 use link::{Link, Target};
 use listener::Hooks;
 use pubsub::Server;
@@ -59,6 +63,8 @@ const OWN_EVENTS_WAIT: Duration = Duration::from_secs(1);
 /// Events of one channel held back while its gap is refilled from history; past this, the
 /// refill reads history once more instead of holding more.
 const MAX_PENDING: usize = 1000;
+/// Orgs whose positions a reconcile reads at once (pipelined on the one connection).
+const RECONCILE_DEPTH: usize = 64;
 
 /// An event as stored in history and sent over pub/sub.
 #[derive(Deserialize)]
@@ -142,6 +148,8 @@ struct Inner {
     retention: Retention,
     window: Duration,
     own: Mutex<HashMap<String, Own>>,
+    /// This node's connection leases.
+    leases: Book,
     closed: AtomicBool,
 }
 
@@ -165,7 +173,9 @@ fn open(url: &str) -> Result<(Client, Server), BadRedisUrl> {
         )));
     }
     if !url.starts_with("redis://") {
-        return Err(BadRedisUrl(format!("{url}: the scheme must be redis")));
+        return Err(BadRedisUrl(format!(
+            "{url}: the scheme must be redis or rediss"
+        )));
     }
     let client = Client::open(url).map_err(|e| BadRedisUrl(format!("{url}: {e}")))?;
     let info = client.get_connection_info();
@@ -225,7 +235,6 @@ impl RedisBroker {
             link: Link::new(target, timeout),
             shards: Shards::new(keys.clone(), sharded, timeout, hooks(me), stop.clone()),
             publish_command: if sharded { "SPUBLISH" } else { "PUBLISH" },
-            keys,
             held: Mutex::new(HashMap::new()),
             sink,
             publish: Script::new(scripts::PUBLISH),
@@ -233,10 +242,14 @@ impl RedisBroker {
             retention,
             window,
             own: Mutex::new(HashMap::new()),
+            leases: Book::new(keys.clone(), config.lease_ttl),
+            keys,
             closed: AtomicBool::new(false),
         });
         let (i, s) = (inner.clone(), stop.clone());
         tokio::spawn(async move { i.link.maintain(s).await });
+        let (i, s) = (Arc::downgrade(&inner), stop.clone());
+        tokio::spawn(async move { Inner::renew_leases(i, s).await });
         if sharded {
             let (i, s) = (Arc::downgrade(&inner), stop.clone());
             tokio::spawn(async move { Inner::follow_slots(i, s, seed).await });
@@ -248,6 +261,42 @@ impl RedisBroker {
             }]);
         }
         Ok(RedisBroker { inner, stop })
+    }
+}
+
+impl Inner {
+    /// Renews this node's connection leases, and removes those given back, until `stop`.
+    async fn renew_leases(me: Weak<Inner>, stop: CancellationToken) {
+        let Some(mut gone) = me.upgrade().and_then(|i| i.leases.given_back()) else {
+            return;
+        };
+        let every = match me.upgrade() {
+            Some(i) => i.leases.renew_every(),
+            None => return,
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    let Some(i) = me.upgrade() else { return };
+                    i.leases.renew(&i.link).await;
+                }
+                first = gone.recv() => {
+                    let Some(first) = first else { return };
+                    let Some(i) = me.upgrade() else { return };
+                    let mut batch = vec![first];
+                    while batch.len() < leases::REMOVE_BATCH {
+                        match gone.try_recv() {
+                            Ok(g) => batch.push(g),
+                            Err(_) => break,
+                        }
+                    }
+                    i.leases.remove(&i.link, batch).await;
+                }
+            }
+        }
     }
 }
 
@@ -582,35 +631,42 @@ impl Inner {
                 .filter_map(|(k, h)| h.last.as_ref().map(|(o, e)| (k.clone(), *o, e.clone())))
                 .collect()
         };
-        if tracked.is_empty() {
-            return;
+        // One pipeline per org (a Cluster refuses a pipeline across slots), all at once on
+        // the one multiplexed connection.
+        let mut by_org: HashMap<&Arc<str>, Vec<&(ChannelKey, u64, Arc<str>)>> = HashMap::new();
+        for t in &tracked {
+            by_org.entry(&t.0.org).or_default().push(t);
         }
-        let mut pipe = redis::pipe();
-        for (key, _, _) in &tracked {
-            let [epoch, offset, _] = me.keys.channel(key);
-            pipe.get(epoch).get(offset);
-        }
-        let now = me
-            .link
-            .run(|mut c| {
-                let pipe = &pipe;
-                async move { pipe.query_async::<Vec<Option<String>>>(&mut c).await }
+        futures_util::stream::iter(by_org.into_values())
+            .for_each_concurrent(RECONCILE_DEPTH, |tracked| async move {
+                let mut pipe = redis::pipe();
+                for (key, _, _) in &tracked {
+                    let [epoch, offset, _] = me.keys.channel(key);
+                    pipe.get(epoch).get(offset);
+                }
+                let now = me
+                    .link
+                    .run(|mut c| {
+                        let pipe = &pipe;
+                        async move { pipe.query_async::<Vec<Option<String>>>(&mut c).await }
+                    })
+                    .await;
+                for (i, (key, last, epoch)) in tracked.iter().enumerate() {
+                    let same = now.as_ref().is_some_and(|now| {
+                        now.get(2 * i).cloned().flatten().as_deref() == Some(&**epoch)
+                            && now
+                                .get(2 * i + 1)
+                                .cloned()
+                                .flatten()
+                                .and_then(|o| o.parse().ok())
+                                == Some(*last)
+                    });
+                    if !same {
+                        Inner::start_refill(me, key);
+                    }
+                }
             })
             .await;
-        for (i, (key, last, epoch)) in tracked.iter().enumerate() {
-            let same = now.as_ref().is_some_and(|now| {
-                now.get(2 * i).cloned().flatten().as_deref() == Some(&**epoch)
-                    && now
-                        .get(2 * i + 1)
-                        .cloned()
-                        .flatten()
-                        .and_then(|o| o.parse().ok())
-                        == Some(*last)
-            });
-            if !same {
-                Inner::start_refill(me, key);
-            }
-        }
     }
 
     /// Publishes the events of one org in one script; their outcomes in order.
@@ -903,10 +959,24 @@ impl Broker for RedisBroker {
             && self.inner.shards.is_up()
     }
 
+    fn leases(&self) -> Option<Arc<dyn Leases>> {
+        Some(self.inner.clone())
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         self.inner.closed.store(true, Ordering::Release);
         self.stop.cancel();
         Box::pin(async {})
+    }
+}
+
+impl Leases for Inner {
+    fn take<'a>(&'a self, user: &'a UserKey, conn: u64, max: usize) -> BoxFuture<'a, Lease> {
+        Box::pin(self.leases.take(&self.link, user, conn, max))
+    }
+
+    fn give_back(&self, user: &UserKey, conn: u64) {
+        self.leases.give_back(user, conn);
     }
 }
 
