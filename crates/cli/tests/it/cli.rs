@@ -905,3 +905,53 @@ async fn serve_refuses_a_redis_url_it_cannot_use_and_says_why() {
         assert!(err.contains(why), "{url} from the environment: {err}");
     }
 }
+
+/// `--redis-cluster` is read from the flag, `CORTEX_REDIS_CLUSTER` and the config file alike
+/// (each seed node checked as a Redis URL), and refused together with `--redis`.
+#[tokio::test]
+async fn serve_reads_redis_cluster_from_every_layer_and_refuses_it_with_redis() {
+    let mut args = vec!["serve"];
+    args.extend(MINIMAL);
+    let base = args.clone();
+    args.extend(["--redis-cluster", "redis://127.0.0.1:7000,http://127.0.0.1:7001"]);
+    let err = refused_start(&args, &[]).await;
+    assert!(
+        err.contains("http://127.0.0.1:7001: the scheme must be redis or rediss"),
+        "every seed node is checked: {err}"
+    );
+    let err = refused_start(&base, &[("CORTEX_REDIS_CLUSTER", "ftp://127.0.0.1:7000")]).await;
+    assert!(
+        err.contains("ftp://127.0.0.1:7000: the scheme must be redis or rediss"),
+        "from the environment: {err}"
+    );
+    let path = temp_path("cluster.toml");
+    std::fs::write(
+        &path,
+        "jwt_secret = \"s\"\npublish_key = [\"k\"]\nlisten = \"127.0.0.1:0\"\n\
+         redis_cluster = [\"redis://\"]\n",
+    )
+    .unwrap();
+    let err = refused_start(&["serve", "--config", path.to_str().unwrap()], &[]).await;
+    assert!(err.contains("bad Redis URL"), "from the config file: {err}");
+    let _ = std::fs::remove_file(path);
+
+    // One server or a Cluster, never both, from whichever layers they come.
+    let mut both = base.clone();
+    both.extend([
+        "--redis",
+        "redis://127.0.0.1:6390",
+        "--redis-cluster",
+        "redis://127.0.0.1:7000",
+    ]);
+    let err = refused_start(&both, &[]).await;
+    assert!(err.contains("--redis and --redis-cluster exclude each other"), "{err}");
+    let err = refused_start(
+        &base,
+        &[
+            ("CORTEX_REDIS", "redis://127.0.0.1:6390"),
+            ("CORTEX_REDIS_CLUSTER", "redis://127.0.0.1:7000"),
+        ],
+    )
+    .await;
+    assert!(err.contains("exclude each other"), "from the environment: {err}");
+}
