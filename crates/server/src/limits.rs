@@ -10,30 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures_util::future::BoxFuture;
-
 use crate::auth::Claims;
+use crate::broker::{Lease, Leases, UserKey};
 use crate::hub::ConnId;
-
-/// What a backplane answers for a lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lease {
-    /// Taken: the user had fewer than the maximum across nodes.
-    Taken,
-    /// The user has the maximum across nodes.
-    Full,
-    /// The backplane cannot tell now: the node's own count decides (and the lease is taken
-    /// once the backplane is back, so the count across nodes converges).
-    Unknown,
-}
-
-/// Connections counted across nodes, by leases that expire unless their node renews them.
-pub(crate) trait Leases: Send + Sync + 'static {
-    /// Takes a lease for connection `conn` of `user` unless `max` are held across nodes.
-    fn take<'a>(&'a self, user: &'a UserKey, conn: ConnId, max: usize) -> BoxFuture<'a, Lease>;
-    /// Gives the lease back (also when [`Lease::Unknown`]). Never blocks.
-    fn give_back(&self, user: &UserKey, conn: ConnId);
-}
 
 /// A connection refused at the door for a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +23,6 @@ pub enum LimitExceeded {
     Node,
 }
 
-/// A user: (org, sub).
-pub(crate) type UserKey = (Arc<str>, Arc<str>);
 
 /// Open connections, per user and per node.
 pub struct Connections {

@@ -25,8 +25,7 @@ use std::sync::Arc;
 use cortex_protocol::{ChannelId, EventType, Since};
 use futures_util::future::BoxFuture;
 
-use crate::hub::{ChannelKey, Tally};
-use crate::limits::Leases;
+use crate::hub::{ChannelKey, ConnId, Tally};
 
 pub(crate) use memory::MemoryBroker;
 #[cfg(feature = "redis")]
@@ -124,6 +123,29 @@ pub(crate) enum BrokerError {
     /// The backplane cannot be reached, or the broker is closed.
     #[error("the backplane is unavailable")]
     Unavailable,
+}
+
+/// A user, as connections are counted: (org, sub).
+pub(crate) type UserKey = (Arc<str>, Arc<str>);
+
+/// What a backplane answers for a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lease {
+    /// Taken: the user had fewer than the maximum across nodes.
+    Taken,
+    /// The user has the maximum across nodes.
+    Full,
+    /// The backplane cannot tell now: the node's own count decides (and the lease is taken
+    /// once the backplane is back, so the count across nodes converges).
+    Unknown,
+}
+
+/// Connections counted across nodes, by leases that expire unless their node renews them.
+pub(crate) trait Leases: Send + Sync + 'static {
+    /// Takes a lease for connection `conn` of `user` unless `max` are held across nodes.
+    fn take<'a>(&'a self, user: &'a UserKey, conn: ConnId, max: usize) -> BoxFuture<'a, Lease>;
+    /// Gives the lease back (also when [`Lease::Unknown`]). Never blocks.
+    fn give_back(&self, user: &UserKey, conn: ConnId);
 }
 
 /// Where a broker delivers: the node's dispatch.

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use super::keys::Keys;
 use super::link::Link;
+use crate::broker::{Lease, UserKey};
 use crate::hub::ConnId;
-use crate::limits::{Lease, UserKey};
 
 /// Renewals in flight at once (they share the one multiplexed connection, so this is the
 /// pipeline's depth).

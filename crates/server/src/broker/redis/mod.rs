@@ -41,13 +41,12 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerError, Delivery, EventBody, FirstAnswer, Outcome, Position, PreparedEvent,
-    Recovered, Recovery, Sink,
+    Broker, BrokerError, Delivery, EventBody, FirstAnswer, Lease, Leases, Outcome, Position,
+    PreparedEvent, Recovered, Recovery, Sink, UserKey,
 };
 use crate::config::{RedisConfig, RedisServers, Retention};
 use crate::hub::{ChannelKey, Tally};
 use crate::id;
-use crate::limits::{Lease, Leases, UserKey};
 use keys::Keys;
 use leases::Book;
 use link::{Link, Target};
