@@ -913,7 +913,10 @@ async fn serve_reads_redis_cluster_from_every_layer_and_refuses_it_with_redis() 
     let mut args = vec!["serve"];
     args.extend(MINIMAL);
     let base = args.clone();
-    args.extend(["--redis-cluster", "redis://127.0.0.1:7000,http://127.0.0.1:7001"]);
+    args.extend([
+        "--redis-cluster",
+        "redis://127.0.0.1:7000,http://127.0.0.1:7001",
+    ]);
     let err = refused_start(&args, &[]).await;
     assert!(
         err.contains("http://127.0.0.1:7001: the scheme must be redis or rediss"),
@@ -944,7 +947,10 @@ async fn serve_reads_redis_cluster_from_every_layer_and_refuses_it_with_redis() 
         "redis://127.0.0.1:7000",
     ]);
     let err = refused_start(&both, &[]).await;
-    assert!(err.contains("--redis and --redis-cluster exclude each other"), "{err}");
+    assert!(
+        err.contains("--redis and --redis-cluster exclude each other"),
+        "{err}"
+    );
     let err = refused_start(
         &base,
         &[
@@ -953,5 +959,8 @@ async fn serve_reads_redis_cluster_from_every_layer_and_refuses_it_with_redis() 
         ],
     )
     .await;
-    assert!(err.contains("exclude each other"), "from the environment: {err}");
+    assert!(
+        err.contains("exclude each other"),
+        "from the environment: {err}"
+    );
 }
