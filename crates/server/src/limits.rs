@@ -23,7 +23,6 @@ pub enum LimitExceeded {
     Node,
 }
 
-
 /// Open connections, per user and per node.
 pub struct Connections {
     per_user: Mutex<HashMap<UserKey, usize>>,
