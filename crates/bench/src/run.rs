@@ -33,9 +33,17 @@ pub struct RunArgs {
     /// The server under test.
     #[arg(long, value_enum, default_value = "cortex")]
     pub target: Kind,
-    /// Its `host:port`.
+    /// Its `host:port`; several (comma-separated: nodes of one service) share the worker
+    /// processes round-robin, each worker's connections on one of them.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
+    /// Where to publish (`host:port`) [default: the first --addr]: another node of the service
+    /// measures delivery across nodes.
+    #[arg(long)]
+    pub publish_addr: Option<String>,
+    /// Events per publish request (Cortex: a batch `{"events":[...]}`, at most 100).
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
     /// The org of every channel and token.
     #[arg(long, default_value = "bench")]
     pub org: String,
@@ -166,9 +174,13 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         .unwrap_or_else(|| args.plan.conns.div_ceil(10_000))
         .clamp(1, args.plan.conns);
     let mut plan = args.plan.plan();
+    if args.batch == 0 || args.batch > 100 || (args.batch > 1 && args.target != Kind::Cortex) {
+        bail!("--batch: 1 to 100 events per request, and more than 1 for Cortex only");
+    }
+    let first_addr = args.addr.split(',').next().unwrap_or_default().to_owned();
     let target = Rc::new(Target {
         kind: args.target,
-        addr: args.addr.clone(),
+        addr: args.publish_addr.clone().unwrap_or(first_addr),
         org: args.org.clone(),
         secret: args.secret.clone(),
         publish_key: args.publish_key.clone(),
@@ -324,12 +336,13 @@ fn spawn_worker(
     workers: Rc<Workers>,
 ) -> Result<(Child, ChildStdin)> {
     let exe = std::env::current_exe().context("finding this executable")?;
+    let addrs: Vec<&str> = args.addr.split(',').collect();
     let mut cmd = Command::new(exe);
     cmd.arg("worker")
         .args(["--target", &value_name(&args.target)])
         .args([
             "--addr",
-            &args.addr,
+            addrs[index % addrs.len()],
             "--org",
             &args.org,
             "--secret",
@@ -466,6 +479,7 @@ async fn publish_phase(
             received_before,
             deadline,
             event_bytes: args.event_bytes,
+            batch: args.batch as usize,
         };
         handles.push(tokio::task::spawn_local(task.run()));
     }
@@ -574,6 +588,7 @@ struct Publisher {
     received_before: u64,
     deadline: Instant,
     event_bytes: usize,
+    batch: usize,
 }
 
 impl Publisher {
@@ -599,15 +614,19 @@ impl Publisher {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
-            let slot = turn % self.owned.len();
-            turn += 1;
-            let c = self.owned[slot];
-            let marker = Marker {
-                chan: self.plan.channel(c),
-                seq: seqs[slot] + 1,
-                sent_ns: now_ns(),
-            };
-            let publish = self.target.publish(&marker, self.event_bytes);
+            let mut markers = Vec::with_capacity(self.batch);
+            let mut fanout = 0;
+            for b in 0..self.batch {
+                let slot = (turn + b) % self.owned.len();
+                let c = self.owned[slot];
+                markers.push(Marker {
+                    chan: self.plan.channel(c),
+                    seq: seqs[slot] + 1 + (b / self.owned.len()) as u64,
+                    sent_ns: now_ns(),
+                });
+                fanout += self.plan.fanout(c);
+            }
+            let publish = self.target.publish_batch(&markers, self.event_bytes);
             let mut request = self.client.post(&publish.url).body(publish.body);
             if publish.json {
                 request = request.header("content-type", "application/json");
@@ -618,13 +637,16 @@ impl Publisher {
             match request.send().await {
                 Ok(resp) if resp.status().is_success() => {
                     let _ = resp.bytes().await;
-                    seqs[slot] += 1;
+                    for b in 0..self.batch {
+                        seqs[(turn + b) % self.owned.len()] += 1;
+                    }
+                    turn += self.batch;
                     self.counters
                         .published
-                        .set(self.counters.published.get() + 1);
+                        .set(self.counters.published.get() + self.batch as u64);
                     self.counters
                         .expected
-                        .set(self.counters.expected.get() + self.plan.fanout(c));
+                        .set(self.counters.expected.get() + fanout);
                 }
                 other => {
                     self.counters.errors.set(self.counters.errors.get() + 1);

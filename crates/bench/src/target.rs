@@ -132,6 +132,25 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The publish request for `markers`: one event as [`Target::publish`], or several in one
+    /// batch (Cortex).
+    pub fn publish_batch(&self, markers: &[Marker], event_bytes: usize) -> Publish {
+        if let [one] = markers {
+            return self.publish(one, event_bytes);
+        }
+        let bodies: Vec<String> = markers
+            .iter()
+            .map(|m| self.publish(m, event_bytes).body)
+            .collect();
+        Publish {
+            url: format!("http://{}/api/events", self.addr),
+            body: format!(r#"{{"events":[{}]}}"#, bodies.join(",")),
+            json: true,
+        }
+    }
+}
+
 fn pad(s: &mut String, to: usize) {
     while s.len() < to {
         s.push('x');
