@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Connect subscribers, publish, and report.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// One worker process (started by `run`).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => {
             let check = args.check;
-            run::main(args).map(|report| {
+            run::main(*args).map(|report| {
                 print!("{}", report.table());
                 let failures = if check {
                     check_failures(&report)

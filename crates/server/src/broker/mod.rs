@@ -130,6 +130,7 @@ pub(crate) type UserKey = (Arc<str>, Arc<str>);
 
 /// What a backplane answers for a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Lease {
     /// Taken: the user had fewer than the maximum across nodes.
     Taken,

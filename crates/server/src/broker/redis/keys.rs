@@ -85,6 +85,7 @@ mod tests {
     fn slots_are_the_cluster_key_slots_of_the_hash_tag() {
         // Values of CLUSTER KEYSLOT (Redis 7.0): "foo" and "{foo}:anything" share one slot.
         assert_eq!(slot("foo"), 12182);
-        assert_eq!(slot("123456789"), 0x31c3 % 16384);
+        // CRC16/XMODEM of "123456789" is 0x31c3, below 16384.
+        assert_eq!(slot("123456789"), 0x31c3);
     }
 }

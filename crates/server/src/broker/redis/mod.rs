@@ -65,6 +65,9 @@ const MAX_PENDING: usize = 1000;
 /// Orgs whose positions a reconcile reads at once (pipelined on the one connection).
 const RECONCILE_DEPTH: usize = 64;
 
+/// A held channel and the last position delivered on it (offset, epoch).
+type Tracked = (ChannelKey, u64, Arc<str>);
+
 /// An event as stored in history and sent over pub/sub.
 #[derive(Deserialize)]
 struct Wire<'a> {
@@ -623,7 +626,7 @@ impl Inner {
     /// After a pub/sub (re)connect: the positions of every held channel of `orgs`, read at
     /// once (pipelined); a channel that moved on meanwhile is refilled.
     async fn reconcile(me: &Arc<Inner>, orgs: &[Arc<str>]) {
-        let tracked: Vec<(ChannelKey, u64, Arc<str>)> = {
+        let tracked: Vec<Tracked> = {
             let held = me.held.lock().unwrap_or_else(|e| e.into_inner());
             held.iter()
                 .filter(|(k, _)| orgs.contains(&k.org))
@@ -632,7 +635,7 @@ impl Inner {
         };
         // One pipeline per org (a Cluster refuses a pipeline across slots), all at once on
         // the one multiplexed connection.
-        let mut by_org: HashMap<&Arc<str>, Vec<&(ChannelKey, u64, Arc<str>)>> = HashMap::new();
+        let mut by_org: HashMap<&Arc<str>, Vec<&Tracked>> = HashMap::new();
         for t in &tracked {
             by_org.entry(&t.0.org).or_default().push(t);
         }
