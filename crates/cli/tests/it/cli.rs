@@ -482,20 +482,26 @@ async fn serve_help_shows_the_library_defaults_and_a_cortex_variable_for_every_f
     let lines: Vec<&str> = help.lines().collect();
     // A flag's description: the lines after its own up to the next flag's, joined (clap wraps
     // them at the terminal's width, or at 100 columns without a terminal).
+    // A flag's own line is indented less than its description, whose wrapped lines may start
+    // with a `--` that names another flag.
+    let is_flag = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('-') && l.len() - t.len() < 10
+    };
     let described = |flag: &str| -> String {
         let at = lines
             .iter()
-            .position(|l| l.trim_start().starts_with(&format!("--{flag} ")))
+            .position(|l| is_flag(l) && l.trim_start().starts_with(&format!("--{flag} ")))
             .unwrap_or_else(|| panic!("--{flag} in:\n{help}"));
         lines[at + 1..]
             .iter()
-            .take_while(|l| !l.trim_start().starts_with('-'))
+            .take_while(|l| !is_flag(l))
             .map(|l| l.trim())
             .collect::<Vec<_>>()
             .join(" ")
     };
     let mut flags = 0;
-    for l in &lines {
+    for l in lines.iter().filter(|l| is_flag(l)) {
         let Some(flag) = l.trim_start().strip_prefix("--") else {
             continue;
         };
