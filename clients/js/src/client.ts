@@ -3,7 +3,8 @@
  * reconnect with backoff, token refresh, and lossless resume (CONTRACT.md sections 2, 3, 6, 8).
  */
 
-import { Backoff, closeAction, type BackoffOptions } from "./policy.js";
+import { Backoff, closeAction, type BackoffOptions, type CloseAction } from "./policy.js";
+import { isTokenExpired } from "./token.js";
 import type {
   ClientMessage,
   ConnectedMessage,
@@ -55,7 +56,9 @@ export interface ClientOptions {
   /**
    * How the token travels: `"auth"` (default) sends it in the first frame, keeping it out of URLs
    * and proxy logs; `"query"` puts it in `?token=`. A refused query token fails the HTTP upgrade,
-   * which browsers report as close 1006, so it cannot be told from a network error.
+   * which browsers report as close 1006, so it cannot be told from a network error: with
+   * `"query"` the client reads the token's `exp` first and never connects with a token that
+   * expired more than 30 s ago (it asks the provider for a new one, or stops with an `auth` error).
    */
   tokenTransport?: "auth" | "query";
   /** The WebSocket constructor; default `globalThis.WebSocket` (browsers, Node 22+). */
@@ -97,6 +100,9 @@ export interface SubscribedInfo {
   /**
    * Only for resumes: `true` when every missed event follows (and will be delivered), `false`
    * when continuity could not be proven (history lost or too old): reload state out of band.
+   * Also `false` (with `resumed: true`) for the server's unsolicited continuity notice: events
+   * of this connection's channel were skipped (e.g. the Redis backplane lost its data) and
+   * delivery continues from `offset`/`epoch`.
    */
   recovered?: boolean;
 }
@@ -121,16 +127,24 @@ export type ErrorKind =
   | "server"
   /** close 4001 (or a 4002 with a fixed token): the client stopped; give it a new token and `connect()` */
   | "auth"
-  /** the token provider threw or returned no string */
+  /** the token provider threw, returned no string, or returned an expired token (`"query"` transport) */
   | "token"
-  /** the socket could not be created or a frame could not be read */
-  | "transport";
+  /**
+   * the socket could not be created, a connection attempt failed before the socket opened (the
+   * client retries), or a frame could not be read
+   */
+  | "transport"
+  /**
+   * only for rejected `subscribe()` promises, never an `error` notification: the client stopped
+   * for good (`close()`, close 1000, 4001, a 4002 it cannot recover from) first
+   */
+  | "closed";
 
 export class CortexError extends Error {
   readonly kind: ErrorKind;
   /** The server's error code (`forbidden`, ...) for `server` errors. */
   readonly code?: string;
-  /** The close code for `auth` errors. */
+  /** The close code for `auth` and `closed` errors, and for `transport` errors of failed connection attempts. */
   readonly closeCode?: number;
   readonly channelId?: string;
 
@@ -191,6 +205,8 @@ interface Sub {
   info?: SubscribedInfo;
   handlers: Set<(event: CortexEvent) => void>;
   waiters: Waiter<SubscribedInfo>[];
+  /** Delays between retries of a subscribe the server answered `unavailable`; reset on success. */
+  retry?: Backoff;
 }
 
 type Pending =
@@ -215,6 +231,10 @@ const ERROR_CLOSE_GRACE_MS = 50;
 /** When the server answers `rate_limited`, try the command again after this. */
 const RATE_LIMITED_RETRY_MS = 1000;
 
+/** Error codes after which a command is sent again: it did nothing and may be retried. */
+const RATE_LIMITED = "rate_limited";
+const UNAVAILABLE = "unavailable";
+
 function noop(): void {}
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -236,6 +256,35 @@ function withToken(url: string, token: string): string {
   const u = new URL(url);
   u.searchParams.set("token", token);
   return u.toString();
+}
+
+/** `url` without any `token` query parameter, for messages. */
+function redacted(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.searchParams.has("token")) u.searchParams.set("token", "REDACTED");
+    return u.toString();
+  } catch {
+    return "the server";
+  }
+}
+
+/**
+ * The message of a connection attempt that failed before the socket opened. A browser reports a
+ * refused handshake (HTTP 401, 403, 429, ...) exactly like an unreachable server (close 1006,
+ * nothing more), so the message names the usual causes.
+ */
+function failedAttemptMessage(url: string, code: number, transport: "auth" | "query"): string {
+  const causes = [
+    "the server refused this page's Origin (it is not in the server's --allowed-origin list: HTTP 403)",
+    ...(transport === "query" ? ["the server refused the ?token= (invalid or expired: HTTP 401)"] : []),
+    "too many connections for this user (HTTP 429)",
+    "the server is down or unreachable (wrong URL, port, TLS or proxy)",
+  ];
+  return (
+    `the connection to ${redacted(url)} failed before it opened (close ${code}); ` +
+    `the cause is not visible to the client, usually: ${causes.join("; ")}. Retrying with backoff.`
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,6 +391,7 @@ export class CortexRealtime {
   close(): void {
     if (this._state === "closed" || this._state === "idle") {
       this.setState("closed");
+      this.rejectWaiters(1000, "client closed");
       return;
     }
     this.stop(1000, "client closed");
@@ -349,8 +399,10 @@ export class CortexRealtime {
 
   /**
    * Subscribes to a channel, now or at the next connect; resolves with the first `subscribed`
-   * reply, rejects with a `CortexError` (`forbidden`, `invalid_channel`, ...). The subscription is
-   * kept across reconnects and resumed from the last event seen.
+   * reply, rejects with a `CortexError` (`forbidden`, `invalid_channel`, ...), or with kind
+   * `closed` when the client stops for good first. A subscribe the server answered
+   * `rate_limited` or `unavailable` is retried (after 1 s, or with backoff) and the promise waits
+   * for it. The subscription is kept across reconnects and resumed from the last event seen.
    */
   subscribe(channelId: string, options: SubscribeOptions = {}): Promise<SubscribedInfo> {
     let sub = this.subs.get(channelId);
@@ -426,18 +478,32 @@ export class CortexRealtime {
     const gen = ++this.generation;
     this.setState("connecting");
     const reason = this.tokenReason;
-    let token: string;
-    try {
-      token = await this.getToken(reason);
-    } catch (e) {
-      if (gen !== this.generation) return;
-      this.emit("error", new CortexError("token", "the token provider failed", { cause: e }));
-      this.afterClose(1006, "token provider failed", "reconnect");
-      return;
-    }
-    if (gen !== this.generation) return;
-
     const transport = this.opts.tokenTransport ?? "auth";
+    let token = await this.tokenForAttempt(reason, gen);
+    if (token === undefined) return;
+
+    if (transport === "query" && isTokenExpired(token)) {
+      // The server would refuse it with HTTP 401, which a browser sees only as close 1006: a
+      // retry loop that never says why. Get a new one, or stop as a 4002 would.
+      if (typeof this.opts.token === "string") {
+        this.afterClose(4002, "token expired", "new-token");
+        return;
+      }
+      if (reason !== "expired") {
+        token = await this.tokenForAttempt("expired", gen);
+        if (token === undefined) return;
+      }
+      if (isTokenExpired(token)) {
+        this.emit(
+          "error",
+          new CortexError("token", "the token provider returned an expired token (its exp passed more than 30 s ago)"),
+        );
+        if (gen !== this.generation) return; // a listener closed the client
+        this.afterClose(4002, "token expired", "reconnect", "expired");
+        return;
+      }
+    }
+
     let ws: WebSocketLike;
     try {
       ws = new this.WS(transport === "query" ? withToken(this.opts.url, token) : this.opts.url);
@@ -478,6 +544,22 @@ export class CortexRealtime {
     }, this.opts.connectTimeoutMs ?? 10000);
   }
 
+  /**
+   * A token for the connection attempt `gen`; `undefined` when the attempt is over: abandoned
+   * meanwhile, or the provider failed (reported, and a retry scheduled).
+   */
+  private async tokenForAttempt(reason: TokenReason, gen: number): Promise<string | undefined> {
+    try {
+      const token = await this.getToken(reason);
+      return gen === this.generation ? token : undefined;
+    } catch (e) {
+      if (gen !== this.generation) return undefined;
+      this.emit("error", new CortexError("token", "the token provider failed", { cause: e }));
+      if (gen === this.generation) this.afterClose(1006, "token provider failed", "reconnect");
+      return undefined;
+    }
+  }
+
   private async getToken(reason: TokenReason): Promise<string> {
     const source = this.opts.token;
     const token = typeof source === "string" ? source : await source({ reason });
@@ -491,13 +573,14 @@ export class CortexRealtime {
   private abandon(code: number, reason: string): void {
     const ws = this.ws;
     if (!ws) return;
+    const opened = this.opened;
     this.detach(ws);
     try {
       ws.close(4000, reason);
     } catch {
       // already closed
     }
-    this.onSocketClosed(code, reason);
+    this.socketEnded(code, reason, opened);
   }
 
   private detach(ws: WebSocketLike): void {
@@ -512,11 +595,36 @@ export class CortexRealtime {
   }
 
   private onSocketClosed(code: number, reason: string): void {
+    const opened = this.opened;
     if (this.ws) this.detach(this.ws);
+    this.socketEnded(code, reason, opened);
+  }
+
+  /** The current socket is gone; `opened` tells whether it ever opened. */
+  private socketEnded(code: number, reason: string, opened: boolean): void {
+    if (!opened) {
+      // A refused handshake (403 Origin, 401 query token, 429) cannot be told from a network
+      // error in a browser: say so at every attempt, so the app does not wait in silence.
+      const transport = this.opts.tokenTransport ?? "auth";
+      this.emit(
+        "error",
+        new CortexError("transport", failedAttemptMessage(this.opts.url, code, transport), { closeCode: code }),
+      );
+      if (this._state === "closed") return; // a listener closed the client
+    }
     this.afterClose(code, reason, closeAction(code));
   }
 
-  private afterClose(code: number, reason: string, action: ReturnType<typeof closeAction>): void {
+  /**
+   * After a connection (or an attempt) ended with `code`: stop, or schedule the next attempt,
+   * which asks the token provider with `nextReason` (`"expired"` after a 4002).
+   */
+  private afterClose(
+    code: number,
+    reason: string,
+    action: CloseAction,
+    nextReason: TokenReason = "connect",
+  ): void {
     const wasConnected = this._state === "connected";
     const upFor = wasConnected ? Date.now() - this.connectedAt : 0;
     this.clearConnection();
@@ -555,7 +663,7 @@ export class CortexRealtime {
       delay = this.expiredInARow === 0 ? 0 : this.backoff.next();
       this.expiredInARow += 1;
     } else {
-      this.tokenReason = "connect";
+      this.tokenReason = nextReason;
       delay = this.backoff.next();
     }
     this.emit("disconnected", { code, reason, willReconnect: true });
@@ -592,7 +700,24 @@ export class CortexRealtime {
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     this.setState("closed");
+    this.rejectWaiters(code, reason);
     this.emit("closed", { code, reason });
+  }
+
+  /**
+   * The client stopped for good: every `subscribe()` still waiting rejects (kind `closed`). The
+   * subscriptions themselves are kept for a later `connect()`.
+   */
+  private rejectWaiters(code: number, reason: string): void {
+    for (const sub of this.subs.values()) {
+      if (sub.waiters.length === 0) continue;
+      const err = new CortexError(
+        "closed",
+        `the client stopped (close ${code}${reason ? `: ${reason}` : ""}) before the subscription completed`,
+        { closeCode: code, channelId: sub.channelId },
+      );
+      for (const w of sub.waiters.splice(0)) w.reject(err);
+    }
   }
 
   /** Forgets everything tied to the socket that just ended; subscriptions go back to pending. */
@@ -729,10 +854,15 @@ export class CortexRealtime {
   }
 
   private onSubscribed(msg: SubscribedMessage): void {
+    if (msg.ref === undefined) {
+      this.onContinuityNotice(msg);
+      return;
+    }
     const p = this.takePending(msg.ref);
     const sub = this.subs.get(msg.channelId);
     if (!sub || (p?.kind === "subscribe" && p.sub !== sub)) return; // unsubscribed meanwhile
     const resumed = p?.kind === "subscribe" ? p.resumed : msg.recovered !== undefined;
+    delete sub.retry;
     if (msg.recovered !== true) {
       // a fresh start, or a resume that could not be proven lossless: continue from the live edge
       sub.position = { offset: msg.offset, epoch: msg.epoch };
@@ -743,6 +873,27 @@ export class CortexRealtime {
     if (msg.recovered !== undefined) info.recovered = msg.recovered;
     sub.info = info;
     for (const w of sub.waiters.splice(0)) w.resolve(info);
+    this.emit("subscribed", info);
+  }
+
+  /**
+   * An unsolicited `subscribed` (no `ref`, CONTRACT.md section 6): the server skipped events of
+   * a channel this connection is subscribed to (its backplane lost them, or the channel's
+   * history) and continues from a new position. Reported like a resume that did not recover;
+   * the new position is where the next resume starts.
+   */
+  private onContinuityNotice(msg: SubscribedMessage): void {
+    const sub = this.subs.get(msg.channelId);
+    if (!sub || typeof msg.offset !== "number" || typeof msg.epoch !== "string") return;
+    sub.position = { offset: msg.offset, epoch: msg.epoch };
+    const info: SubscribedInfo = {
+      channelId: msg.channelId,
+      offset: msg.offset,
+      epoch: msg.epoch,
+      resumed: true,
+      recovered: false,
+    };
+    if (sub.status === "subscribed") sub.info = info;
     this.emit("subscribed", info);
   }
 
@@ -762,12 +913,19 @@ export class CortexRealtime {
       code: String(msg.code),
       ...(msg.channelId !== undefined ? { channelId: msg.channelId } : {}),
     });
-    const retry = msg.code === "rate_limited";
+    const retry = msg.code === RATE_LIMITED || msg.code === UNAVAILABLE;
     if (p?.kind === "subscribe") {
       const sub = p.sub;
       if (this.subs.get(sub.channelId) === sub) {
         if (retry) {
-          this.later(RATE_LIMITED_RETRY_MS, () => {
+          // the command did nothing: send it again (the promise waits), `unavailable` with
+          // backoff and jitter while the server's backplane is away
+          let delay = RATE_LIMITED_RETRY_MS;
+          if (msg.code === UNAVAILABLE) {
+            sub.retry ??= new Backoff(this.opts.backoff);
+            delay = sub.retry.next();
+          }
+          this.later(delay, () => {
             if (this.subs.get(sub.channelId) === sub && this._state === "connected") this.sendSubscribe(sub);
           });
         } else {

@@ -25,4 +25,5 @@ export {
   type BackoffOptions,
   type CloseAction,
 } from "./policy.js";
+export { isTokenExpired, tokenExpiresAt, TOKEN_EXP_LEEWAY_MS } from "./token.js";
 export * from "./types.js";

@@ -1,7 +1,8 @@
-// Browser test: headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core) on a
+// Browser tests: headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core) on a
 // page served from 127.0.0.1 that loads the built package (dist/) as an ES module, subscribes,
 // receives events published here, and resumes across a proxy cut (recovered:true) and a server
-// restart (recovered:false).
+// restart (recovered:false). Then what a browser cannot see: a refused Origin (HTTP 403) and an
+// expired `?token=` (HTTP 401) both look like close 1006 to the page.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
@@ -9,7 +10,7 @@ import { readFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { pkgDir, startServer, startProxy, makeToken, publish, chat } from "./harness.mjs";
+import { pkgDir, startServer, startProxy, makeToken, signToken, publish, chat, sleep } from "./harness.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const CHANNEL = "task:browser";
@@ -151,10 +152,108 @@ test("browser: the built package subscribes, receives typed events, resumes acro
 
   // --- exactly once throughout
   assert.equal(new Set(s.events.map((e) => e.id)).size, 7);
-  assert.deepEqual(s.errors, []);
+  // attempts made while the server was restarting failed before opening: reported as such
+  assert.deepEqual(s.errors.filter((e) => e.kind !== "transport" || e.closeCode !== 1006), []);
   assert.deepEqual(pageErrors, []);
 
   // --- close(): 1000, no reconnect
   await page.evaluate(() => window.__client.close());
   assert.equal((await rt()).state, "closed");
+});
+
+/** The HTTP status a WebSocket upgrade from `origin` gets (what a browser never shows the page). */
+function upgradeStatus(port, origin) {
+  return new Promise((resolve, reject) => {
+    const req = http.get({
+      host: "127.0.0.1",
+      port,
+      path: "/api/ws",
+      headers: {
+        origin,
+        connection: "Upgrade",
+        upgrade: "websocket",
+        "sec-websocket-version": "13",
+        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+      },
+    });
+    req.on("response", (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on("upgrade", (res, socket) => {
+      socket.destroy();
+      resolve(res.statusCode);
+    });
+    req.on("error", reject);
+  });
+}
+
+/** Loads the test page with these query parameters and waits for the client to exist. */
+async function openPage(params) {
+  await page.goto(`${site.origin}/?${new URLSearchParams(params)}`);
+  await waitInPage(() => window.__client !== undefined || window.__rt?.failure, undefined, "the client");
+}
+
+test("browser: a refused Origin (403) is an error at every attempt; close() rejects the pending subscribe", async () => {
+  // a server that allows another origin only: the page's handshake is refused with HTTP 403
+  const strict = await startServer({ extraArgs: ["--allowed-origin", "http://allowed.example"] });
+  try {
+    assert.equal(await upgradeStatus(strict.port, site.origin), 403, "the server refuses this Origin");
+
+    await openPage({ url: strict.wsUrl, token: makeToken({ sub: "u_origin" }), channel: CHANNEL });
+    await waitInPage(() => window.__rt.errors.length >= 3, undefined, "an error at each of 3 attempts");
+    let s = await rt();
+    for (const e of s.errors) {
+      assert.equal(e.kind, "transport");
+      assert.equal(e.closeCode, 1006);
+      assert.match(e.message, /--allowed-origin/);
+      assert.match(e.message, /down or unreachable/);
+    }
+    assert.equal(s.connected.length, 0);
+    assert.equal(s.subscribed.length, 0);
+    assert.equal(s.failure, null, "subscribe() still waits while the client retries");
+    assert.ok(["connecting", "waiting"].includes(s.state), s.state);
+
+    await page.evaluate(() => window.__client.close());
+    await waitInPage(() => window.__rt.failure !== null, undefined, "subscribe() rejected");
+    s = await rt();
+    assert.equal(s.failureKind, "closed");
+    assert.equal(s.state, "closed");
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    await strict.stop();
+  }
+});
+
+test("browser: an expired ?token= is never sent: a fixed one stops with an auth error", async () => {
+  const expired = signToken({ sub: "u_exp", exp: Math.floor(Date.now() / 1000) - 120 });
+  const before = proxy.accepted;
+  await openPage({ url: proxy.wsUrl, token: expired, fixed: "1", transport: "query", channel: CHANNEL });
+  await waitInPage(() => window.__rt.failure !== null, undefined, "subscribe() rejected");
+  const s = await rt();
+  assert.equal(s.state, "closed");
+  assert.deepEqual(
+    s.errors.map((e) => [e.kind, e.closeCode]),
+    [["auth", 4002]],
+  );
+  assert.equal(s.failureKind, "closed");
+  await sleep(300);
+  assert.equal(proxy.accepted, before, "no connection attempt with the expired token");
+  assert.deepEqual(pageErrors, []);
+});
+
+test("browser: an expired ?token= from the provider is replaced before connecting", async () => {
+  const expired = signToken({ sub: "u_exp", exp: Math.floor(Date.now() / 1000) - 120 });
+  const fresh = makeToken({ sub: "u_fresh" });
+  const before = proxy.accepted;
+  await openPage({ url: proxy.wsUrl, token: expired, fresh, transport: "query", channel: CHANNEL });
+  await waitInPage(() => window.__rt.ready || window.__rt.failure, undefined, "subscribed");
+  const s = await rt();
+  assert.equal(s.failure, null);
+  assert.deepEqual(s.reasons, ["connect", "expired"]);
+  assert.equal(s.connected[0].userId, "u_fresh");
+  assert.deepEqual(s.errors, []);
+  assert.equal(proxy.accepted - before, 1, "one connection, with the fresh token");
+  await page.evaluate(() => window.__client.close());
+  assert.deepEqual(pageErrors, []);
 });

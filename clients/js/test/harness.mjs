@@ -1,8 +1,10 @@
 // Test harness: the real cortex-realtime binary on 127.0.0.1:0, a TCP proxy that can cut every
-// live connection, tokens, and publishing over HTTP.
-import { spawn, execFileSync } from "node:child_process";
+// live connection, tokens, publishing over HTTP, and a throwaway redis-server for the backplane.
+import { spawn, spawnSync, execFileSync } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { existsSync } from "node:fs";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -30,7 +32,7 @@ export function cortexBin() {
   return bin;
 }
 
-/** Every server this process started, killed at exit whatever happens. */
+/** Every server (and redis-server) this process started, killed at exit whatever happens. */
 const live = new Set();
 process.on("exit", () => {
   for (const child of live) {
@@ -165,6 +167,16 @@ export function makeToken({ sub = "u_1", org = "o_1", ttl = "1h", channels = [] 
   return execFileSync(cortexBin(), args, { encoding: "utf8" }).trim();
 }
 
+/**
+ * An HS256 token signed here with SECRET, for claims `cortex-realtime token` cannot make (an
+ * `exp` in the past). `exp` is in seconds since the epoch.
+ */
+export function signToken({ sub = "u_1", org = "o_1", exp = Math.floor(Date.now() / 1000) + 3600, ...rest } = {}) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub, org, exp, ...rest })}`;
+  return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
+}
+
 /** POSTs one event or a batch (`{events}`) to /api/events; resolves with `{status, body}`. */
 export async function publish(server, body, { port } = {}) {
   const res = await fetch(`http://127.0.0.1:${port ?? server.port}/api/events`, {
@@ -294,4 +306,133 @@ export function lossServerArgs() {
   }
   const help = execFileSync(cortexBin(), ["serve", "--help"], { encoding: "utf8" });
   return /--history-events\b/.test(help) ? ["--history-events", "20000"] : [];
+}
+
+// --- redis-server -------------------------------------------------------------------------------
+
+/** Why the Redis tests cannot run here, or undefined when `redis-server` and `redis-cli` are installed. */
+export function redisMissing() {
+  for (const cmd of ["redis-server", "redis-cli"]) {
+    const r = spawnSync(cmd, ["--version"], { stdio: "ignore" });
+    if (r.error || r.status !== 0) {
+      return `${cmd} is not installed (apt-get install redis-server): the Redis backplane tests need it`;
+    }
+  }
+  return undefined;
+}
+
+/** A free TCP port on 127.0.0.1 (never Redis's usual 6379). */
+async function freePort() {
+  for (;;) {
+    const srv = net.createServer();
+    await new Promise((resolve) => srv.listen(0, "127.0.0.1", resolve));
+    const { port } = srv.address();
+    await new Promise((resolve) => srv.close(resolve));
+    if (port !== 6379) return port;
+  }
+}
+
+/**
+ * Starts a throwaway `redis-server` on a free port of 127.0.0.1, nothing persisted, and resolves
+ * once it accepts connections. `port` restarts one on a known port (its data is gone).
+ */
+export async function startRedis({ port } = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const p = port ?? (await freePort());
+    try {
+      return await spawnRedis(p);
+    } catch (e) {
+      // the port was taken meanwhile (or a restart raced the old process): try again
+      if (attempt >= 10) throw e;
+      await sleep(50);
+    }
+  }
+}
+
+function spawnRedis(port) {
+  return new Promise((resolve, reject) => {
+    const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", os.tmpdir()];
+    const child = spawn("redis-server", args, { stdio: ["ignore", "pipe", "pipe"] });
+    live.add(child);
+    let out = "";
+    let done = false;
+    const timer = setTimeout(() => fail(new Error("redis-server did not start within 10 s")), 10000);
+    function fail(e) {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      try {
+        process.kill(child.pid, "SIGKILL");
+      } catch {
+        // gone
+      }
+      live.delete(child);
+      reject(new Error(`${e.message}\noutput: ${out.slice(-2000)}`));
+    }
+    const onData = (d) => {
+      out += d;
+      if (!done && /Ready to accept connections/.test(out)) {
+        done = true;
+        clearTimeout(timer);
+        resolve(new RedisProcess(child, port));
+      }
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    child.on("exit", (code, signal) => fail(new Error(`redis-server exited (${code ?? signal})`)));
+    child.on("error", (e) => fail(e));
+  });
+}
+
+export class RedisProcess {
+  constructor(child, port) {
+    this.child = child;
+    this.port = port;
+    this.exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+  }
+
+  get url() {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  get running() {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** `redis-cli -p PORT ARGS...`, its output. */
+  cli(...args) {
+    return execFileSync("redis-cli", ["-p", String(this.port), ...args], { encoding: "utf8" }).trim();
+  }
+
+  /** Freezes the process (SIGSTOP): connections stay open and nothing answers. */
+  pause() {
+    process.kill(this.child.pid, "SIGSTOP");
+  }
+
+  /** Lets a paused process go on (SIGCONT). */
+  resume() {
+    process.kill(this.child.pid, "SIGCONT");
+  }
+
+  /** Ends the process by its PID (SIGCONT first, in case it is paused; SIGKILL after 3 s). */
+  async stop(signal = "SIGTERM") {
+    if (this.running) {
+      try {
+        process.kill(this.child.pid, "SIGCONT");
+        process.kill(this.child.pid, signal);
+      } catch {
+        // gone
+      }
+      const t = setTimeout(() => {
+        try {
+          process.kill(this.child.pid, "SIGKILL");
+        } catch {
+          // gone
+        }
+      }, 3000);
+      await this.exited;
+      clearTimeout(t);
+    }
+    live.delete(this.child);
+  }
 }

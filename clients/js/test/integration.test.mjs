@@ -3,7 +3,7 @@
 import { test, describe, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { CortexRealtime } from "../dist/index.js";
-import { startServer, startProxy, makeToken, publish, waitFor, record, chat, sleep } from "./harness.mjs";
+import { startServer, startProxy, makeToken, signToken, publish, waitFor, record, chat, sleep } from "./harness.mjs";
 
 let server;
 let proxy;
@@ -264,6 +264,85 @@ describe("against cortex-realtime", () => {
     assert.equal(r.events[1].epoch, again.epoch);
     assert.equal(r.events[1].offset, again.offset + 1);
     assert.deepEqual(c.position("task:restart"), { offset: r.events[1].offset, epoch: again.epoch });
+  });
+
+  test("a client that stops for good rejects its pending subscribes: 4001, 4002 with a fixed token, close()", { timeout: 30000 }, async () => {
+    // 4001 (an invalid fixed token, first-frame transport)
+    const bad = client({ token: "not.a.token" });
+    const p1 = bad.subscribe("task:never");
+    bad.connect();
+    await assert.rejects(p1, (e) => e.kind === "closed" && e.closeCode === 4001 && e.channelId === "task:never");
+    assert.deepEqual(bad.channels(), ["task:never"], "the subscription is kept for a later connect()");
+
+    // 4002 with a fixed token: the server refuses an expired one (leeway 0 here)
+    const old = client({ token: signToken({ exp: Math.floor(Date.now() / 1000) - 5 }) });
+    const r = record(old);
+    const p2 = old.subscribe("task:never");
+    old.connect();
+    await assert.rejects(p2, (e) => e.kind === "closed" && e.closeCode === 4002);
+    assert.deepEqual(r.errors.map((e) => [e.kind, e.closeCode]), [["auth", 4002]]);
+
+    // close() while connecting, and close() before connect()
+    const c = client();
+    c.connect();
+    const p3 = c.subscribe("task:never");
+    c.close();
+    await assert.rejects(p3, (e) => e.kind === "closed" && e.closeCode === 1000);
+    const idle = client();
+    const p4 = idle.subscribe("task:never");
+    idle.close();
+    await assert.rejects(p4, (e) => e.kind === "closed");
+  });
+
+  test("query transport: an expired fixed token is never sent; auth error and stop", { timeout: 30000 }, async () => {
+    const before = proxy.accepted;
+    const c = client({ tokenTransport: "query", token: signToken({ exp: Math.floor(Date.now() / 1000) - 60 }) });
+    const r = record(c);
+    const p = c.subscribe("task:q");
+    c.connect();
+    await assert.rejects(p, (e) => e.kind === "closed" && e.closeCode === 4002);
+    assert.equal(c.state, "closed");
+    assert.deepEqual(r.errors.map((e) => [e.kind, e.closeCode]), [["auth", 4002]]);
+    assert.equal(r.reconnecting.length, 0);
+    await sleep(300);
+    assert.equal(proxy.accepted, before, "no connection attempt");
+  });
+
+  test("query transport: an expired token from the provider is replaced before connecting", { timeout: 30000 }, async () => {
+    const reasons = [];
+    const before = proxy.accepted;
+    const c = client({
+      tokenTransport: "query",
+      token: async ({ reason }) => {
+        reasons.push(reason);
+        // a stale cached token first
+        return reason === "expired" ? makeToken({ sub: "u_new" }) : signToken({ exp: Math.floor(Date.now() / 1000) - 60 });
+      },
+    });
+    const r = record(c);
+    c.connect();
+    await c.subscribe("task:q2");
+    assert.deepEqual(reasons, ["connect", "expired"]);
+    assert.equal(c.connection.userId, "u_new");
+    assert.equal(proxy.accepted - before, 1);
+    assert.deepEqual(r.errors, []);
+  });
+
+  test("query transport: a token within the 30 s leeway is sent; the server's refusal is a transport error at each attempt", { timeout: 30000 }, async () => {
+    // this server has leeway 0: it refuses (HTTP 401) what the client still sends
+    const token = signToken({ exp: Math.floor(Date.now() / 1000) - 10 });
+    const c = client({ tokenTransport: "query", token });
+    const r = record(c);
+    c.connect();
+    await waitFor(() => r.errors.length >= 2, { what: "two failed attempts" });
+    for (const e of r.errors) {
+      assert.equal(e.kind, "transport");
+      assert.equal(e.closeCode, 1006);
+      assert.match(e.message, /\?token=/);
+      assert.ok(!e.message.includes(token), "the token is never in a message");
+    }
+    assert.ok(r.reconnecting.length >= 2, "it keeps retrying with backoff");
+    c.close();
   });
 
   test("close() ends the connection with 1000 and stops", async () => {

@@ -2,6 +2,10 @@
 // `tsc -p test/tsconfig.json` (no output) before the tests. A type error here fails the tests.
 import {
   CortexRealtime,
+  CortexError,
+  isTokenExpired,
+  tokenExpiresAt,
+  type ErrorKind,
   type CortexEvent,
   type EventOf,
   type EventType,
@@ -77,5 +81,17 @@ client.on("subscribed", (s: SubscribedInfo) => {
 });
 const p: Promise<SubscribedInfo> = client.subscribe("project:p_4", { since: { offset: 41, epoch: "e_b71c" } });
 void p;
+// a subscribe still waiting when the client stops for good rejects with kind "closed"
+p.catch((e: unknown) => {
+  if (e instanceof CortexError && e.kind === "closed") {
+    const code: number | undefined = e.closeCode;
+    void code;
+  }
+});
+const kinds: ErrorKind[] = ["server", "auth", "token", "transport", "closed"];
+void kinds;
+const expired: boolean = isTokenExpired("a.b.c", Date.now());
+const exp: number | undefined = tokenExpiresAt("a.b.c");
+void expired, exp;
 // @ts-expect-error unknown notification
 client.on("nope", () => {});

@@ -3,7 +3,18 @@
 import { test, describe, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Backoff, backoffBound, closeAction, CortexRealtime, CloseCode, EVENT_TYPES, isEventType } from "../dist/index.js";
+import {
+  Backoff,
+  backoffBound,
+  closeAction,
+  CortexRealtime,
+  CloseCode,
+  EVENT_TYPES,
+  isEventType,
+  isTokenExpired,
+  tokenExpiresAt,
+  TOKEN_EXP_LEEWAY_MS,
+} from "../dist/index.js";
 
 describe("backoff", () => {
   test("bounds double from 1 s and stop at 30 s", () => {
@@ -485,4 +496,161 @@ test("a fixed token is never refreshed", async () => {
   await sleep(150);
   assert.equal(s.cmds("refresh").length, 0);
   client.close();
+});
+
+// --- continuity, unavailable, failed attempts, token expiry, stopping -------------------------
+
+/** An unsigned JWT-shaped token with these claims (the client never checks signatures). */
+function jwt(claims) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  return `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}.c2ln`;
+}
+
+describe("token exp (no signature check)", () => {
+  test("reads exp from the base64url JSON payload", () => {
+    assert.equal(tokenExpiresAt(jwt({ sub: "ü_1", exp: 1700000000 })), 1700000000 * 1000);
+    assert.equal(tokenExpiresAt(jwt({ sub: "u" })), undefined, "no exp");
+    assert.equal(tokenExpiresAt(jwt({ exp: "soon" })), undefined, "not a number");
+    assert.equal(tokenExpiresAt("not.a.token"), undefined);
+    assert.equal(tokenExpiresAt("abc"), undefined);
+    assert.equal(tokenExpiresAt("a.!!!.c"), undefined);
+  });
+
+  test("expired only once exp is more than 30 s in the past", () => {
+    const now = 1_800_000_000_000;
+    const at = (s) => jwt({ exp: Math.floor(now / 1000) + s });
+    assert.equal(TOKEN_EXP_LEEWAY_MS, 30000);
+    assert.equal(isTokenExpired(at(60), now), false);
+    assert.equal(isTokenExpired(at(-10), now), false, "within the leeway");
+    assert.equal(isTokenExpired(at(-29), now), false);
+    assert.equal(isTokenExpired(at(-30), now), true);
+    assert.equal(isTokenExpired(at(-3600), now), true);
+    assert.equal(isTokenExpired("opaque-token", now), false, "unknown: the server decides");
+  });
+});
+
+describe("client state machine, continued (fake socket)", { timeout: 20000 }, () => {
+  test("an unsolicited subscribed is reported as a resume that did not recover and moves the position", async () => {
+    const { client, seen } = fakeClient();
+    const s = await connectFake(client, ["task:t_1"]);
+    s.push(ev("task:t_1", 1));
+    s.push({ type: "subscribed", channelId: "task:t_1", offset: 0, epoch: "e_2", recovered: false });
+    assert.deepEqual(seen.subscribed.at(-1), { channelId: "task:t_1", offset: 0, epoch: "e_2", resumed: true, recovered: false });
+    assert.deepEqual(client.position("task:t_1"), { offset: 0, epoch: "e_2" });
+    s.push(ev("task:t_1", 1, "e_2")); // offset 1 again, but of the new epoch: delivered
+    assert.deepEqual(seen.events.map((e) => `${e.epoch}/${e.offset}`), ["e_1/1", "e_2/1"]);
+    // a notice for a channel it is not subscribed to is ignored
+    s.push({ type: "subscribed", channelId: "task:other", offset: 3, epoch: "e_9", recovered: false });
+    assert.equal(seen.subscribed.length, 2);
+    assert.equal(client.position("task:other"), undefined);
+    // the next resume starts from the new position
+    s.serverClose(1006);
+    await until(() => FakeSocket.all.length === 2);
+    const s2 = FakeSocket.last();
+    s2.open();
+    assert.deepEqual(s2.cmds("subscribe")[0].since, { offset: 1, epoch: "e_2" });
+    client.close();
+  });
+
+  test("unavailable: the subscribe is sent again with growing, jittered delays; the promise waits for success", async () => {
+    const draws = [];
+    const { client, seen } = fakeClient({
+      backoff: { baseMs: 30, capMs: 120, random: () => (draws.push(1), 1) },
+    });
+    const s = await connectFake(client);
+    let settled = false;
+    const p = client.subscribe("task:u");
+    p.then(() => (settled = true), () => (settled = true));
+    const sentAt = [];
+    for (let i = 0; i < 4; i++) {
+      await until(() => s.cmds("subscribe").length === i + 1, `subscribe #${i + 1}`, 3000);
+      sentAt.push(Date.now());
+      const cmd = s.cmds("subscribe")[i];
+      s.push({ type: "error", code: "unavailable", message: "the backplane is unavailable", channelId: "task:u", ref: cmd.ref });
+    }
+    await until(() => s.cmds("subscribe").length === 5, "subscribe #5", 3000);
+    sentAt.push(Date.now());
+    const gaps = sentAt.slice(1).map((t, i) => t - sentAt[i]);
+    // random() = 1: the full bound each time, doubling up to the cap
+    for (const [i, min] of [30, 60, 120, 120].entries()) assert.ok(gaps[i] >= min - 2, `gap ${i}: ${gaps[i]} >= ${min}`);
+    assert.equal(draws.length, 4, "each delay drawn from the jittered backoff");
+    assert.equal(settled, false);
+    assert.equal(seen.errors.length, 4);
+    assert.ok(seen.errors.every((e) => e.kind === "server" && e.code === "unavailable"));
+    const last = s.cmds("subscribe")[4];
+    s.push({ type: "subscribed", channelId: "task:u", offset: 4, epoch: "e_1", ref: last.ref });
+    assert.equal((await p).offset, 4);
+    assert.equal(client.state, "connected");
+    client.close();
+  });
+
+  test("every attempt that fails before the socket opened is a transport error naming the usual causes", async () => {
+    const { client, seen } = fakeClient({ tokenTransport: "query" });
+    client.connect();
+    for (let i = 1; i <= 3; i++) {
+      await until(() => FakeSocket.all.length === i, `attempt ${i}`);
+      FakeSocket.last().serverClose(1006); // a refused handshake: no open, close 1006
+    }
+    assert.equal(seen.errors.length, 3);
+    for (const e of seen.errors) {
+      assert.equal(e.kind, "transport");
+      assert.equal(e.closeCode, 1006);
+      assert.match(e.message, /--allowed-origin/);
+      assert.match(e.message, /\?token=/);
+      assert.match(e.message, /down or unreachable/);
+      assert.ok(!/tok\d/.test(e.message), "no token in the message");
+    }
+    assert.equal(seen.reconnecting.length, 3, "it keeps retrying");
+    client.close();
+  });
+
+  test("query transport: an expired fixed token stops before any socket; an expired one from the provider is replaced", async () => {
+    const expired = jwt({ sub: "u", exp: Math.floor(Date.now() / 1000) - 120 });
+    const fixed = fakeClient({ tokenTransport: "query", token: expired });
+    const p = fixed.client.subscribe("task:x");
+    fixed.client.connect();
+    await assert.rejects(p, (e) => e.kind === "closed" && e.closeCode === 4002);
+    assert.equal(FakeSocket.all.length, 0);
+    assert.equal(fixed.seen.errors[0].kind, "auth");
+
+    const reasons = [];
+    const fresh = jwt({ sub: "u", exp: Math.floor(Date.now() / 1000) + 3600 });
+    const prov = fakeClient({
+      tokenTransport: "query",
+      token: async ({ reason }) => (reasons.push(reason), reason === "expired" ? fresh : expired),
+    });
+    prov.client.connect();
+    await until(() => FakeSocket.all.length === 1);
+    assert.deepEqual(reasons, ["connect", "expired"]);
+    assert.ok(FakeSocket.last().url.endsWith(`?token=${fresh}`));
+    prov.client.close();
+
+    // a provider that keeps returning expired tokens: a token error, then backoff
+    const stale = fakeClient({ tokenTransport: "query", token: async () => expired });
+    stale.client.connect();
+    await until(() => stale.seen.reconnecting.length === 1);
+    assert.equal(FakeSocket.all.length, 0);
+    assert.equal(stale.seen.errors[0].kind, "token");
+    assert.ok(stale.seen.reconnecting[0].delayMs > 0);
+    stale.client.close();
+  });
+
+  test("pending subscribes reject (kind closed) when the client stops for good, and are kept", async () => {
+    const { client } = fakeClient({ token: "fixed" });
+    const p = client.subscribe("task:a");
+    client.connect();
+    await until(() => FakeSocket.all.length === 1);
+    const s = FakeSocket.last();
+    s.open();
+    s.serverClose(4001, "invalid token");
+    await assert.rejects(p, (e) => e.kind === "closed" && e.closeCode === 4001 && e.channelId === "task:a");
+    assert.deepEqual(client.channels(), ["task:a"]);
+
+    const b = fakeClient();
+    const q = b.client.subscribe("task:b");
+    b.client.connect();
+    await until(() => FakeSocket.all.length === 1);
+    b.client.close();
+    await assert.rejects(q, (e) => e.kind === "closed" && e.closeCode === 1000);
+  });
 });
