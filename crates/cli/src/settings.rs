@@ -85,8 +85,8 @@ settings! {
             "Bytes of history kept across all channels";
         #[arg(hide_env_values = true)]
         redis: Option<String> => with(|c, url: String| c.redis = Some(RedisConfig::new(url))),
-            "Redis server shared by the nodes (redis://[:PASSWORD@]HOST:PORT); without it (and \
-             without --redis-cluster) the node is alone, in memory";
+            "Redis server shared by the nodes (redis://[:PASSWORD@]HOST:PORT, or rediss:// over \
+             TLS); without it (and without --redis-cluster) the node is alone, in memory";
         #[arg(value_delimiter = ',', hide_env_values = true)]
         redis_cluster: Vec<String> => checked(|c, urls: Vec<String>| {
                 if c.redis.is_some() {
@@ -98,8 +98,8 @@ settings! {
                 c.redis = Some(RedisConfig::cluster(urls));
                 Ok(())
             }),
-            "Seed nodes of a Redis Cluster shared by the nodes (redis://HOST:PORT, repeat or \
-             comma-separate); the rest of the Cluster is found from them";
+            "Seed nodes of a Redis Cluster shared by the nodes (redis://HOST:PORT, or rediss:// \
+             over TLS; repeat or comma-separate); the rest of the Cluster is found from them";
         redis_prefix: Option<String> => with(|c, prefix: String| if let Some(r) = &mut c.redis {
                 r.prefix = prefix
             }),
@@ -118,5 +118,10 @@ settings! {
             }),
             "How long the connections of a node that stopped (it died, or lost Redis) still \
              count against their users' limit across nodes [default: 30s]";
+        redis_tls_ca: Option<PathBuf> => with(|c, ca: PathBuf| if let Some(r) = &mut c.redis {
+                r.tls_ca = Some(ca)
+            }),
+            "PEM file of the CA certificates that a rediss:// Redis's certificate is checked \
+             against; without it, the system's trusted roots";
     }
 }

@@ -3,6 +3,7 @@
 //! [`Config::default`]).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::VerifierConfig;
@@ -49,13 +50,18 @@ pub struct RedisConfig {
     /// How long a connection's lease (its place in its user's count across nodes) lives
     /// unless its node renews it: how long the connections of a node that died still count.
     pub lease_ttl: Duration,
+    /// For `rediss://` URLs (TLS): a PEM file of the CA certificates that Redis's certificate
+    /// is checked against, instead of the system's trusted roots (`None`, the default). Read
+    /// at start; a file that is missing or holds no certificate stops the node from starting.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl RedisConfig {
     /// The default prefix.
     pub const DEFAULT_PREFIX: &'static str = "cortex";
 
-    /// A Redis server at `url` (`redis://HOST:PORT`), with the default prefix and timeout.
+    /// A Redis server at `url` (`redis://HOST:PORT`, or `rediss://HOST:PORT` over TLS), with
+    /// the default prefix and timeout.
     pub fn new(url: impl Into<String>) -> RedisConfig {
         RedisConfig::with(RedisServers::One(url.into()))
     }
@@ -71,6 +77,7 @@ impl RedisConfig {
             prefix: RedisConfig::DEFAULT_PREFIX.into(),
             command_timeout: Duration::from_secs(2),
             lease_ttl: Duration::from_secs(30),
+            tls_ca: None,
         }
     }
 }
@@ -78,10 +85,11 @@ impl RedisConfig {
 /// Which Redis the nodes share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisServers {
-    /// `redis://HOST:PORT` of one Redis server (`serve --redis`).
+    /// `redis://HOST:PORT` of one Redis server (`serve --redis`); `rediss://` over TLS.
     One(String),
     /// `redis://HOST:PORT` of some nodes of a Redis Cluster (`serve --redis-cluster`): the rest
-    /// of the Cluster is found from them.
+    /// of the Cluster is found from them. `rediss://` over TLS (then every one of them: the
+    /// Cluster's nodes answer with their TLS ports when it runs with `tls-cluster yes`).
     Cluster(Vec<String>),
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::redis::{Muffler, Redis, node, ready_is};
+use crate::redis::{Certs, Muffler, Redis, node, ready_at, ready_is};
 use crate::util::*;
 
 /// An event for `task:t_1` of `o_1`.
@@ -583,4 +583,130 @@ async fn connections_per_user_count_across_nodes_and_a_dead_nodes_expire() {
     for c in &mut on_a {
         c.assert_alive().await;
     }
+}
+
+/// `serve` on the Redis at `url` over TLS with `ca` (from the flag, or from `CORTEX_REDIS_TLS_CA`
+/// when `ca_from_env`); its process and address.
+async fn tls_node(
+    url: &str,
+    ca: &std::path::Path,
+    ca_from_env: bool,
+) -> (Proc, std::net::SocketAddr) {
+    let ca = ca.to_str().unwrap();
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--redis", url];
+    let mut env = vec![
+        ("CORTEX_JWT_SECRET", SECRET),
+        ("CORTEX_PUBLISH_KEY", PUBLISH_KEY),
+    ];
+    if ca_from_env {
+        env.push(("CORTEX_REDIS_TLS_CA", ca));
+    } else {
+        args.extend(["--redis-tls-ca", ca]);
+    }
+    let mut p = Proc::spawn(&args, &env);
+    let addr = p.listening().await;
+    (p, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_a_tls_only_redis_deliver_across_nodes_and_a_wrong_ca_is_not_ready() {
+    let certs = Certs::make();
+    // TLS only: no plain port, so every connection the nodes make is over TLS.
+    let redis = Redis::start_tls(&certs);
+    assert!(redis.url().starts_with("rediss://"));
+    let (_a, a) = tls_node(&redis.url(), &certs.ca(), false).await;
+    let (_b, b) = tls_node(&redis.url(), &certs.ca(), true).await;
+    ready_at(a, 200, WAIT).await;
+    ready_at(b, 200, WAIT).await;
+    let (a_ws, b_ws) = (format!("ws://{a}/api/ws"), format!("ws://{b}/api/ws"));
+    let mut on_a = try_client(&a_ws, "u_1", "o_1").await.expect("A admits");
+    let mut on_b = try_client(&b_ws, "u_2", "o_1").await.expect("B admits");
+    assert_eq!(on_a.subscribe("task:t_1").await["type"], "subscribed");
+    assert_eq!(on_b.subscribe("task:t_1").await["type"], "subscribed");
+    for (n, via) in [(1, b), (2, a), (3, b)] {
+        let (status, answer) = publish_to(
+            &format!("http://{via}/api/events"),
+            PUBLISH_KEY,
+            task_event(n),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(
+            answer["recipients"], 1,
+            "this node's own subscriber: {answer}"
+        );
+    }
+    let mut seen = Vec::new();
+    for c in [&mut on_a, &mut on_b] {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let e = c.recv().await;
+            got.push((
+                e["payload"]["n"].as_u64().unwrap(),
+                e["offset"].as_u64().unwrap(),
+                e["epoch"].as_str().unwrap().to_owned(),
+            ));
+        }
+        seen.push(got);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the same events, offsets and epoch on both nodes"
+    );
+    assert_eq!(
+        seen[0].iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(),
+        [(1, 1), (2, 2), (3, 3)]
+    );
+    // Both kinds of connection of both nodes are there: commands and pub/sub.
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    let pubsub = clients
+        .lines()
+        .filter(|l| l.contains("sub=1") || l.contains("flags=P"))
+        .count();
+    assert!(pubsub >= 2, "a pub/sub connection per node:\n{clients}");
+
+    // A node given a CA that did not sign Redis's certificate: it starts, and is not ready (its
+    // handshakes fail), and it keeps running, saying why.
+    let other = Certs::make();
+    let (mut wrong, w) = tls_node(&redis.url(), &other.ca(), false).await;
+    let (status, _) = get(&format!("http://{w}/healthz")).await;
+    assert_eq!(status, 200, "alive");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ready_at(w, 503, WAIT).await;
+    let (status, answer) = publish_to(
+        &format!("http://{w}/api/events"),
+        PUBLISH_KEY,
+        task_event(4),
+    )
+    .await;
+    assert_eq!(status, 503, "{answer}");
+    let mut c = try_client(&format!("ws://{w}/api/ws"), "u_3", "o_1")
+        .await
+        .expect("connections are still let in");
+    assert_eq!(c.subscribe("task:t_1").await["code"], "unavailable");
+    assert!(
+        wrong.stderr().contains("redis connect failed")
+            && wrong.stderr().contains("invalid peer certificate"),
+        "{}",
+        wrong.stderr()
+    );
+    assert_eq!(
+        get(&format!("http://{w}/healthz")).await.0,
+        200,
+        "still running"
+    );
+    wrong.kill();
+    // The others never noticed.
+    on_a.assert_alive().await;
+    assert_eq!(
+        publish_to(
+            &format!("http://{a}/api/events"),
+            PUBLISH_KEY,
+            task_event(5)
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(on_b.recv().await["payload"]["n"], 5);
 }

@@ -970,3 +970,69 @@ async fn serve_reads_redis_cluster_from_every_layer_and_refuses_it_with_redis() 
         "from the environment: {err}"
     );
 }
+
+/// TLS to Redis that cannot be set up stops `serve`, saying why, before anything listens: a CA
+/// file (from the flag, `CORTEX_REDIS_TLS_CA` or the config file) that is missing or holds no
+/// certificate, a CA file for a `redis://` URL, seed nodes that mix the schemes, `#insecure`.
+#[tokio::test]
+async fn serve_refuses_tls_to_redis_it_cannot_set_up_and_says_why() {
+    let missing = temp_path("no-such-ca.pem");
+    let not_pem = temp_path("not-a-ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let (missing, not_pem_s) = (missing.to_str().unwrap(), not_pem.to_str().unwrap());
+    let mut base = vec!["serve"];
+    base.extend(MINIMAL);
+    let tls = "rediss://127.0.0.1:1";
+    for (ca, why) in [
+        (missing, "No such file"),
+        (not_pem_s, "no PEM certificate in it"),
+    ] {
+        let mut args = base.clone();
+        args.extend(["--redis", tls, "--redis-tls-ca", ca]);
+        let err = refused_start(&args, &[]).await;
+        assert!(err.contains(ca) && err.contains(why), "{ca}: {err}");
+        let mut args = base.clone();
+        args.extend(["--redis-cluster", tls]);
+        let err = refused_start(&args, &[("CORTEX_REDIS_TLS_CA", ca)]).await;
+        assert!(err.contains(why), "{ca} from the environment: {err}");
+    }
+    let path = temp_path("tls-ca.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "jwt_secret = \"s\"\npublish_key = [\"k\"]\nlisten = \"127.0.0.1:0\"\n\
+             redis = \"{tls}\"\nredis_tls_ca = \"{missing}\"\n"
+        ),
+    )
+    .unwrap();
+    let err = refused_start(&["serve", "--config", path.to_str().unwrap()], &[]).await;
+    assert!(err.contains(missing), "from the config file: {err}");
+    let _ = std::fs::remove_file(path);
+
+    let mut args = base.clone();
+    args.extend([
+        "--redis",
+        "redis://127.0.0.1:1",
+        "--redis-tls-ca",
+        not_pem_s,
+    ]);
+    let err = refused_start(&args, &[]).await;
+    assert!(err.contains("is not rediss://"), "a CA without TLS: {err}");
+
+    let mut args = base.clone();
+    args.extend([
+        "--redis-cluster",
+        "rediss://127.0.0.1:1,redis://127.0.0.1:2",
+    ]);
+    let err = refused_start(&args, &[]).await;
+    assert!(
+        err.contains("redis://127.0.0.1:2: the seed nodes mix redis:// and rediss://"),
+        "{err}"
+    );
+
+    let mut args = base.clone();
+    args.extend(["--redis", "rediss://127.0.0.1:1/#insecure"]);
+    let err = refused_start(&args, &[]).await;
+    assert!(err.contains("#insecure"), "{err}");
+    let _ = std::fs::remove_file(not_pem);
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::redis::{Cluster, cluster_node, ready_is};
+use crate::redis::{Certs, Cluster, cluster_node, ready_is};
 use crate::util::*;
 
 fn org_event(org: &str, n: u64) -> Value {
@@ -224,4 +224,54 @@ async fn a_slot_moved_while_events_flow_loses_nothing() {
         last = offset;
     }
     c.silent_for(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_a_tls_only_cluster_deliver_on_every_shard_across_nodes() {
+    let certs = Certs::make();
+    let ca = certs.ca();
+    // TLS only, clients and bus alike: `CLUSTER SLOTS` names the masters' TLS ports, and the
+    // node's own pub/sub connections to each master are over TLS too.
+    let cluster = Cluster::start_tls(certs);
+    assert!(cluster.urls().iter().all(|u| u.starts_with("rediss://")));
+    let orgs = cluster.org_per_shard();
+    let tls_node = || {
+        let mut r = cortex_realtime::RedisConfig::cluster(cluster.urls());
+        r.tls_ca = Some(ca.clone());
+        let mut c = config();
+        c.redis = Some(r);
+        TestServer::with(c)
+    };
+    let (a, b) = (tls_node().await, tls_node().await);
+    ready_is(&a, 200, Duration::from_secs(10)).await;
+    ready_is(&b, 200, Duration::from_secs(10)).await;
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for org in &orgs {
+        let mut c = a.client("u_1", org).await;
+        assert_eq!(c.subscribe("task:t_1").await["type"], "subscribed");
+        on_a.push(c);
+        let mut c = b.client("u_2", org).await;
+        assert_eq!(c.subscribe("task:t_1").await["type"], "subscribed");
+        on_b.push(c);
+    }
+    for org in &orgs {
+        for (n, via) in [(1, &a), (2, &b)] {
+            let (status, answer) = via.publish(org_event(org, n)).await;
+            assert_eq!(status, 202, "{org}: {answer}");
+            assert_eq!(answer["recipients"], 1, "{answer}");
+        }
+    }
+    for (i, org) in orgs.iter().enumerate() {
+        for c in [&mut on_a[i], &mut on_b[i]] {
+            for n in 1..=2 {
+                let e = c.recv().await;
+                assert_eq!(
+                    (e["payload"]["n"].as_u64(), e["offset"].as_u64()),
+                    (Some(n), Some(n)),
+                    "{org}: {e}"
+                );
+            }
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! Real `redis-server`s of the tests' own, on free ports (never the machine's Redis on 6379):
 //! one server, or a Redis Cluster made with `redis-cli --cluster create`, which a test can
-//! kill, pause, flush and start again; and nodes on them.
+//! kill, pause, flush and start again, in plain TCP or over TLS only ([`Certs`]); and nodes on
+//! them.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,10 +12,98 @@ use cortex_realtime::RedisConfig;
 
 use crate::util::*;
 
+/// A CA and a certificate it signed for 127.0.0.1 and localhost (server and client use, as a
+/// Cluster's nodes are each other's clients), made with the `openssl` command in a directory of
+/// the test's own; removed when dropped.
+pub struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    pub fn make() -> Certs {
+        let dir = temp_path("certs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .current_dir(&dir)
+                .args(args)
+                .output()
+                .expect("openssl runs");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        let p256 = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &p256,
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+                &["-subj", "/CN=cortex-realtime test CA", "-days", "2"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &p256,
+                &["-keyout", "server.key", "-out", "server.csr"],
+                &["-subj", "/CN=127.0.0.1"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n\
+             keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth, clientAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ]);
+        Certs { dir }
+    }
+
+    /// The CA's certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A `redis-server` of the test's own, on `port`; killed when dropped.
 pub struct Redis {
     child: Child,
     pub port: u16,
+    /// Over TLS only (no plain port): the CA that signed its certificate.
+    ca: Option<PathBuf>,
 }
 
 impl Redis {
@@ -27,19 +117,42 @@ impl Redis {
 
     /// Starts one on `port` and waits until it answers.
     pub fn start_on(port: u16) -> Redis {
-        Redis::start_with(port, &[])
+        Redis::start_with(port, None, &[])
     }
 
-    fn start_with(port: u16, extra: &[&str]) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
+    /// Starts one that speaks TLS only, on a free port, with the certificate of `certs` (and no
+    /// client certificate asked for).
+    pub fn start_tls(certs: &Certs) -> Redis {
+        Redis::start_with(Redis::free_port(), Some(certs), &[])
+    }
+
+    /// On `port`, in plain TCP, or with `tls` over TLS only (`--port 0`).
+    fn start_with(port: u16, tls: Option<&Certs>, extra: &[&str]) -> Redis {
+        let port_arg = port.to_string();
+        let (cert, key, ca) = match tls {
+            Some(c) => (c.file("server.pem"), c.file("server.key"), c.file("ca.pem")),
+            None => Default::default(),
+        };
+        let listen: Vec<&str> = match tls {
+            None => vec!["--port", &port_arg],
+            Some(_) => vec![
                 "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+                "0",
+                "--tls-port",
+                &port_arg,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+        };
+        let child = Command::new("redis-server")
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no", "--protected-mode", "no"])
             .args(extra)
             .stdout(Stdio::null())
@@ -54,21 +167,36 @@ impl Redis {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis { child, port }
+        Redis {
+            child,
+            port,
+            ca: tls.map(Certs::ca),
+        }
     }
 
     pub fn start() -> Redis {
         Redis::start_on(Redis::free_port())
     }
 
+    /// `redis://`, or `rediss://` when it speaks TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli`'s arguments for TLS with its CA, when it speaks TLS.
+    fn tls_args(&self) -> Vec<String> {
+        match &self.ca {
+            Some(ca) => vec!["--tls".into(), "--cacert".into(), ca.display().to_string()],
+            None => Vec::new(),
+        }
     }
 
     /// Runs `redis-cli` against it; what it printed.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(self.tls_args())
             .args(args)
             .output()
             .expect("redis-cli runs");
@@ -108,9 +236,14 @@ pub async fn node(url: &str) -> TestServer {
 
 /// Waits until `/readyz` answers `want`.
 pub async fn ready_is(s: &TestServer, want: u16, within: Duration) {
+    ready_at(s.addr, want, within).await;
+}
+
+/// Waits until `/readyz` of the node listening on `addr` answers `want`.
+pub async fn ready_at(addr: SocketAddr, want: u16, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let (status, _) = get(&s.http("/readyz")).await;
+        let (status, _) = get(&format!("http://{addr}/readyz")).await;
         if status == want {
             return;
         }
@@ -127,6 +260,8 @@ pub async fn ready_is(s: &TestServer, want: u16, within: Duration) {
 pub struct Cluster {
     pub masters: Vec<Redis>,
     dir: std::path::PathBuf,
+    /// Over TLS only (bus and clients): its certificates.
+    tls: Option<Certs>,
 }
 
 impl Cluster {
@@ -143,44 +278,64 @@ impl Cluster {
         }
     }
 
-    fn start_node(dir: &std::path::Path, port: u16) -> Redis {
+    fn start_node(dir: &Path, port: u16, tls: Option<&Certs>) -> Redis {
         let conf = dir.join(format!("nodes-{port}.conf"));
+        let tls_bus: &[&str] = match tls {
+            Some(_) => &["--tls-cluster", "yes", "--tls-replication", "yes"],
+            None => &[],
+        };
         Redis::start_with(
             port,
+            tls,
             &[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                conf.to_str().unwrap(),
-                "--cluster-node-timeout",
-                "1000",
-                "--cluster-require-full-coverage",
-                "no",
-                "--dir",
-                dir.to_str().unwrap(),
-            ],
+                tls_bus,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                    "--dir",
+                    dir.to_str().unwrap(),
+                ],
+            ]
+            .concat(),
         )
     }
 
     /// Starts three masters and joins them with `redis-cli --cluster create`.
     pub fn start() -> Cluster {
+        Cluster::start_with(None)
+    }
+
+    /// Starts three masters that speak TLS only, to clients and to each other (`tls-cluster`,
+    /// so `CLUSTER SLOTS` names their TLS ports), with the certificate of `certs`.
+    pub fn start_tls(certs: Certs) -> Cluster {
+        Cluster::start_with(Some(certs))
+    }
+
+    fn start_with(tls: Option<Certs>) -> Cluster {
         let dir = temp_path("redis-cluster");
         std::fs::create_dir_all(&dir).unwrap();
         let masters: Vec<Redis> = (0..3)
-            .map(|_| Cluster::start_node(&dir, Cluster::free_pair()))
+            .map(|_| Cluster::start_node(&dir, Cluster::free_pair(), tls.as_ref()))
             .collect();
         let addrs: Vec<String> = masters
             .iter()
             .map(|m| format!("127.0.0.1:{}", m.port))
             .collect();
         let out = Command::new("redis-cli")
+            .args(masters[0].tls_args())
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
         assert!(out.status.success(), "redis-cli --cluster create: {out:?}");
-        let cluster = Cluster { masters, dir };
+        let cluster = Cluster { masters, dir, tls };
         cluster.wait_ok();
         cluster
     }
@@ -241,7 +396,7 @@ impl Cluster {
     /// Starts master `i` again on its port, with its cluster config (it rejoins, empty).
     pub fn restart(&mut self, i: usize) {
         let port = self.masters[i].port;
-        self.masters[i] = Cluster::start_node(&self.dir, port);
+        self.masters[i] = Cluster::start_node(&self.dir, port, self.tls.as_ref());
         self.wait_ok();
     }
 }

@@ -29,7 +29,7 @@ const REDIRECT_WAIT: Duration = Duration::from_millis(50);
 /// Where the commands go.
 pub(crate) enum Target {
     /// One Redis server.
-    One(Client),
+    One(Box<Client>),
     /// A Redis Cluster.
     Cluster(Box<ClusterClient>),
 }
@@ -170,7 +170,8 @@ impl Link {
         self.lost.notify_one();
     }
 
-    async fn connect(&self) -> Option<Conn> {
+    /// Connects within the timeout; why not, when it failed.
+    async fn connect(&self) -> Result<Conn, String> {
         let attempt = async {
             match &self.target {
                 Target::One(client) => client
@@ -181,12 +182,9 @@ impl Link {
             }
         };
         match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(conn)) => Some(conn),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "redis connect failed");
-                None
-            }
-            Err(_) => None,
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
         }
     }
 
@@ -196,14 +194,22 @@ impl Link {
     /// connection, once made, is kept: redis-rs reconnects to each master itself.
     pub(crate) async fn maintain(&self, stop: CancellationToken) {
         let mut backoff = Reconnect::new();
+        // The last reason a connect failed, told once (a bad certificate, a refused port).
+        let mut failing: Option<String> = None;
         loop {
             let connected = tokio::select! {
                 _ = stop.cancelled() => return,
                 c = self.connect() => c,
             };
             let pinged = match connected {
-                Some(mut conn) => (self.is_cluster() || ping(&mut conn).await).then_some(conn),
-                None => None,
+                Ok(mut conn) => (self.is_cluster() || ping(&mut conn).await).then_some(conn),
+                Err(why) => {
+                    if failing.as_ref() != Some(&why) {
+                        tracing::warn!(error = %why, "redis connect failed");
+                        failing = Some(why);
+                    }
+                    None
+                }
             };
             let Some(conn) = pinged else {
                 if !backoff.wait(&stop).await {
@@ -216,6 +222,7 @@ impl Link {
             self.up.store(true, Ordering::Release);
             tracing::info!("redis connected");
             backoff.reset();
+            failing = None;
             if self.is_cluster() {
                 stop.cancelled().await;
                 return;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::keys::Keys;
 use super::pubsub::{self, Reply, Server};
 use super::reconnect::Reconnect;
+use super::tls::Tls;
 
 /// How long an org nobody here holds any more stays subscribed.
 pub(crate) const LINGER: Duration = Duration::from_secs(2);
@@ -59,6 +60,8 @@ struct State {
 /// The pub/sub connection to one server.
 pub(crate) struct Listener {
     server: Server,
+    /// How a `rediss://` server is reached.
+    tls: Option<Tls>,
     keys: Keys,
     sharded: bool,
     timeout: Duration,
@@ -77,11 +80,18 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// A listener of `server`, not connected yet ([`Listener::run`] connects it); `sharded` for
-    /// a Cluster's sharded pub/sub (`SSUBSCRIBE`).
-    pub(crate) fn new(server: Server, keys: Keys, sharded: bool, timeout: Duration) -> Listener {
+    /// A listener of `server` (over TLS with `tls` when it is `rediss://`), not connected yet
+    /// ([`Listener::run`] connects it); `sharded` for a Cluster's sharded pub/sub (`SSUBSCRIBE`).
+    pub(crate) fn new(
+        server: Server,
+        tls: Option<Tls>,
+        keys: Keys,
+        sharded: bool,
+        timeout: Duration,
+    ) -> Listener {
         Listener {
             server,
+            tls,
             keys,
             sharded,
             timeout,
@@ -151,15 +161,28 @@ impl Listener {
     /// Keeps the connection up and subscribed to the wanted orgs until `stop`.
     pub(crate) async fn run(&self, stop: CancellationToken, hooks: &Hooks) {
         let mut backoff = Reconnect::new();
+        // The last reason a connect failed, told once (a bad certificate, a refused port).
+        let mut failing: Option<String> = None;
         loop {
+            let connect = pubsub::connect(&self.server, self.tls.as_ref());
             let connected = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = tokio::time::timeout(self.timeout, pubsub::connect(&self.server)) => {
-                    r.ok().and_then(Result::ok)
-                }
+                r = tokio::time::timeout(self.timeout, connect) => match r {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(e)) => {
+                        let why = e.to_string();
+                        if failing.as_ref() != Some(&why) {
+                            tracing::warn!(server = %self.server.addr(), error = %why, "redis pub/sub connect failed");
+                            failing = Some(why);
+                        }
+                        None
+                    }
+                    Err(_) => None,
+                },
             };
             if let Some((writer, reader)) = connected {
                 backoff.reset();
+                failing = None;
                 {
                     let mut s = self.state();
                     s.requested.clear();

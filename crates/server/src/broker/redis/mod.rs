@@ -9,6 +9,9 @@
 //! its own events to come back before it answers a publish, so `recipients` still counts this
 //! node's deliveries.
 //!
+//! Over TLS when the URLs are `rediss://` ([`tls`]: the roots are read once, at start, and serve
+//! both redis-rs's connections and the pub/sub ones).
+//!
 //! Commands go over one multiplexed connection ([`link`]), each bounded by a timeout; an
 //! unreachable Redis makes the node not ready (503 for publishes, `unavailable` for
 //! subscribes) and never blocks it. An idempotency key claimed by a script whose answer was
@@ -24,6 +27,7 @@ pub(crate) mod pubsub;
 pub(crate) mod reconnect;
 pub(crate) mod scripts;
 pub(crate) mod shards;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +38,7 @@ use cortex_protocol::{ChannelId, EventType, Since};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use redis::cluster::ClusterClient;
-use redis::{Client, Script, Value};
+use redis::{Client, Script, TlsCertificates, Value};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
@@ -53,6 +57,7 @@ use link::{Link, Target};
 use listener::Hooks;
 use pubsub::Server;
 use shards::{Range, Shards};
+use tls::{BadTls, Tls};
 
 /// How long a channel's epoch and offset outlive its last event: far longer than its history,
 /// so a client that resumes within the history's age finds the same epoch.
@@ -161,28 +166,51 @@ pub(crate) struct RedisBroker {
     stop: CancellationToken,
 }
 
-/// The Redis URL could not be read.
+/// The Redis settings cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("bad Redis URL (redis://HOST:PORT): {0}")]
-pub(crate) struct BadRedisUrl(String);
+pub(crate) enum BadRedis {
+    /// A URL could not be read, or the URLs do not go together.
+    #[error("bad Redis URL (redis://HOST:PORT, or rediss://HOST:PORT over TLS): {0}")]
+    Url(String),
+    /// TLS was asked for and cannot be set up.
+    #[error(transparent)]
+    Tls(#[from] BadTls),
+}
 
-/// A Redis URL read: its client, and the server (address and credentials) it names.
-fn open(url: &str) -> Result<(Client, Server), BadRedisUrl> {
+/// Whether `url` is reached over TLS, from its scheme.
+fn over_tls(url: &str) -> Result<bool, BadRedis> {
     if url.starts_with("rediss://") {
-        return Err(BadRedisUrl(format!(
-            "{url}: TLS to Redis (rediss://) is not supported by this build yet; \
-             reach Redis over a TLS tunnel (stunnel, a sidecar) with redis://"
-        )));
-    }
-    if !url.starts_with("redis://") {
-        return Err(BadRedisUrl(format!(
+        Ok(true)
+    } else if url.starts_with("redis://") {
+        Ok(false)
+    } else {
+        Err(BadRedis::Url(format!(
             "{url}: the scheme must be redis or rediss"
-        )));
+        )))
     }
-    let client = Client::open(url).map_err(|e| BadRedisUrl(format!("{url}: {e}")))?;
+}
+
+/// A Redis URL read: its client (over TLS with `certificates` for a `rediss://` URL), and the
+/// server (address, credentials, TLS) it names.
+fn open(url: &str, certificates: Option<&TlsCertificates>) -> Result<(Client, Server), BadRedis> {
+    let bad = |e: redis::RedisError| BadRedis::Url(format!("{url}: {e}"));
+    let client = match certificates {
+        Some(c) if url.starts_with("rediss://") => {
+            Client::build_with_tls(url, c.clone()).map_err(bad)?
+        }
+        _ => Client::open(url).map_err(bad)?,
+    };
     let info = client.get_connection_info();
-    let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
-        return Err(BadRedisUrl(format!("{url}: not a TCP address")));
+    let (host, port, tls) = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host, port, false),
+        redis::ConnectionAddr::TcpTls { insecure: true, .. } => {
+            return Err(BadRedis::Url(format!(
+                "{url}: #insecure (TLS that does not check Redis's certificate) is not \
+                 supported: give the CA file that signed Redis's certificate instead"
+            )));
+        }
+        redis::ConnectionAddr::TcpTls { host, port, .. } => (host, port, true),
+        _ => return Err(BadRedis::Url(format!("{url}: not a TCP address"))),
     };
     let settings = info.redis_settings();
     let server = Server {
@@ -190,8 +218,37 @@ fn open(url: &str) -> Result<(Client, Server), BadRedisUrl> {
         port: *port,
         username: settings.username().map(str::to_owned),
         password: settings.password().map(str::to_owned),
+        tls,
     };
     Ok((client, server))
+}
+
+/// Whether the URLs of `config` are `rediss://` (all of them, or none: refused when mixed), and
+/// then how TLS is set up: for the node's own connections, and for redis-rs's.
+fn tls_of(config: &RedisConfig) -> Result<Option<(Tls, TlsCertificates)>, BadRedis> {
+    let urls = match &config.servers {
+        RedisServers::One(url) => std::slice::from_ref(url),
+        RedisServers::Cluster(urls) => urls.as_slice(),
+    };
+    let mut tls = None;
+    for url in urls {
+        let this = over_tls(url)?;
+        if *tls.get_or_insert(this) != this {
+            return Err(BadRedis::Url(format!(
+                "{url}: the seed nodes mix redis:// and rediss://: give every one rediss:// \
+                 (TLS) or every one redis://"
+            )));
+        }
+    }
+    match (tls.unwrap_or(false), &config.tls_ca) {
+        (true, ca) => Ok(Some(Tls::load(ca.as_deref())?)),
+        (false, Some(ca)) => Err(BadRedis::Tls(BadTls(format!(
+            "the CA file {} is given but {} is not rediss://: use rediss:// for TLS to Redis",
+            ca.display(),
+            config.servers
+        )))),
+        (false, None) => Ok(None),
+    }
 }
 
 impl RedisBroker {
@@ -202,28 +259,33 @@ impl RedisBroker {
         config: &RedisConfig,
         retention: Retention,
         window: Duration,
-    ) -> Result<RedisBroker, BadRedisUrl> {
+    ) -> Result<RedisBroker, BadRedis> {
         let timeout = config.command_timeout;
+        let (tls, certificates) = tls_of(config)?.unzip();
         let (target, seed, sharded) = match &config.servers {
             RedisServers::One(url) => {
-                let (client, server) = open(url)?;
-                (Target::One(client), server, false)
+                let (client, server) = open(url, certificates.as_ref())?;
+                (Target::One(Box::new(client)), server, false)
             }
             RedisServers::Cluster(urls) => {
                 let Some(first) = urls.first() else {
-                    return Err(BadRedisUrl("no Cluster seed node given".into()));
+                    return Err(BadRedis::Url("no Cluster seed node given".into()));
                 };
                 let mut seed = None;
                 for url in urls {
-                    let (_, server) = open(url)?;
+                    let (_, server) = open(url, certificates.as_ref())?;
                     seed.get_or_insert(server);
                 }
-                let client = ClusterClient::builder(urls.clone())
+                let mut builder = ClusterClient::builder(urls.clone())
                     .retries(0)
                     .connection_timeout(timeout)
-                    .response_timeout(timeout)
+                    .response_timeout(timeout);
+                if let Some(c) = certificates {
+                    builder = builder.certs(c);
+                }
+                let client = builder
                     .build()
-                    .map_err(|e| BadRedisUrl(format!("{first}: {e}")))?;
+                    .map_err(|e| BadRedis::Url(format!("{first}: {e}")))?;
                 (
                     Target::Cluster(Box::new(client)),
                     seed.expect("one seed at least"),
@@ -235,7 +297,14 @@ impl RedisBroker {
         let stop = CancellationToken::new();
         let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
             link: Link::new(target, timeout),
-            shards: Shards::new(keys.clone(), sharded, timeout, hooks(me), stop.clone()),
+            shards: Shards::new(
+                keys.clone(),
+                sharded,
+                tls.clone(),
+                timeout,
+                hooks(me),
+                stop.clone(),
+            ),
             publish_command: if sharded { "SPUBLISH" } else { "PUBLISH" },
             held: Mutex::new(HashMap::new()),
             sink,

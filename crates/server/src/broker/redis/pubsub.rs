@@ -4,13 +4,15 @@
 //! pub/sub resubscribes on its own; here nothing is read ahead of the caller, so a node that
 //! falls behind leaves messages in the socket (TCP pushes back on Redis, which drops a pub/sub
 //! client past its `client-output-buffer-limit`, a loss the node then sees and reconciles).
-//! Bytes only: it knows nothing of orgs or events.
+//! Bytes only: it knows nothing of orgs or events. Over TLS when the server's URL is
+//! `rediss://` ([`Tls`]).
 
 use std::io;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::tls::Tls;
 
 /// The largest message accepted (a publish body is far smaller).
 const MAX_BULK: usize = 64 << 20;
@@ -24,6 +26,8 @@ pub(crate) struct Server {
     pub(crate) port: u16,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
+    /// Reached over TLS (`rediss://`).
+    pub(crate) tls: bool,
 }
 
 impl Server {
@@ -55,19 +59,38 @@ enum Item {
 }
 
 /// The writing half.
-pub(crate) struct Writer(OwnedWriteHalf);
+pub(crate) struct Writer(Box<dyn AsyncWrite + Send + Unpin>);
 
 /// The reading half.
 pub(crate) struct Reader {
-    r: BufReader<OwnedReadHalf>,
+    r: BufReader<Box<dyn AsyncRead + Send + Unpin>>,
     line: Vec<u8>,
 }
 
-/// Connects (and authenticates when `server` has a password).
-pub(crate) async fn connect(server: &Server) -> io::Result<(Writer, Reader)> {
+/// Connects (over TLS with `tls` when `server` says so) and authenticates when `server` has
+/// a password.
+pub(crate) async fn connect(server: &Server, tls: Option<&Tls>) -> io::Result<(Writer, Reader)> {
     let stream = TcpStream::connect((server.host.as_str(), server.port)).await?;
     stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
+    let (r, w): (
+        Box<dyn AsyncRead + Send + Unpin>,
+        Box<dyn AsyncWrite + Send + Unpin>,
+    ) = match (server.tls, tls) {
+        (false, _) => {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        (true, Some(tls)) => {
+            let (r, w) = tokio::io::split(tls.connect(&server.host, stream).await?);
+            (Box::new(r), Box::new(w))
+        }
+        (true, None) => {
+            return Err(io::Error::other(format!(
+                "{}: TLS asked without its roots",
+                server.addr()
+            )));
+        }
+    };
     let (mut w, mut r) = (
         Writer(w),
         Reader {
@@ -99,7 +122,9 @@ impl Writer {
             buf.extend_from_slice(a);
             buf.extend_from_slice(b"\r\n");
         }
-        self.0.write_all(&buf).await
+        self.0.write_all(&buf).await?;
+        // TLS holds records back until flushed.
+        self.0.flush().await
     }
 }
 
@@ -232,8 +257,9 @@ mod tests {
             port: addr.port(),
             username: None,
             password: None,
+            tls: false,
         };
-        let (_w, mut r) = connect(&server).await.unwrap();
+        let (_w, mut r) = connect(&server, None).await.unwrap();
         let mut out = Vec::new();
         loop {
             let reply = r.read().await;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::keys::{self, Keys};
 use super::listener::{Hooks, Listener};
 use super::pubsub::Server;
+use super::tls::Tls;
 
 /// How often a Cluster's slot map is read again.
 pub(crate) const REFRESH: Duration = Duration::from_secs(5);
@@ -45,6 +46,8 @@ struct State {
 pub(crate) struct Shards {
     keys: Keys,
     sharded: bool,
+    /// How `rediss://` servers are reached.
+    tls: Option<Tls>,
     timeout: Duration,
     hooks: Arc<Hooks>,
     stop: CancellationToken,
@@ -55,10 +58,12 @@ pub(crate) struct Shards {
 
 impl Shards {
     /// Listeners for the servers of `ranges` (one range over every slot for one server;
-    /// none yet for a Cluster whose slot map is still to be read), for orgs named by `keys`.
+    /// none yet for a Cluster whose slot map is still to be read), for orgs named by `keys`;
+    /// `tls` for servers reached over TLS.
     pub(crate) fn new(
         keys: Keys,
         sharded: bool,
+        tls: Option<Tls>,
         timeout: Duration,
         hooks: Hooks,
         stop: CancellationToken,
@@ -66,6 +71,7 @@ impl Shards {
         Shards {
             keys,
             sharded,
+            tls,
             timeout,
             hooks: Arc::new(hooks),
             stop,
@@ -181,6 +187,7 @@ impl Shards {
             }
             let listener = Arc::new(Listener::new(
                 server,
+                self.tls.clone(),
                 self.keys.clone(),
                 self.sharded,
                 self.timeout,
@@ -217,8 +224,9 @@ impl Shards {
     }
 }
 
-/// The ranges of a `CLUSTER SLOTS` answer; `template` gives the credentials, and the host for
-/// a master that names none.
+/// The ranges of a `CLUSTER SLOTS` answer; `template` gives the credentials and whether TLS is
+/// used (a Cluster with `tls-cluster yes` answers with its TLS ports), and the host for a master
+/// that names none.
 pub(crate) fn parse_slots(answer: &redis::Value, template: &Server) -> Option<Vec<Range>> {
     use redis::Value;
     let Value::Array(entries) = answer else {
@@ -264,6 +272,7 @@ mod tests {
             port,
             username: None,
             password: Some("pw".into()),
+            tls: true,
         }
     }
 
