@@ -4,6 +4,16 @@
 //
 //   node server.js PORT        listen on 127.0.0.1:PORT (0: any free port), then print
 //                              exactly one line `listening on 127.0.0.1:<real port>` to stdout
+//   node server.js PORT --redis redis://127.0.0.1:P [--redis-streams]
+//                              the same, one node of several sharing rooms through that Redis
+//                              (connected before it listens; 10 s at most, else exit 1):
+//                              --redis alone: @socket.io/redis-adapter (Redis pub/sub; an event
+//                              reaches the nodes connected at that moment, nothing is recovered);
+//                              with --redis-streams: @socket.io/redis-streams-adapter (one Redis
+//                              stream, at most ~10,000 entries) and connectionStateRecovery (2 min),
+//                              so a client that reconnects with its pid and last offset is sent
+//                              what it missed; every event then carries its offset as a last
+//                              argument: 42["event","<body>","<offset>"].
 //
 // Rooms are channels. Clients speak engine.io v4 / socket.io v5 over a plain WebSocket at
 // /socket.io/?EIO=4&transport=websocket (no HTTP long-polling, no permessage-deflate):
@@ -19,7 +29,8 @@
 // HTTP:
 //   POST /publish?room=R   text body (at most 65536 bytes, else 413), emitted to room R as
 //                          `event` with the body as a string; 202 {"recipients":N}, N the
-//                          room's size at emit time. 400 without a room, 405 for other methods.
+//                          room's size at emit time (with --redis: its members on this node
+//                          only). 400 without a room, 405 for other methods.
 //   anything else          404
 //
 // SIGTERM / SIGINT: close every connection and exit 0.
@@ -31,12 +42,29 @@ const { Server } = require('socket.io');
 const HOST = '127.0.0.1';
 const MAX_BODY = 65536;
 
-const portArg = process.argv[2];
-const port = Number(portArg);
-if (portArg === undefined || !/^\d+$/.test(portArg) || port > 65535) {
-  process.stderr.write('usage: node server.js PORT   (0-65535; 0 picks a free port)\n');
+const USAGE =
+  'usage: node server.js PORT [--redis redis://HOST:PORT [--redis-streams]]   (PORT 0-65535; 0 picks a free port)\n';
+function usage() {
+  process.stderr.write(USAGE);
   process.exit(2);
 }
+const portArg = process.argv[2];
+const port = Number(portArg);
+if (portArg === undefined || !/^\d+$/.test(portArg) || port > 65535) usage();
+let redisUrl = null;
+let redisStreams = false;
+for (let i = 3; i < process.argv.length; i++) {
+  const arg = process.argv[i];
+  if (arg === '--redis' && i + 1 < process.argv.length) {
+    redisUrl = process.argv[++i];
+  } else if (arg === '--redis-streams') {
+    redisStreams = true;
+  } else {
+    usage();
+  }
+}
+if (redisStreams && redisUrl === null) usage();
+if (redisUrl !== null && !/^rediss?:\/\/\S+$/.test(redisUrl)) usage();
 
 // Plain-text / JSON reply that keeps the connection alive (unless the caller asks otherwise).
 function reply(res, status, body, headers = {}) {
@@ -113,6 +141,11 @@ const io = new Server(server, {
   perMessageDeflate: false,
   maxHttpBufferSize: MAX_BODY,
   serveClient: false, // no /socket.io/socket.io.js: the peer serves sockets and publishes only
+  // The recovering mode: socket.io keeps each session (in Redis, through the streams adapter)
+  // and replays what a client missed when it comes back within the window.
+  ...(redisStreams
+    ? { connectionStateRecovery: { maxDisconnectionDuration: 2 * 60 * 1000, skipMiddlewares: true } }
+    : {}),
 });
 
 // Authentication stand-in: any non-empty string token is accepted, like a verified one would be.
@@ -141,9 +174,61 @@ server.on('error', (err) => {
   process.exit(1);
 });
 
-server.listen(port, HOST, () => {
-  process.stdout.write(`listening on ${HOST}:${server.address().port}\n`);
-});
+// With --redis: the Redis clients of the adapter, connected before the port opens (so a node
+// that listens is one that shares rooms), and quit on shutdown.
+const redisClients = [];
+async function connectRedis() {
+  const { createClient } = require('redis');
+  const client = (name) => {
+    const c = createClient({ url: redisUrl });
+    c.on('error', (err) => process.stderr.write(`socket.io peer: redis (${name}): ${err.message}\n`));
+    redisClients.push(c);
+    return c;
+  };
+  if (redisStreams) {
+    const { createAdapter } = require('@socket.io/redis-streams-adapter');
+    const c = client('streams');
+    await c.connect();
+    io.adapter(createAdapter(c));
+  } else {
+    const { createAdapter } = require('@socket.io/redis-adapter');
+    const pub = client('pub');
+    const sub = pub.duplicate();
+    sub.on('error', (err) => process.stderr.write(`socket.io peer: redis (sub): ${err.message}\n`));
+    redisClients.push(sub);
+    await Promise.all([pub.connect(), sub.connect()]);
+    io.adapter(createAdapter(pub, sub));
+  }
+}
+
+function listen() {
+  server.listen(port, HOST, () => {
+    if (redisUrl !== null) {
+      const adapter = redisStreams ? '@socket.io/redis-streams-adapter' : '@socket.io/redis-adapter';
+      process.stderr.write(`socket.io peer: ${adapter} on ${redisUrl}\n`);
+    }
+    process.stdout.write(`listening on ${HOST}:${server.address().port}\n`);
+  });
+}
+
+if (redisUrl === null) {
+  listen();
+} else {
+  const timer = setTimeout(() => {
+    process.stderr.write(`socket.io peer: no connection to ${redisUrl} within 10 s\n`);
+    process.exit(1);
+  }, 10000);
+  connectRedis().then(
+    () => {
+      clearTimeout(timer);
+      listen();
+    },
+    (err) => {
+      process.stderr.write(`socket.io peer: redis ${redisUrl}: ${err.message}\n`);
+      process.exit(1);
+    },
+  );
+}
 
 let closing = false;
 function shutdown() {
@@ -151,7 +236,10 @@ function shutdown() {
   closing = true;
   // Disconnects every socket and closes the HTTP server; idle keep-alive publishers are
   // dropped too. Anything that still holds on is cut by the timer.
-  io.close(() => process.exit(0));
+  io.close(() => {
+    if (redisClients.length === 0) process.exit(0);
+    Promise.allSettled(redisClients.map((c) => c.quit())).then(() => process.exit(0));
+  });
   server.closeAllConnections();
   setTimeout(() => process.exit(0), 5000).unref();
 }
