@@ -64,6 +64,9 @@ use tls::{BadTls, Tls};
 const POSITION_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long a publish waits for its own events to come back through pub/sub.
 const OWN_EVENTS_WAIT: Duration = Duration::from_secs(1);
+/// How long a join waits for the node to deliver up to the position it read (a refill from
+/// history starts halfway).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 /// Events of one channel held back while its gap is refilled from history; past this, the
 /// refill reads history once more instead of holding more.
 const MAX_PENDING: usize = 1000;
@@ -158,6 +161,8 @@ struct Inner {
     /// This node's connection leases.
     leases: Book,
     closed: AtomicBool,
+    /// Woken whenever a held channel's last delivered position moves (see `caught_up`).
+    moved: tokio::sync::Notify,
 }
 
 /// The broker of a node that shares a Redis with other nodes.
@@ -316,6 +321,7 @@ impl RedisBroker {
             leases: Book::new(keys.clone(), config.lease_ttl),
             keys,
             closed: AtomicBool::new(false),
+            moved: tokio::sync::Notify::new(),
         });
         let (i, s) = (inner.clone(), stop.clone());
         tokio::spawn(async move { i.link.maintain(s).await });
@@ -577,6 +583,7 @@ impl Inner {
             });
         }
         drop(held);
+        me.moved.notify_waiters();
         if let Some(done) = own.and_then(|o| o.done) {
             let _ = done.send(());
         }
@@ -685,6 +692,8 @@ impl Inner {
                 });
             }
             if !overflowed {
+                drop(held);
+                me.moved.notify_waiters();
                 return;
             }
             // Events were dropped while held back: read history again from here.
@@ -897,7 +906,7 @@ impl Inner {
     }
 
     async fn recover(
-        &self,
+        self: &Arc<Self>,
         key: &ChannelKey,
         since: Option<&Since>,
     ) -> Result<Recovery, BrokerError> {
@@ -906,7 +915,45 @@ impl Inner {
         }
         let recovery = self.recover_now(key, since).await?;
         self.seen_position(key, &recovery.position);
+        self.caught_up(key, &recovery.position).await;
         Ok(recovery)
+    }
+
+    /// Waits (bounded) until this node has delivered `key` up to `position`, which a join
+    /// just read from Redis. Redis runs a publish's script before it answers the read, but the
+    /// event comes through pub/sub, another connection the node may read later: without the
+    /// wait, the subscriber would be moved into the hub first and get events at or below its
+    /// position live (already in its replay, or before it subscribed: duplicates). While it
+    /// waits the subscriber is a joiner, so those events are buffered and dropped by the join.
+    /// A node that does not catch up within a moment starts a refill from history.
+    async fn caught_up(self: &Arc<Self>, key: &ChannelKey, position: &Position) {
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        let mut refilled = false;
+        loop {
+            let moved = self.moved.notified();
+            {
+                let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                match held.get(key).and_then(|h| h.last.as_ref()) {
+                    Some((offset, epoch)) if *epoch == position.epoch => {
+                        if *offset >= position.offset {
+                            return;
+                        }
+                    }
+                    // Not held, or another epoch (the notice path handles that one).
+                    _ => return,
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                tracing::debug!(channel = %key.channel, "a join did not see its position delivered");
+                return;
+            }
+            if !refilled && deadline - now < CATCH_UP_WAIT / 2 {
+                refilled = true;
+                Inner::start_refill(self, key);
+            }
+            let _ = tokio::time::timeout_at(deadline.min(now + CATCH_UP_WAIT / 2), moved).await;
+        }
     }
 
     /// The channel's position and, for `since`, the events after it, read from Redis.
