@@ -14,12 +14,16 @@
 //!
 //! The layout: [`plan`] says who subscribes to what and where events go, [`worker`] holds the
 //! connections of one process, [`run`] coordinates the workers and publishes, [`report`]
-//! prints the figures, [`procfs`] reads the server's memory and CPU.
+//! prints the figures, [`procfs`] reads the server's memory and CPU, [`sample`] samples it for every PID while
+//! the run goes on, [`timeline`] keeps latency second by second (a fault's before, during and
+//! after).
 
 pub mod marker;
 pub mod plan;
 pub mod procfs;
 pub mod report;
 pub mod run;
+pub mod sample;
 pub mod target;
+pub mod timeline;
 pub mod worker;

@@ -58,9 +58,10 @@ fn main() -> ExitCode {
 }
 
 /// What `--check` fails on: a connection that could not connect or subscribe, a publish the
-/// server refused (either would leave deliveries out of what is expected, so a run where nothing
-/// connected or nothing was accepted would otherwise pass), and any delivery lost, duplicated,
-/// reordered or misrouted.
+/// server refused and that was given up on (either would leave deliveries out of what is
+/// expected, so a run where nothing connected or nothing was accepted would otherwise pass), and
+/// any delivery lost without the server saying so (`recovered: false`), duplicated, reordered or
+/// misrouted.
 fn check_failures(report: &RunReport) -> Vec<String> {
     let mut failures = Vec::new();
     let c = &report.connect;
@@ -71,13 +72,16 @@ fn check_failures(report: &RunReport) -> Vec<String> {
         ));
     }
     if let Some(p) = &report.publish {
-        if p.publish_errors > 0 {
-            failures.push(format!("{} publish requests failed", p.publish_errors));
-        }
-        if p.lost > 0 || p.duplicates > 0 || p.out_of_order > 0 || p.misrouted > 0 {
+        if p.abandoned > 0 {
             failures.push(format!(
-                "deliveries were lost ({}), duplicated ({}), reordered ({}) or misrouted ({})",
-                p.lost, p.duplicates, p.out_of_order, p.misrouted
+                "{} publish requests failed and were given up ({} failures in all)",
+                p.abandoned, p.publish_errors
+            ));
+        }
+        if p.lost_unexplained > 0 || p.duplicates > 0 || p.out_of_order > 0 || p.misrouted > 0 {
+            failures.push(format!(
+                "deliveries were lost without a recovered:false ({} of {} lost), duplicated ({}), reordered ({}) or misrouted ({})",
+                p.lost_unexplained, p.lost, p.duplicates, p.out_of_order, p.misrouted
             ));
         }
     }

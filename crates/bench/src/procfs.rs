@@ -26,6 +26,17 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / TICKS_PER_SEC)
 }
 
+/// Whether `pid` has exited and waits for its parent to reap it (state `Z`).
+pub fn zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.get(stat.rfind(')')? + 2..)?;
+            Some(rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 /// The sum of [`rss_bytes`] over `pids` (those that cannot be read count 0).
 pub fn total_rss(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|&p| rss_bytes(p)).sum()

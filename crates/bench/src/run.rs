@@ -23,8 +23,13 @@ use tokio::process::{Child, ChildStdin, Command};
 use crate::marker::{Marker, now_ns};
 use crate::plan::{Plan, PlanArgs, value_name};
 use crate::procfs;
-use crate::report::{ConnectReport, HoldReport, Latency, MemoryReport, PublishReport, RunReport};
+use crate::report::{
+    ConnectReport, FaultReport, HoldReport, Latency, MemoryReport, PublishReport, RunReport,
+    Second, Window,
+};
+use crate::sample::{Procs, Role, Sample, Samples};
 use crate::target::{Kind, Target};
+use crate::timeline::Timeline;
 use crate::worker::{Line, Report};
 
 /// `cortex-bench run`.
@@ -33,14 +38,38 @@ pub struct RunArgs {
     /// The server under test.
     #[arg(long, value_enum, default_value = "cortex")]
     pub target: Kind,
-    /// Its `host:port`; several (comma-separated: nodes of one service) share the worker
-    /// processes round-robin, each worker's connections on one of them.
+    /// Its `host:port`; several (comma-separated: nodes of one service) share the connections
+    /// round-robin (connection i starts on node i % N), and a connection whose node goes away
+    /// reconnects to another (with --reconnect).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
-    /// Where to publish (`host:port`) [default: the first --addr]: another node of the service
-    /// measures delivery across nodes.
+    /// Where to publish (`host:port`, comma-separated for several nodes: publishers start on
+    /// node k % N and move to the next after a failed request) [default: the first --addr].
     #[arg(long)]
     pub publish_addr: Option<String>,
+    /// Give every event an idempotency key (Cortex) and send a failed request again, the same
+    /// events with the same keys, until it is accepted or --retry-for after the end: what a
+    /// backend that must not lose events does.
+    #[arg(long)]
+    pub idempotent: bool,
+    /// With --idempotent: how long after the publish phase a failed request is still retried.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub retry_for: Duration,
+    /// Reconnect dropped connections during the run, resuming (Cortex: `since` each channel's
+    /// last position) on another node, as the official clients do.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Redis PIDs whose memory and CPU to read beside the servers'.
+    #[arg(long = "redis-pid", value_delimiter = ',')]
+    pub redis_pids: Vec<u32>,
+    /// A fault to inject during the publish phase, `AT=COMMAND` (AT a duration after the first
+    /// publish, COMMAND run with `sh -c`), e.g. `10s=kill -KILL 1234`; repeatable. The report
+    /// gives the figures before, during and after each.
+    #[arg(long = "fault")]
+    pub faults: Vec<String>,
+    /// How long after a fault its "during" window lasts.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub fault_window: Duration,
     /// Events per publish request (Cortex: a batch `{"events":[...]}`, at most 100).
     #[arg(long, default_value_t = 1)]
     pub batch: u32,
@@ -114,6 +143,7 @@ struct WorkerState {
     pid: u32,
     connected: u32,
     received: u64,
+    dropped: u64,
     ready: Option<(u32, Vec<u32>, Vec<String>, f64)>,
     report: Option<Report>,
     exited: bool,
@@ -122,6 +152,12 @@ struct WorkerState {
 struct Workers {
     states: RefCell<Vec<WorkerState>>,
     changed: tokio::sync::Notify,
+    /// The servers' and Redis's PIDs, sampled.
+    procs: RefCell<Procs>,
+    /// The service every quarter second.
+    samples: RefCell<Samples>,
+    /// Publishing's counters (shared with the sampler).
+    counters: Rc<Counters>,
 }
 
 impl Workers {
@@ -177,14 +213,29 @@ async fn run(args: RunArgs) -> Result<RunReport> {
     if args.batch == 0 || args.batch > 100 || (args.batch > 1 && args.target != Kind::Cortex) {
         bail!("--batch: 1 to 100 events per request, and more than 1 for Cortex only");
     }
+    if args.idempotent && args.target != Kind::Cortex {
+        bail!("--idempotent: Cortex only (the peers have no idempotency keys)");
+    }
     let first_addr = args.addr.split(',').next().unwrap_or_default().to_owned();
-    let target = Rc::new(Target {
-        kind: args.target,
-        addr: args.publish_addr.clone().unwrap_or(first_addr),
-        org: args.org.clone(),
-        secret: args.secret.clone(),
-        publish_key: args.publish_key.clone(),
-    });
+    let publish_addrs = args.publish_addr.clone().unwrap_or(first_addr);
+    let targets: Vec<Rc<Target>> = publish_addrs
+        .split(',')
+        .map(|addr| {
+            Rc::new(Target {
+                kind: args.target,
+                addr: addr.to_owned(),
+                org: args.org.clone(),
+                secret: args.secret.clone(),
+                publish_key: args.publish_key.clone(),
+                idempotent: args.idempotent,
+            })
+        })
+        .collect();
+    let faults = args
+        .faults
+        .iter()
+        .map(|f| parse_fault(f))
+        .collect::<Result<Vec<_>>>()?;
 
     let rss_before = procfs::total_rss(&args.server_pids);
     let server_cpu_before = procfs::total_cpu(&args.server_pids);
@@ -192,7 +243,11 @@ async fn run(args: RunArgs) -> Result<RunReport> {
     let workers = Rc::new(Workers {
         states: RefCell::new((0..workers_n).map(|_| WorkerState::default()).collect()),
         changed: tokio::sync::Notify::new(),
+        procs: RefCell::new(Procs::new(&args.server_pids, &args.redis_pids)),
+        samples: RefCell::new(Samples::default()),
+        counters: Rc::new(Counters::default()),
     });
+    let redis_rss_before = workers.procs.borrow().rss(Role::Redis);
     let started = Instant::now();
     let mut children = Vec::new();
     let mut stdins = Vec::new();
@@ -205,6 +260,7 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         stdins.push(stdin);
     }
     let progress = tokio::task::spawn_local(progress_line(workers.clone(), started));
+    let sampler = tokio::task::spawn_local(sampler(workers.clone()));
 
     workers
         .wait_for("its connections were made", |w| w.ready.is_some())
@@ -237,6 +293,8 @@ async fn run(args: RunArgs) -> Result<RunReport> {
     );
     tokio::time::sleep(args.idle).await;
     let rss_connected = procfs::total_rss(&args.server_pids);
+    let redis_rss_connected = workers.procs.borrow().rss(Role::Redis);
+    workers.procs.borrow_mut().connected();
 
     let load_pids: Vec<u32> = workers
         .states
@@ -250,9 +308,10 @@ async fn run(args: RunArgs) -> Result<RunReport> {
     let publish = if args.duration.is_zero() {
         None
     } else {
-        Some(publish_phase(&args, &plan, &target, &workers, &load_pids).await?)
+        Some(publish_phase(&args, &plan, &targets, &workers, &load_pids, &faults).await?)
     };
     let rss_after_publish = procfs::total_rss(&args.server_pids);
+    workers.procs.borrow_mut().publish_ended();
 
     let hold = if args.hold.is_zero() {
         None
@@ -269,6 +328,7 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         .wait_for("it reported", |w| w.report.is_some())
         .await?;
     progress.abort();
+    sampler.abort();
     for mut child in children {
         let _ = child.wait().await;
     }
@@ -281,7 +341,23 @@ async fn run(args: RunArgs) -> Result<RunReport> {
 
     let mut publish = publish;
     if let Some(p) = publish.as_mut() {
-        finish_publish_report(p, &reports)?;
+        let procs = workers.procs.borrow();
+        for proc in &procs.procs {
+            match proc.role {
+                Role::Server => {}
+                Role::Redis => p.redis_cpu_secs += proc.publish_cpu_secs,
+            }
+        }
+        // A server that died during the phase: its CPU until then still counts.
+        p.server_cpu_secs = procs
+            .procs
+            .iter()
+            .filter(|x| x.role == Role::Server)
+            .map(|x| x.publish_cpu_secs)
+            .sum::<f64>()
+            .max(p.server_cpu_secs);
+        drop(procs);
+        finish_publish_report(p, &reports, &workers.samples.borrow())?;
     }
     let hold = hold.map(|mut h| {
         h.reconnects = reports.iter().map(|r| r.reconnects).sum();
@@ -317,6 +393,15 @@ async fn run(args: RunArgs) -> Result<RunReport> {
                 0.0
             },
             rss_after_publish,
+            procs: workers.procs.borrow().procs.clone(),
+            redis_rss_connected,
+            service_per_conn: if connected > 0 {
+                (rss_connected + redis_rss_connected).saturating_sub(rss_before + redis_rss_before)
+                    as f64
+                    / f64::from(connected)
+            } else {
+                0.0
+            },
         },
         publish,
         hold,
@@ -336,13 +421,12 @@ fn spawn_worker(
     workers: Rc<Workers>,
 ) -> Result<(Child, ChildStdin)> {
     let exe = std::env::current_exe().context("finding this executable")?;
-    let addrs: Vec<&str> = args.addr.split(',').collect();
     let mut cmd = Command::new(exe);
     cmd.arg("worker")
         .args(["--target", &value_name(&args.target)])
         .args([
             "--addr",
-            addrs[index % addrs.len()],
+            &args.addr,
             "--org",
             &args.org,
             "--secret",
@@ -363,7 +447,7 @@ fn spawn_worker(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    if !args.hold.is_zero() {
+    if !args.hold.is_zero() || args.reconnect {
         cmd.arg("--reconnect");
     }
     let mut child = cmd.spawn().context("starting a worker")?;
@@ -383,9 +467,11 @@ fn spawn_worker(
                 Line::Progress {
                     connected,
                     received,
+                    dropped,
                 } => {
                     w.connected = connected;
                     w.received = received;
+                    w.dropped = dropped;
                 }
                 Line::Ready {
                     connected,
@@ -417,51 +503,120 @@ async fn progress_line(workers: Rc<Workers>, started: Instant) {
     loop {
         tick.tick().await;
         let received = workers.received();
+        let c = &workers.counters;
         eprintln!(
-            "bench: t={:>5.1}s connected={} received={} ({}/s)",
+            "bench: t={:>5.1}s connected={} received={} ({}/s) published={} errors={}",
             started.elapsed().as_secs_f64(),
             workers.connected(),
             received,
-            received - last.min(received)
+            received - last.min(received),
+            c.published.get(),
+            c.errors.get()
         );
         last = received;
     }
 }
 
+/// Samples the service every quarter second (see [`crate::sample`]).
+async fn sampler(workers: Rc<Workers>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut procs = workers.procs.borrow_mut();
+        procs.refresh();
+        let sample = Sample {
+            at: now_ns() as f64 / 1e9,
+            connected: workers.connected(),
+            dropped: workers.states.borrow().iter().map(|w| w.dropped).sum(),
+            received: workers.received(),
+            published: workers.counters.published.get(),
+            errors: workers.counters.errors.get(),
+            server_cpu: procs.cpu(Role::Server),
+            redis_cpu: procs.cpu(Role::Redis),
+        };
+        drop(procs);
+        workers.samples.borrow_mut().0.push(sample);
+    }
+}
+
+/// `AT=COMMAND`.
+fn parse_fault(spec: &str) -> Result<(Duration, String)> {
+    let (at, command) = spec.split_once('=').ok_or_else(|| {
+        anyhow!("--fault {spec:?}: expected AT=COMMAND, e.g. 10s=kill -KILL 1234")
+    })?;
+    let at = humantime::parse_duration(at.trim())
+        .with_context(|| format!("--fault {spec:?}: AT is not a duration"))?;
+    if command.trim().is_empty() {
+        bail!("--fault {spec:?}: no command");
+    }
+    Ok((at, command.trim().to_owned()))
+}
+
+#[derive(Default)]
 struct Counters {
     published: Cell<u64>,
     errors: Cell<u64>,
+    retries: Cell<u64>,
+    abandoned: Cell<u64>,
     expected: Cell<u64>,
     first_error: RefCell<Option<String>>,
+}
+
+/// A fault as it happened: when (Unix seconds), what, and its exit status.
+struct Injected {
+    at: f64,
+    command: String,
+    status: Option<i32>,
 }
 
 async fn publish_phase(
     args: &RunArgs,
     plan: &Rc<Plan>,
-    target: &Rc<Target>,
+    targets: &[Rc<Target>],
     workers: &Rc<Workers>,
     load_pids: &[u32],
+    faults: &[(Duration, String)],
 ) -> Result<PublishReport> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.publishers as usize * 2)
         .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
         .build()?;
-    let counters = Rc::new(Counters {
-        published: Cell::new(0),
-        errors: Cell::new(0),
-        expected: Cell::new(0),
-        first_error: RefCell::new(None),
-    });
+    let counters = workers.counters.clone();
     let max_lag = args
         .max_lag
         .unwrap_or_else(|| (u64::from(args.plan.conns) * 8).max(10_000));
     let channels = plan.publish_channels();
     let tasks = args.publishers.clamp(1, channels);
     let received_before = workers.received();
+    workers.procs.borrow_mut().publish_started();
     let server_cpu0 = procfs::total_cpu(&args.server_pids);
     let load_cpu0 = procfs::total_cpu(load_pids);
     let start = Instant::now();
+    let start_unix = now_ns() as f64 / 1e9;
     let deadline = start + args.duration;
+    let injected = Rc::new(RefCell::new(Vec::new()));
+    let mut fault_tasks = Vec::new();
+    for (at, command) in faults {
+        let (at, command, injected) = (*at, command.clone(), injected.clone());
+        fault_tasks.push(tokio::task::spawn_local(async move {
+            tokio::time::sleep_until((start + at).into()).await;
+            let when = now_ns() as f64 / 1e9;
+            eprintln!("bench: fault at {:.1} s: {command}", at.as_secs_f64());
+            let status = Command::new("sh")
+                .args(["-c", &command])
+                .status()
+                .await
+                .ok()
+                .and_then(|s| s.code());
+            injected.borrow_mut().push(Injected {
+                at: when,
+                command,
+                status,
+            });
+        }));
+    }
     let mut handles = Vec::new();
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(f64::from(tasks) / args.rate));
     for k in 0..tasks {
@@ -470,7 +625,9 @@ async fn publish_phase(
             first_send: start + interval.map_or(Duration::ZERO, |i| phase(i, k, tasks)),
             client: client.clone(),
             plan: plan.clone(),
-            target: target.clone(),
+            targets: targets.to_vec(),
+            node: k as usize % targets.len(),
+            retry_until: args.idempotent.then(|| deadline + args.retry_for),
             workers: workers.clone(),
             counters: counters.clone(),
             owned,
@@ -487,6 +644,11 @@ async fn publish_phase(
         h.await.map_err(|e| anyhow!("a publisher failed: {e}"))?;
     }
     let publish_secs = start.elapsed().as_secs_f64();
+    for f in fault_tasks {
+        // A fault scheduled after the phase never ran.
+        f.abort();
+        let _ = f.await;
+    }
     // Wait for the deliveries still owed.
     let expected = counters.expected.get();
     let settle_until = Instant::now() + args.settle;
@@ -500,15 +662,56 @@ async fn publish_phase(
         eprintln!("bench: first publish error: {e}");
     }
     let published = counters.published.get();
+    let end_unix = now_ns() as f64 / 1e9;
+    let faults = injected
+        .borrow_mut()
+        .drain(..)
+        .map(|f| FaultReport {
+            at_secs: f.at - start_unix,
+            command: f.command,
+            status: f.status,
+            fell_after_secs: None,
+            fewest_connected: 0,
+            all_back_secs: None,
+            errors_between_secs: None,
+            // Filled in with the workers' timelines: (from, to) in Unix seconds for now.
+            windows: [
+                ("before", start_unix, f.at),
+                ("during", f.at, f.at + args.fault_window.as_secs_f64()),
+                ("after", f.at + args.fault_window.as_secs_f64(), end_unix),
+            ]
+            .into_iter()
+            .map(|(name, from, to)| Window {
+                name: name.to_owned(),
+                from_secs: from,
+                to_secs: to.min(end_unix).max(from),
+                deliveries_per_sec: 0.0,
+                latency_us: Latency::default(),
+                publish_errors: 0,
+                server_cores: 0.0,
+                redis_cores: 0.0,
+                service_us_per_delivery: 0.0,
+            })
+            .collect(),
+        })
+        .collect();
     Ok(PublishReport {
         offered_rate: (args.rate > 0.0).then_some(args.rate),
         secs: publish_secs,
         published,
         publish_errors: counters.errors.get(),
+        retries: counters.retries.get(),
+        abandoned: counters.abandoned.get(),
         events_per_sec: published as f64 / publish_secs,
         expected,
         received: 0,
         lost: 0,
+        lost_unexplained: 0,
+        reconnects: 0,
+        resumed: 0,
+        not_recovered: 0,
+        skipped: 0,
+        epoch_changes: 0,
         duplicates: 0,
         out_of_order: 0,
         misrouted: 0,
@@ -520,16 +723,33 @@ async fn publish_phase(
         server_cpu_secs: server_cpu,
         server_us_per_delivery: 0.0,
         server_cores: server_cpu / wall,
+        redis_cpu_secs: 0.0,
+        redis_us_per_event: 0.0,
+        service_us_per_delivery: 0.0,
+        faults,
+        seconds: Vec::new(),
         load_cores: load_cpu / wall,
         bottleneck: String::new(),
+        start_unix,
     })
 }
 
 /// Fills in what only the workers' final reports know.
-fn finish_publish_report(p: &mut PublishReport, reports: &[Report]) -> Result<()> {
+fn finish_publish_report(
+    p: &mut PublishReport,
+    reports: &[Report],
+    samples: &Samples,
+) -> Result<()> {
     let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
+    let mut timeline = Timeline::default();
     let (mut bytes, mut arrivals) = (0, 0);
     for r in reports {
+        timeline.merge(&r.timeline)?;
+        p.reconnects += r.reconnects;
+        p.resumed += r.resumed;
+        p.not_recovered += r.not_recovered;
+        p.skipped += r.skipped;
+        p.epoch_changes += r.epoch_changes;
         p.received += r.unique;
         p.duplicates += r.duplicates;
         p.out_of_order += r.out_of_order;
@@ -546,6 +766,59 @@ fn finish_publish_report(p: &mut PublishReport, reports: &[Report]) -> Result<()
             .map_err(|e| anyhow!("merging histograms: {e:?}"))?;
     }
     p.lost = p.expected.saturating_sub(p.received);
+    p.lost_unexplained = p.lost.saturating_sub(p.skipped);
+    p.redis_us_per_event = p.redis_cpu_secs * 1e6 / p.published.max(1) as f64;
+    p.service_us_per_delivery =
+        (p.server_cpu_secs + p.redis_cpu_secs) * 1e6 / p.received.max(1) as f64;
+    let (start, end) = (p.start_unix, p.start_unix + p.window_secs);
+    for t in 0..p.window_secs.ceil() as u64 {
+        let from = start.floor() as u64 + t;
+        let (deliveries, l) = timeline.window(from, from + 1);
+        let at = samples.0.iter().rev().find(|s| s.at < (from + 1) as f64);
+        let (_, _, errors) = samples.between(from as f64, (from + 1) as f64);
+        p.seconds.push(Second {
+            t,
+            deliveries,
+            p50_us: l.p50,
+            p99_us: l.p99,
+            connected: at.map_or(0, |s| s.connected),
+            publish_errors: errors,
+        });
+    }
+    let full = samples
+        .0
+        .iter()
+        .filter(|s| s.at <= start)
+        .map(|s| s.connected)
+        .next_back()
+        .unwrap_or(0);
+    for f in &mut p.faults {
+        let at = start + f.at_secs;
+        let (fell, fewest, back) = samples.recovery(at, full);
+        f.fell_after_secs = fell;
+        f.fewest_connected = fewest;
+        f.all_back_secs = back;
+        f.errors_between_secs = samples.error_span(at);
+        for w in &mut f.windows {
+            // Whole seconds of arrival inside the window.
+            let (from, to) = (w.from_secs.ceil() as u64, w.to_secs.floor() as u64);
+            let (deliveries, l) = timeline.window(from, to.max(from));
+            let secs = (to.saturating_sub(from)) as f64;
+            let (server, redis, errors) = samples.between(from as f64, to as f64);
+            w.deliveries_per_sec = if secs > 0.0 {
+                deliveries as f64 / secs
+            } else {
+                0.0
+            };
+            w.latency_us = l;
+            w.publish_errors = errors;
+            w.server_cores = if secs > 0.0 { server / secs } else { 0.0 };
+            w.redis_cores = if secs > 0.0 { redis / secs } else { 0.0 };
+            w.service_us_per_delivery = (server + redis) * 1e6 / deliveries.max(1) as f64;
+            w.from_secs = from as f64 - start;
+            w.to_secs = (to.max(from) as f64 - start).min(end - start);
+        }
+    }
     // `bytes` counts every arrival with a marker, misrouted ones included.
     p.frame_bytes = bytes as f64 / arrivals.max(1) as f64;
     p.deliveries_per_sec = p.received as f64 / p.window_secs;
@@ -579,7 +852,11 @@ struct Publisher {
     first_send: Instant,
     client: reqwest::Client,
     plan: Rc<Plan>,
-    target: Rc<Target>,
+    /// One per publish address; `node` is the one in use.
+    targets: Vec<Rc<Target>>,
+    node: usize,
+    /// Until when a failed request is sent again (`--idempotent`), or `None`: never.
+    retry_until: Option<Instant>,
     workers: Rc<Workers>,
     counters: Rc<Counters>,
     owned: Vec<u32>,
@@ -592,7 +869,7 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut seqs = vec![0u64; self.owned.len()];
         let mut next_send = self.first_send;
         let mut turn = 0usize;
@@ -626,17 +903,20 @@ impl Publisher {
                 });
                 fanout += self.plan.fanout(c);
             }
-            let publish = self.target.publish_batch(&markers, self.event_bytes);
-            let mut request = self.client.post(&publish.url).body(publish.body);
-            if publish.json {
-                request = request.header("content-type", "application/json");
+            let mut sent = self.send(&markers).await;
+            while let Err(retry_after) = sent {
+                // The same events, the same keys, until accepted (or given up).
+                match self.retry_until {
+                    Some(until) if Instant::now() < until => {
+                        tokio::time::sleep(retry_after).await;
+                        self.counters.retries.set(self.counters.retries.get() + 1);
+                        sent = self.send(&markers).await;
+                    }
+                    _ => break,
+                }
             }
-            if self.target.kind == Kind::Cortex {
-                request = request.bearer_auth(&self.target.publish_key);
-            }
-            match request.send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    let _ = resp.bytes().await;
+            match sent {
+                Ok(()) => {
                     for b in 0..self.batch {
                         seqs[(turn + b) % self.owned.len()] += 1;
                     }
@@ -648,17 +928,50 @@ impl Publisher {
                         .expected
                         .set(self.counters.expected.get() + fanout);
                 }
-                other => {
-                    self.counters.errors.set(self.counters.errors.get() + 1);
-                    let error = match other {
-                        Ok(resp) => format!("HTTP {}", resp.status()),
-                        Err(e) => e.to_string(),
-                    };
-                    self.counters.first_error.borrow_mut().get_or_insert(error);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                Err(wait) => {
+                    self.counters
+                        .abandoned
+                        .set(self.counters.abandoned.get() + 1);
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
+    }
+
+    /// Sends one request to the current node; after a failure, moves to the next node and
+    /// says how long to wait before trying again (the server's `Retry-After`, capped at 1 s, or
+    /// 50 ms).
+    async fn send(&mut self, markers: &[Marker]) -> Result<(), Duration> {
+        let target = &self.targets[self.node];
+        let publish = target.publish_batch(markers, self.event_bytes);
+        let mut request = self.client.post(&publish.url).body(publish.body);
+        if publish.json {
+            request = request.header("content-type", "application/json");
+        }
+        if target.kind == Kind::Cortex {
+            request = request.bearer_auth(&target.publish_key);
+        }
+        let (error, wait) = match request.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                let _ = resp.bytes().await;
+                return Ok(());
+            }
+            Ok(resp) => {
+                let wait = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .map_or(Duration::from_millis(50), |s| {
+                        Duration::from_secs(s).min(Duration::from_secs(1))
+                    });
+                (format!("HTTP {} from {}", resp.status(), target.addr), wait)
+            }
+            Err(e) => (format!("{e} ({})", target.addr), Duration::from_millis(50)),
+        };
+        self.counters.errors.set(self.counters.errors.get() + 1);
+        self.counters.first_error.borrow_mut().get_or_insert(error);
+        self.node = (self.node + 1) % self.targets.len();
+        Err(wait)
     }
 }
 

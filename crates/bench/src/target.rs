@@ -39,6 +39,9 @@ pub struct Target {
     pub secret: String,
     /// The publish key (Cortex).
     pub publish_key: String,
+    /// Whether each event carries an `idempotencyKey` (Cortex), so that a publish retried after
+    /// an error whose outcome is unknown is never delivered twice.
+    pub idempotent: bool,
 }
 
 /// An HTTP publish request.
@@ -52,18 +55,18 @@ pub struct Publish {
 }
 
 impl Target {
-    /// The WebSocket URL connection `i` (subscribed to `subs`) opens.
-    pub fn ws_url(&self, subs: &[Chan]) -> String {
+    /// The WebSocket URL a connection subscribed to `subs` opens on `node` (`host:port`).
+    pub fn ws_url(&self, node: &str, subs: &[Chan]) -> String {
         match self.kind {
-            Kind::Cortex => format!("ws://{}/api/ws", self.addr),
+            Kind::Cortex => format!("ws://{}/api/ws", node),
             Kind::Nchan if subs.len() == 1 => {
-                format!("ws://{}/sub/{}", self.addr, subs[0].name(&self.org))
+                format!("ws://{}/sub/{}", node, subs[0].name(&self.org))
             }
             Kind::Nchan => format!(
                 "ws://{}/subm?agent=a{}&project=p{}&org={}",
-                self.addr, subs[0].index, subs[1].index, self.org
+                node, subs[0].index, subs[1].index, self.org
             ),
-            Kind::Socketio => format!("ws://{}/socket.io/?EIO=4&transport=websocket", self.addr),
+            Kind::Socketio => format!("ws://{}/socket.io/?EIO=4&transport=websocket", node),
         }
     }
 
@@ -85,12 +88,18 @@ impl Target {
                     &mut content,
                     event_bytes.saturating_sub(channel.len() + 215),
                 );
-                let body = serde_json::json!({
+                let mut body = serde_json::json!({
                     "orgId": self.org,
                     "type": "chat.message",
                     "channels": [channel],
                     "payload": {"messageId": format!("m{}", marker.seq), "agentId": "bench", "content": content},
                 });
+                if self.idempotent {
+                    // The send time makes the key unique to this run; a retry sends the same
+                    // marker, so the same key.
+                    body["idempotencyKey"] =
+                        format!("b{}-{}-{}", marker.sent_ns, channel, marker.seq).into();
+                }
                 Publish {
                     url: format!("http://{}/api/events", self.addr),
                     body: body.to_string(),
@@ -169,14 +178,75 @@ pub fn mint(secret: &str, sub: &str, org: &str) -> String {
     .expect("HS256 signs any claims")
 }
 
-/// The subscribe frames Cortex Realtime expects, one per channel.
-pub fn cortex_subscribes(subs: &[Chan], org: &str) -> Vec<String> {
+/// Where a connection stands on a channel: the `offset` and `epoch` of the last event it saw
+/// (or of a `subscribed` reply), what a Cortex client resumes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The channel's offset.
+    pub offset: u64,
+    /// The channel's epoch.
+    pub epoch: String,
+}
+
+/// The subscribe frames Cortex Realtime expects, one per channel; a channel with a known
+/// position resumes from it (`since`), as the official clients do after a reconnect.
+pub fn cortex_subscribes(subs: &[Chan], org: &str, since: &[Option<Position>]) -> Vec<String> {
     subs.iter()
         .enumerate()
         .map(|(r, c)| {
-            serde_json::json!({"type": "subscribe", "channelId": c.name(org), "ref": r}).to_string()
+            let mut frame =
+                serde_json::json!({"type": "subscribe", "channelId": c.name(org), "ref": r});
+            if let Some(Some(p)) = since.get(r) {
+                frame["since"] = serde_json::json!({"offset": p.offset, "epoch": p.epoch});
+            }
+            frame.to_string()
         })
         .collect()
+}
+
+/// A Cortex `subscribed` frame, read: the reply to a subscribe, or the server's continuity
+/// notice (no `ref`) when it could not prove that nothing was skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The channel.
+    pub channel: String,
+    /// The channel's position now.
+    pub position: Position,
+    /// `recovered`, when the frame carries it (a resume, or the notice).
+    pub recovered: Option<bool>,
+}
+
+impl Subscribed {
+    /// Reads `text` if it is a `subscribed` frame.
+    pub fn parse(text: &str) -> Option<Subscribed> {
+        if !text.contains(r#""type":"subscribed""#) {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        Some(Subscribed {
+            channel: v["channelId"].as_str()?.to_owned(),
+            position: Position {
+                offset: v["offset"].as_u64()?,
+                epoch: v["epoch"].as_str()?.to_owned(),
+            },
+            recovered: v["recovered"].as_bool(),
+        })
+    }
+}
+
+/// The `offset` and `epoch` of a Cortex event frame, read without parsing the JSON: the server
+/// writes them before the payload (`{"type",..,"offset":42,"epoch":"e_b71c","payload":..}`),
+/// so their first occurrences are the event's own.
+pub fn cortex_event_position(text: &str) -> Option<Position> {
+    let at = text.find(r#""offset":"#)? + r#""offset":"#.len();
+    let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
+    let offset = text[at..at + digits].parse().ok()?;
+    let at = text.find(r#""epoch":""#)? + r#""epoch":""#.len();
+    let len = text[at..].find('"')?;
+    Some(Position {
+        offset,
+        epoch: text[at..at + len].to_owned(),
+    })
 }
 
 /// The socket.io subscribe frame (an event with ack id 0) for `subs`.
@@ -197,6 +267,7 @@ mod tests {
             org: "bench".into(),
             secret: "s".into(),
             publish_key: "k".into(),
+            idempotent: false,
         }
     }
 
@@ -224,6 +295,34 @@ mod tests {
         // socket.io delivers the body escaped inside `42["event","..."]`.
         let frame = format!(r#"42["event",{}]"#, serde_json::Value::from(s.body));
         assert!((240..=260).contains(&frame.len()), "{}", frame.len());
+    }
+
+    #[test]
+    fn cortex_positions_are_read_from_events_and_subscribed_frames_and_resumed_from() {
+        let event = r#"{"type":"chat.message","channelId":"org:o","id":"evt_1","offset":42,"epoch":"e_b7","payload":{"content":"\"offset\":9 #Bo0.1.2#"}}"#;
+        let at = Position {
+            offset: 42,
+            epoch: "e_b7".into(),
+        };
+        assert_eq!(cortex_event_position(event), Some(at.clone()));
+        assert_eq!(cortex_event_position(r#"{"type":"pong"}"#), None);
+        let notice = r#"{"type":"subscribed","channelId":"org:o","offset":50,"epoch":"e_c1","recovered":false}"#;
+        let s = Subscribed::parse(notice).unwrap();
+        assert_eq!((s.channel.as_str(), s.position.offset), ("org:o", 50));
+        assert_eq!(s.recovered, Some(false));
+        let reply =
+            r#"{"type":"subscribed","channelId":"org:o","ref":0,"offset":0,"epoch":"e_c1"}"#;
+        assert_eq!(Subscribed::parse(reply).unwrap().recovered, None);
+        assert_eq!(Subscribed::parse(event), None);
+
+        let subs = crate::plan::Plan::new(crate::plan::Shape::Org, 10, 5, 0).subscriptions(7);
+        let frames = cortex_subscribes(&subs, "o", &[None, None, Some(at)]);
+        let last: serde_json::Value = serde_json::from_str(&frames[2]).unwrap();
+        assert_eq!(
+            last["since"],
+            serde_json::json!({"offset": 42, "epoch": "e_b7"})
+        );
+        assert!(!frames[0].contains("since"));
     }
 
     #[test]

@@ -26,9 +26,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::marker::{Marker, Seen, SeqTrack, now_ns};
+use crate::marker::{Chan, Marker, Seen, SeqTrack, now_ns};
 use crate::plan::{Plan, PlanArgs};
-use crate::target::{self, Kind, Target};
+use crate::target::{self, Kind, Position, Subscribed, Target};
+use crate::timeline::{Bucket, Timeline};
 
 /// What a worker is told to do.
 #[derive(Clone, Debug, clap::Args)]
@@ -36,7 +37,8 @@ pub struct WorkerArgs {
     /// The server under test.
     #[arg(long, value_enum)]
     pub target: Kind,
-    /// Its `host:port`.
+    /// Its nodes' `host:port`, comma-separated: connection i tries node i % N first and, each
+    /// time a connection attempt fails or its connection drops, another one at random.
     #[arg(long)]
     pub addr: String,
     /// The org of every channel and token.
@@ -78,6 +80,8 @@ pub enum Line {
         connected: u32,
         /// Events received so far (every arrival, duplicates included).
         received: u64,
+        /// Connections that dropped so far.
+        dropped: u64,
     },
     /// Once every connection has been tried.
     Ready {
@@ -115,13 +119,26 @@ pub struct Report {
     pub dropped: u64,
     /// Successful reconnects.
     pub reconnects: u64,
+    /// Reconnects that resumed every channel (`recovered: true`, Cortex).
+    pub resumed: u64,
+    /// `recovered: false` (a resume the server could not serve, or its continuity notice):
+    /// the server said it skipped events, explicitly.
+    pub not_recovered: u64,
+    /// Events those `recovered: false` skipped, by offset (within one epoch).
+    pub skipped: u64,
+    /// `recovered: false` with a new epoch (the history was lost): how many it skipped is not
+    /// known.
+    pub epoch_changes: u64,
     /// The publish-to-receive latency histogram, microseconds, V2-serialized and base64.
     pub latency: String,
+    /// The same latency, second by second of arrival.
+    pub timeline: Vec<Bucket>,
 }
 
 struct Stats {
     report: Report,
     latency: Histogram<u64>,
+    timeline: Timeline,
     connected: u32,
 }
 
@@ -153,14 +170,22 @@ async fn run(args: WorkerArgs) -> Result<()> {
         org: args.org.clone(),
         secret: args.secret.clone(),
         publish_key: String::new(),
+        idempotent: false,
     });
-    let server: SocketAddr = tokio::net::lookup_host(&args.addr)
-        .await?
-        .next()
-        .ok_or_else(|| anyhow!("{} resolves to nothing", args.addr))?;
+    let mut servers = Vec::new();
+    for addr in args.addr.split(',') {
+        servers.push(
+            tokio::net::lookup_host(addr)
+                .await?
+                .next()
+                .ok_or_else(|| anyhow!("{addr} resolves to nothing"))?,
+        );
+    }
+    let servers = Rc::new(servers);
     let stats = Rc::new(RefCell::new(Stats {
         report: Report::default(),
         latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
+        timeline: Timeline::default(),
         connected: 0,
     }));
     let gate = Rc::new(Semaphore::new(args.connect_concurrency.max(1)));
@@ -175,7 +200,7 @@ async fn run(args: WorkerArgs) -> Result<()> {
             args: args.clone(),
             plan: plan.clone(),
             target: target.clone(),
-            server,
+            servers: servers.clone(),
             stats: stats.clone(),
             gate: gate.clone(),
         };
@@ -192,6 +217,7 @@ async fn run(args: WorkerArgs) -> Result<()> {
                 let line = Line::Progress {
                     connected: s.connected,
                     received: s.report.received,
+                    dropped: s.report.dropped,
                 };
                 drop(s);
                 emit(&line);
@@ -231,6 +257,7 @@ async fn run(args: WorkerArgs) -> Result<()> {
         .serialize(&s.latency, &mut buf)
         .map_err(|e| anyhow!("serializing the histogram: {e:?}"))?;
     s.report.latency = base64::engine::general_purpose::STANDARD.encode(buf);
+    s.report.timeline = s.timeline.encode()?;
     emit(&Line::Final(Box::new(std::mem::take(&mut s.report))));
     // Every connection goes with the process.
     std::process::exit(0);
@@ -243,19 +270,75 @@ struct Conn {
     args: Rc<WorkerArgs>,
     plan: Rc<Plan>,
     target: Rc<Target>,
-    server: SocketAddr,
+    servers: Rc<Vec<SocketAddr>>,
     stats: Rc<RefCell<Stats>>,
     gate: Rc<Semaphore>,
+}
+
+/// Another node than `node` of `n`, at random: a load balancer spreads the clients of a node
+/// that went away over the others, rather than sending them all to its neighbour.
+fn other_node(node: usize, n: usize) -> usize {
+    if n < 2 {
+        return 0;
+    }
+    (node + 1 + rand::rng().random_range(0..n - 1)) % n
+}
+
+/// What a connection keeps across reconnects, as a client does: the node it tries, what it
+/// saw on each channel, and where to resume each from.
+struct Kept {
+    node: usize,
+    subs: Vec<Chan>,
+    names: Vec<String>,
+    seqs: Vec<SeqTrack>,
+    positions: Vec<Option<Position>>,
+}
+
+impl Kept {
+    /// A `subscribed` frame: a fresh subscribe starts the position there; `recovered: false`
+    /// (a resume refused, or the continuity notice) is counted, with the events it skipped, and
+    /// moves the position; `recovered: true` keeps it (the replay that follows moves it).
+    fn subscribed(&mut self, frame: Subscribed, report: &mut Report) {
+        let Some(slot) = self.names.iter().position(|n| *n == frame.channel) else {
+            return;
+        };
+        let was = &mut self.positions[slot];
+        match (frame.recovered, was.as_ref()) {
+            (Some(true), Some(_)) => {}
+            (Some(false), Some(old)) => {
+                report.not_recovered += 1;
+                if old.epoch == frame.position.epoch {
+                    report.skipped += frame.position.offset.saturating_sub(old.offset);
+                } else {
+                    report.epoch_changes += 1;
+                }
+                *was = Some(frame.position);
+            }
+            (Some(false), None) => {
+                report.not_recovered += 1;
+                *was = Some(frame.position);
+            }
+            _ => *was = Some(frame.position),
+        }
+    }
 }
 
 impl Conn {
     async fn run(self, first: tokio::sync::oneshot::Sender<Result<(), String>>) {
         let mut first = Some(first);
         let mut attempt: u32 = 0;
+        let subs = self.plan.subscriptions(self.i);
+        let mut kept = Kept {
+            node: self.i as usize % self.servers.len(),
+            names: subs.iter().map(|c| c.name(&self.target.org)).collect(),
+            seqs: vec![SeqTrack::default(); subs.len()],
+            positions: vec![None; subs.len()],
+            subs,
+        };
         loop {
             let opened = {
                 let _permit = self.gate.acquire().await;
-                tokio::time::timeout(Duration::from_secs(30), self.open()).await
+                tokio::time::timeout(Duration::from_secs(30), self.open(&mut kept)).await
             };
             let opened = match opened {
                 Ok(r) => r,
@@ -280,12 +363,15 @@ impl Conn {
                         std::future::pending::<()>().await;
                         return;
                     }
-                    self.read(ws).await;
+                    self.read(ws, &mut kept).await;
                     let mut s = self.stats.borrow_mut();
                     s.connected -= 1;
                     s.report.dropped += 1;
+                    // The node went away (or dropped us): try another.
+                    kept.node = other_node(kept.node, self.servers.len());
                 }
                 Err(e) => {
+                    kept.node = other_node(kept.node, self.servers.len());
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Err(format!("{e:#}")));
                         if !self.args.reconnect {
@@ -309,9 +395,10 @@ impl Conn {
         }
     }
 
-    /// Connects from this connection's source address, authenticates and subscribes.
-    async fn open(&self) -> Result<Ws> {
-        let subs = self.plan.subscriptions(self.i);
+    /// Connects from this connection's source address to its node, authenticates and
+    /// subscribes (resuming every channel it has a position on).
+    async fn open(&self, kept: &mut Kept) -> Result<Ws> {
+        let subs = &kept.subs;
         let source = Ipv4Addr::new(
             127,
             0,
@@ -327,9 +414,13 @@ impl Conn {
         // on the source addresses the next run's binds slow down by up to 10x (connects per
         // second measured the kernel's port search, not the server).
         socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO))?;
-        let stream = socket.connect(self.server).await.context("connecting")?;
+        let stream = socket
+            .connect(self.servers[kept.node])
+            .await
+            .context("connecting")?;
         stream.set_nodelay(true)?;
-        let mut request = self.target.ws_url(&subs).into_client_request()?;
+        let node = self.servers[kept.node].to_string();
+        let mut request = self.target.ws_url(&node, subs).into_client_request()?;
         let token = self.target.token(self.i);
         if self.target.kind == Kind::Cortex {
             request.headers_mut().insert(
@@ -354,18 +445,28 @@ impl Conn {
                 expect(&mut ws, |t| t.contains(r#""type":"connected""#)).await?;
                 // All subscribes in one write, as a client (re)subscribing to several
                 // channels sends them.
-                for frame in target::cortex_subscribes(&subs, &self.target.org) {
+                let resuming = kept.positions.iter().any(Option::is_some);
+                for frame in target::cortex_subscribes(subs, &self.target.org, &kept.positions) {
                     ws.feed(Message::text(frame)).await?;
                 }
                 ws.flush().await?;
                 let mut acked = 0;
-                while acked < subs.len() {
+                let mut recovered = 0;
+                while acked < kept.subs.len() {
                     let text = next_text(&mut ws).await?;
-                    if text.contains(r#""type":"subscribed""#) {
+                    if let Some(frame) = Subscribed::parse(&text) {
                         acked += 1;
+                        recovered += usize::from(frame.recovered == Some(true));
+                        kept.subscribed(frame, &mut self.stats.borrow_mut().report);
                     } else if text.contains(r#""type":"error""#) {
                         bail!("subscribe refused: {text}");
+                    } else {
+                        // A replayed event may come before the last reply.
+                        self.arrival(&text, kept);
                     }
+                }
+                if resuming && recovered == kept.subs.len() {
+                    self.stats.borrow_mut().report.resumed += 1;
                 }
             }
             Kind::Nchan => {}
@@ -378,7 +479,7 @@ impl Conn {
                     bail!("socket.io refused the connection: {text}");
                 }
                 ws.send(Message::text(target::socketio_subscribe(
-                    &subs,
+                    subs,
                     &self.target.org,
                 )))
                 .await?;
@@ -389,9 +490,7 @@ impl Conn {
     }
 
     /// Reads events until the connection ends.
-    async fn read(&self, mut ws: Ws) {
-        let subs = self.plan.subscriptions(self.i);
-        let mut seqs = vec![SeqTrack::default(); subs.len()];
+    async fn read(&self, mut ws: Ws, kept: &mut Kept) {
         while let Some(msg) = ws.next().await {
             let text = match msg {
                 Ok(Message::Text(t)) => t,
@@ -414,30 +513,47 @@ impl Conn {
                 }
                 continue;
             }
-            let now = now_ns();
-            let mut s = self.stats.borrow_mut();
-            let Some(marker) = Marker::find(text.as_str()) else {
-                s.report.unparsed += 1;
-                continue;
-            };
-            let r = &mut s.report;
-            r.received += 1;
-            r.bytes += text.len() as u64;
-            let Some(slot) = subs.iter().position(|c| *c == marker.chan) else {
-                r.misrouted += 1;
-                continue;
-            };
-            match seqs[slot].see(marker.seq) {
-                Seen::New => r.unique += 1,
-                Seen::Late => {
-                    r.unique += 1;
-                    r.out_of_order += 1;
-                }
-                Seen::Duplicate => r.duplicates += 1,
-            }
-            let micros = now.saturating_sub(marker.sent_ns) / 1000;
-            s.latency.saturating_record(micros.max(1));
+            self.arrival(text.as_str(), kept);
         }
+    }
+
+    /// One frame read while subscribed: an event (counted, its latency recorded, its position
+    /// kept) or the server's continuity notice.
+    fn arrival(&self, text: &str, kept: &mut Kept) {
+        let now = now_ns();
+        let mut s = self.stats.borrow_mut();
+        let Some(marker) = Marker::find(text) else {
+            match Subscribed::parse(text) {
+                Some(notice) if self.target.kind == Kind::Cortex => {
+                    kept.subscribed(notice, &mut s.report)
+                }
+                _ => s.report.unparsed += 1,
+            }
+            return;
+        };
+        let r = &mut s.report;
+        r.received += 1;
+        r.bytes += text.len() as u64;
+        let Some(slot) = kept.subs.iter().position(|c| *c == marker.chan) else {
+            r.misrouted += 1;
+            return;
+        };
+        if self.target.kind == Kind::Cortex
+            && let Some(p) = target::cortex_event_position(text)
+        {
+            kept.positions[slot] = Some(p);
+        }
+        match kept.seqs[slot].see(marker.seq) {
+            Seen::New => r.unique += 1,
+            Seen::Late => {
+                r.unique += 1;
+                r.out_of_order += 1;
+            }
+            Seen::Duplicate => r.duplicates += 1,
+        }
+        let micros = now.saturating_sub(marker.sent_ns) / 1000;
+        s.latency.saturating_record(micros.max(1));
+        s.timeline.record(now, micros);
     }
 }
 
@@ -466,5 +582,25 @@ async fn expect(ws: &mut Ws, want: impl Fn(&str) -> bool) -> Result<()> {
         Ok(())
     } else {
         bail!("unexpected frame: {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_connection_moves_to_another_node_spread_over_all_of_them() {
+        assert_eq!(other_node(0, 1), 0);
+        let mut hits = [0u32; 6];
+        for _ in 0..6_000 {
+            let n = other_node(2, 6);
+            assert_ne!(n, 2, "never the node that went away");
+            hits[n] += 1;
+        }
+        assert_eq!(hits[2], 0);
+        for (n, &h) in hits.iter().enumerate().filter(|&(n, _)| n != 2) {
+            assert!((900..=1500).contains(&h), "node {n} got {h} of 6,000");
+        }
     }
 }
