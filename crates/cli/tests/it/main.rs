@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod cluster;
 mod delivery;
+mod haproxy;
 mod hardening;
 mod hostile;
 mod local;
