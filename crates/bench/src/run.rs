@@ -662,11 +662,22 @@ async fn publish_phase(
         eprintln!("bench: first publish error: {e}");
     }
     let published = counters.published.get();
-    let end_unix = now_ns() as f64 / 1e9;
+    // The windows end with the publishing, not with the settle time after it.
+    let end_unix = start_unix + publish_secs;
+    let mut injected: Vec<Injected> = injected.borrow_mut().drain(..).collect();
+    injected.sort_by(|a, b| a.at.total_cmp(&b.at));
+    // A fault's "before" starts where the previous one's "during" ended.
+    let befores: Vec<f64> = std::iter::once(start_unix)
+        .chain(
+            injected
+                .iter()
+                .map(|f| f.at + args.fault_window.as_secs_f64()),
+        )
+        .collect();
     let faults = injected
-        .borrow_mut()
-        .drain(..)
-        .map(|f| FaultReport {
+        .into_iter()
+        .zip(befores)
+        .map(|(f, before)| FaultReport {
             at_secs: f.at - start_unix,
             command: f.command,
             status: f.status,
@@ -676,7 +687,7 @@ async fn publish_phase(
             errors_between_secs: None,
             // Filled in with the workers' timelines: (from, to) in Unix seconds for now.
             windows: [
-                ("before", start_unix, f.at),
+                ("before", before.min(f.at), f.at),
                 ("during", f.at, f.at + args.fault_window.as_secs_f64()),
                 ("after", f.at + args.fault_window.as_secs_f64(), end_unix),
             ]

@@ -181,6 +181,7 @@ async fn run(args: WorkerArgs) -> Result<()> {
                 .ok_or_else(|| anyhow!("{addr} resolves to nothing"))?,
         );
     }
+    let down = Rc::new(RefCell::new(vec![None; servers.len()]));
     let servers = Rc::new(servers);
     let stats = Rc::new(RefCell::new(Stats {
         report: Report::default(),
@@ -201,6 +202,7 @@ async fn run(args: WorkerArgs) -> Result<()> {
             plan: plan.clone(),
             target: target.clone(),
             servers: servers.clone(),
+            down: down.clone(),
             stats: stats.clone(),
             gate: gate.clone(),
         };
@@ -271,17 +273,29 @@ struct Conn {
     plan: Rc<Plan>,
     target: Rc<Target>,
     servers: Rc<Vec<SocketAddr>>,
+    /// Until when each node is avoided (shared by the worker's connections).
+    down: Rc<RefCell<Vec<Option<Instant>>>>,
     stats: Rc<RefCell<Stats>>,
     gate: Rc<Semaphore>,
 }
 
-/// Another node than `node` of `n`, at random: a load balancer spreads the clients of a node
-/// that went away over the others, rather than sending them all to its neighbour.
-fn other_node(node: usize, n: usize) -> usize {
+/// Another node than `node`, at random among those not refused lately (`down[i]`: until when
+/// node i is avoided; if every other is, any other): a load balancer spreads the clients of a
+/// node that went away over the nodes still up, rather than sending them all to its
+/// neighbour or back to a dead one.
+fn other_node(node: usize, down: &[Option<Instant>]) -> usize {
+    let n = down.len();
     if n < 2 {
         return 0;
     }
-    (node + 1 + rand::rng().random_range(0..n - 1)) % n
+    let now = Instant::now();
+    let up: Vec<usize> = (0..n)
+        .filter(|&i| i != node && down[i].is_none_or(|until| until <= now))
+        .collect();
+    if up.is_empty() {
+        return (node + 1 + rand::rng().random_range(0..n - 1)) % n;
+    }
+    up[rand::rng().random_range(0..up.len())]
 }
 
 /// What a connection keeps across reconnects, as a client does: the node it tries, what it
@@ -368,10 +382,13 @@ impl Conn {
                     s.connected -= 1;
                     s.report.dropped += 1;
                     // The node went away (or dropped us): try another.
-                    kept.node = other_node(kept.node, self.servers.len());
+                    kept.node = other_node(kept.node, &self.down.borrow());
                 }
                 Err(e) => {
-                    kept.node = other_node(kept.node, self.servers.len());
+                    // Refused, or no answer: avoid that node for a while.
+                    self.down.borrow_mut()[kept.node] =
+                        Some(Instant::now() + Duration::from_secs(5));
+                    kept.node = other_node(kept.node, &self.down.borrow());
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Err(format!("{e:#}")));
                         if !self.args.reconnect {
@@ -591,10 +608,11 @@ mod tests {
 
     #[test]
     fn a_dropped_connection_moves_to_another_node_spread_over_all_of_them() {
-        assert_eq!(other_node(0, 1), 0);
+        assert_eq!(other_node(0, &[None]), 0);
         let mut hits = [0u32; 6];
+        let mut down = vec![None; 6];
         for _ in 0..6_000 {
-            let n = other_node(2, 6);
+            let n = other_node(2, &down);
             assert_ne!(n, 2, "never the node that went away");
             hits[n] += 1;
         }
@@ -602,5 +620,10 @@ mod tests {
         for (n, &h) in hits.iter().enumerate().filter(|&(n, _)| n != 2) {
             assert!((900..=1500).contains(&h), "node {n} got {h} of 6,000");
         }
+        // Node 4 refused lately: avoided while others are up; once all are, any other.
+        down[4] = Some(Instant::now() + Duration::from_secs(60));
+        assert!((0..1_000).all(|_| ![2, 4].contains(&other_node(2, &down))));
+        let all = vec![Some(Instant::now() + Duration::from_secs(60)); 6];
+        assert!((0..100).all(|_| other_node(2, &all) != 2));
     }
 }

@@ -64,6 +64,9 @@ use tls::{BadTls, Tls};
 const POSITION_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long a publish waits for its own events to come back through pub/sub.
 const OWN_EVENTS_WAIT: Duration = Duration::from_secs(1);
+/// How long a refill asks Redis again while it does not answer, before it gives up on history
+/// and sends the continuity notice.
+const REFILL_RETRY: Duration = Duration::from_secs(5);
 /// How long a join waits for the node to deliver up to the position it read (a refill from
 /// history starts halfway).
 const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
@@ -640,7 +643,17 @@ impl Inner {
                 offset: last.0,
                 epoch: last.1.to_string(),
             };
-            let recovery = me.recover_now(key, Some(&since)).await;
+            // Redis not answering (its command connection may come back after pub/sub) is no
+            // proof that history lost the events: ask again for a while before the notice.
+            let mut recovery = me.recover_now(key, Some(&since)).await;
+            let asked = tokio::time::Instant::now();
+            while recovery.is_err()
+                && asked.elapsed() < REFILL_RETRY
+                && !me.closed.load(Ordering::Acquire)
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                recovery = me.recover_now(key, Some(&since)).await;
+            }
             let mut held = me.held.lock().unwrap_or_else(|e| e.into_inner());
             let Some(h) = held.get_mut(key) else { return };
             let pending = h.refill.take().unwrap_or_default();
