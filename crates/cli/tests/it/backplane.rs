@@ -623,6 +623,14 @@ async fn connections_per_user_count_across_nodes_and_a_dead_nodes_expire() {
         Some(Some(4029))
     );
 
+    // A's leases outlive their TTL (3 s) while A renews them, several users of an org in one
+    // script: u_1's three and u_2's one are still in Redis after 4 s.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (user, want) in [("u_1", "3"), ("u_2", "1")] {
+        let held = redis.cli(&["ZCARD", &format!("cortex:{{o_1}}:conns:{user}")]);
+        assert_eq!(held.trim(), want, "{user}'s leases, renewed");
+    }
+
     // Redis away: the node's own count is the limit, and every connection stays.
     drop(redis);
     ready_is(&a, 503, Duration::from_secs(10)).await;

@@ -317,10 +317,20 @@ impl Cluster {
         Cluster::start_with(Some(certs))
     }
 
+    /// Three masters, each with a replica (`--cluster-replicas 1`): `masters[0..3]` are the
+    /// masters, `masters[3..6]` their replicas.
+    pub fn start_replicated() -> Cluster {
+        Cluster::start_n(None, 1)
+    }
+
     fn start_with(tls: Option<Certs>) -> Cluster {
+        Cluster::start_n(tls, 0)
+    }
+
+    fn start_n(tls: Option<Certs>, replicas: usize) -> Cluster {
         let dir = temp_path("redis-cluster");
         std::fs::create_dir_all(&dir).unwrap();
-        let masters: Vec<Redis> = (0..3)
+        let masters: Vec<Redis> = (0..3 * (1 + replicas))
             .map(|_| Cluster::start_node(&dir, Cluster::free_pair(), tls.as_ref()))
             .collect();
         let addrs: Vec<String> = masters
@@ -331,12 +341,21 @@ impl Cluster {
             .args(masters[0].tls_args())
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
         assert!(out.status.success(), "redis-cli --cluster create: {out:?}");
         let cluster = Cluster { masters, dir, tls };
         cluster.wait_ok();
+        // A replica that has not synced with its master yet would not take over from it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.masters.iter().all(|m| {
+            let info = m.cli(&["INFO", "replication"]);
+            info.contains("role:master") || info.contains("master_link_status:up")
+        }) {
+            assert!(Instant::now() < deadline, "the replicas did not sync");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         cluster
     }
 

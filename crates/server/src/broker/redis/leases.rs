@@ -9,7 +9,7 @@
 //! the count across nodes converges once Redis is back.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -50,20 +50,32 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
 "#;
 
-/// Renews (or adds) leases of one user, and drops the expired ones.
+/// Renews (or adds) the leases of several users of one org (their keys share its hash tag, so
+/// one slot), and drops the expired ones.
 ///
-/// KEYS: the user's leases. ARGV: TTL (ms), then the members. Returns how many are held.
+/// KEYS: each user's leases. ARGV: TTL (ms), then per key its count of members and the
+/// members. Returns how many keys it renewed.
 const RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+local at = 2
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[at])
+  at = at + 1
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now)
+  for i = 1, n do
+    redis.call('ZADD', KEYS[k], now + ttl, ARGV[at])
+    at = at + 1
+  end
+  redis.call('PEXPIRE', KEYS[k], ttl)
 end
-redis.call('PEXPIRE', KEYS[1], ttl)
-return redis.call('ZCARD', KEYS[1])
+return #KEYS
 "#;
+
+/// Users renewed in one script call at most (one org's, so one slot in a Cluster): 100,000
+/// connections of distinct users cost 1,000 calls a renewal, not 100,000.
+const RENEW_BATCH: usize = 100;
 
 /// This node's leases.
 pub(crate) struct Book {
@@ -186,25 +198,42 @@ impl Book {
             .await;
     }
 
-    /// Renews every lease of this node (one script per user, pipelined).
+    /// Renews every lease of this node (one script per org and [`RENEW_BATCH`] users,
+    /// pipelined).
     pub(crate) async fn renew(&self, link: &Link) {
         if !link.is_up() {
             return;
         }
-        let users: Vec<(String, Vec<String>)> = {
+        // Per org: its users' keys and members.
+        let mut orgs: HashMap<Arc<str>, Vec<(String, Vec<String>)>> = HashMap::new();
+        {
             let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            held.iter()
-                .map(|(user, conns)| {
-                    let key = self.keys.leases(&user.0, &user.1);
-                    (key, conns.iter().map(|c| self.member(*c)).collect())
-                })
-                .collect()
-        };
+            for (user, conns) in held.iter() {
+                let key = self.keys.leases(&user.0, &user.1);
+                orgs.entry(user.0.clone())
+                    .or_default()
+                    .push((key, conns.iter().map(|c| self.member(*c)).collect()));
+            }
+        }
+        let batches: Vec<Vec<(String, Vec<String>)>> = orgs
+            .into_values()
+            .flat_map(|mut users| {
+                let mut out = Vec::new();
+                while !users.is_empty() {
+                    let rest = users.split_off(users.len().min(RENEW_BATCH));
+                    out.push(std::mem::replace(&mut users, rest));
+                }
+                out
+            })
+            .collect();
         let ttl = self.ttl_ms();
-        futures_util::stream::iter(users)
-            .for_each_concurrent(RENEW_DEPTH, |(key, members)| async move {
+        futures_util::stream::iter(batches)
+            .for_each_concurrent(RENEW_DEPTH, |users| async move {
                 let mut invocation = self.renew.prepare_invoke();
-                invocation.key(key).arg(ttl).arg(members);
+                invocation.arg(ttl);
+                for (key, members) in users {
+                    invocation.key(key).arg(members.len()).arg(members);
+                }
                 link.run(|mut c| {
                     let invocation = &invocation;
                     async move { invocation.invoke_async::<i64>(&mut c).await }

@@ -23,6 +23,8 @@ use super::reconnect::Reconnect;
 
 /// How often an idle connection to one server is pinged.
 const PROBE: Duration = Duration::from_secs(1);
+/// The least time between two renewals of a Cluster's connection.
+const CLUSTER_RENEW: Duration = Duration::from_secs(1);
 /// The wait before a command Redis refused unexecuted is sent again.
 const REDIRECT_WAIT: Duration = Duration::from_millis(50);
 
@@ -81,6 +83,8 @@ pub(crate) struct Link {
     lost: Notify,
     /// Someone has reason to doubt the connection (the pub/sub one was lost): ping it now.
     doubt: Notify,
+    /// A Cluster command failed on its connection: read the slot map again (a new connection).
+    stale: Notify,
 }
 
 impl Link {
@@ -96,6 +100,7 @@ impl Link {
             up: AtomicBool::new(false),
             lost: Notify::new(),
             doubt: Notify::new(),
+            stale: Notify::new(),
         }
     }
 
@@ -150,9 +155,12 @@ impl Link {
         }
     }
 
-    /// A command's connection failed: one server's is replaced; a Cluster's repairs itself.
+    /// A command's connection failed: one server's is replaced; a Cluster's is renewed (see
+    /// [`Link::maintain`]) while the old one goes on serving the other shards.
     fn failed(&self) {
-        if !self.is_cluster() {
+        if self.is_cluster() {
+            self.stale.notify_one();
+        } else {
             self.mark_lost();
         }
     }
@@ -191,7 +199,11 @@ impl Link {
     /// Keeps the connection up until `stop`: connects, then pings it every [`PROBE`] (and when
     /// it is doubted) until it is lost, then connects again after a backoff with full jitter. The
     /// probe is what makes an idle node notice a Redis that died or was paused. A Cluster's
-    /// connection, once made, is kept: redis-rs reconnects to each master itself.
+    /// connection, once made, stays up: redis-rs reconnects to each master itself, but with its
+    /// own retries off it keeps the slot map it read, so a master that died and was failed over
+    /// to its replica would stay in it for ever. A command that fails on the connection (not
+    /// an answer) asks for a new connection, which reads the slot map again from the seeds;
+    /// it replaces the old one at most once a second, and readiness never flaps meanwhile.
     pub(crate) async fn maintain(&self, stop: CancellationToken) {
         let mut backoff = Reconnect::new();
         // The last reason a connect failed, told once (a bad certificate, a refused port).
@@ -224,8 +236,25 @@ impl Link {
             backoff.reset();
             failing = None;
             if self.is_cluster() {
-                stop.cancelled().await;
-                return;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = self.stale.notified() => {}
+                    }
+                    match self.connect().await {
+                        Ok(conn) => {
+                            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+                            tracing::info!("redis cluster connection renewed: slot map read again");
+                        }
+                        Err(why) => {
+                            tracing::warn!(error = %why, "renewing the redis cluster connection failed")
+                        }
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(CLUSTER_RENEW) => {}
+                    }
+                }
             }
             loop {
                 tokio::select! {

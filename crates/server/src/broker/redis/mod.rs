@@ -501,10 +501,14 @@ impl Inner {
                     });
                 }
             }
-            let wait = if known {
-                shards::REFRESH
-            } else {
+            // A master that cannot be reached may have been failed over to its replica: read
+            // the slot map again soon, not at the next refresh.
+            let wait = if !known {
                 Duration::from_millis(200)
+            } else if !i.shards.is_up() {
+                Duration::from_millis(500)
+            } else {
+                shards::REFRESH
             };
             // Held while waiting; the broker's drop stops this task.
             let moved = i.shards.moved.notified();
