@@ -674,10 +674,18 @@ async fn publish_phase(
                 .map(|f| f.at + args.fault_window.as_secs_f64()),
         )
         .collect();
+    // Its "after" ends where the next one starts (or with the publishing).
+    let afters: Vec<f64> = injected
+        .iter()
+        .skip(1)
+        .map(|f| f.at)
+        .chain(std::iter::once(start_unix + publish_secs))
+        .collect();
     let faults = injected
         .into_iter()
         .zip(befores)
-        .map(|(f, before)| FaultReport {
+        .zip(afters)
+        .map(|((f, before), after)| FaultReport {
             at_secs: f.at - start_unix,
             command: f.command,
             status: f.status,
@@ -689,7 +697,7 @@ async fn publish_phase(
             windows: [
                 ("before", before.min(f.at), f.at),
                 ("during", f.at, f.at + args.fault_window.as_secs_f64()),
-                ("after", f.at + args.fault_window.as_secs_f64(), end_unix),
+                ("after", f.at + args.fault_window.as_secs_f64(), after),
             ]
             .into_iter()
             .map(|(name, from, to)| Window {
