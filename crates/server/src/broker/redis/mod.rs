@@ -67,9 +67,10 @@ const OWN_EVENTS_WAIT: Duration = Duration::from_secs(1);
 /// How long a refill asks Redis again while it does not answer, before it gives up on history
 /// and sends the continuity notice.
 const REFILL_RETRY: Duration = Duration::from_secs(5);
-/// How long a join waits for the node to deliver up to the position it read (a refill from
-/// history starts halfway).
-const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
+/// How long a join waits at most for the node to deliver up to the position it read (a refill
+/// from history starts after a tenth of it): long enough for a node whose pub/sub lags by
+/// seconds under load (the 100,000-connection benchmark saw duplicates with 1 s).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 /// Events of one channel held back while its gap is refilled from history; past this, the
 /// refill reads history once more instead of holding more.
 const MAX_PENDING: usize = 1000;
@@ -942,7 +943,7 @@ impl Inner {
     /// wait, the subscriber would be moved into the hub first and get events at or below its
     /// position live (already in its replay, or before it subscribed: duplicates). While it
     /// waits the subscriber is a joiner, so those events are buffered and dropped by the join.
-    /// A node that does not catch up within a moment starts a refill from history.
+    /// A node that does not catch up within half a second starts a refill from history.
     async fn caught_up(self: &Arc<Self>, key: &ChannelKey, position: &Position) {
         let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
         let mut refilled = false;
@@ -965,11 +966,11 @@ impl Inner {
                 tracing::debug!(channel = %key.channel, "a join did not see its position delivered");
                 return;
             }
-            if !refilled && deadline - now < CATCH_UP_WAIT / 2 {
+            if !refilled && deadline - now < CATCH_UP_WAIT * 9 / 10 {
                 refilled = true;
                 Inner::start_refill(self, key);
             }
-            let _ = tokio::time::timeout_at(deadline.min(now + CATCH_UP_WAIT / 2), moved).await;
+            let _ = tokio::time::timeout_at(deadline.min(now + CATCH_UP_WAIT / 10), moved).await;
         }
     }
 
