@@ -7,24 +7,19 @@
 //! library's server on `--redis`), so the fault is a real signal; Redis is a `redis-server` of
 //! this test's own on a free port.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::free_port;
 use cortex_bench::report::RunReport;
 use cortex_realtime::{Config, RedisConfig, Server};
 
 const SECRET: &str = "it-nodes-secret";
 const PUBLISH_KEY: &str = "it-nodes-publish-key";
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("a free port")
-        .local_addr()
-        .expect("its address")
-        .port()
-}
 
 /// Not a test of its own: the body of a node process. The parent starts this binary with
 /// `CORTEX_BENCH_NODE=ADDR,REDIS_URL` and `--exact child_node`; without the variable it does
@@ -179,27 +174,7 @@ fn run_with_fault(signal: &str) -> RunReport {
         &redis.0.id().to_string(),
         "--check",
     ];
-    eprintln!("it: cortex-bench {}", args.join(" "));
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_cortex-bench"))
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .env_remove("CORTEX_JWT_SECRET")
-        .env_remove("CORTEX_PUBLISH_KEY")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("cortex-bench starts");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(status) = bench.try_wait().expect("waiting for cortex-bench") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = bench.kill();
-            panic!("cortex-bench did not end within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = common::run_bench(&args, &json, "against two nodes", Duration::from_secs(90));
     let text = std::fs::read_to_string(&json).expect("the JSON report");
     let report: RunReport = serde_json::from_str(&text).expect("the report parses");
     assert!(

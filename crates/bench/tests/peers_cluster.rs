@@ -8,8 +8,11 @@
 //! Needs what `scripts/peers install` installs (it runs it); runs only with
 //! `CORTEX_BENCH_PEERS=1`, like the single-node peer tests in `it.rs`.
 
+mod common;
+
+use common::free_port;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,13 +32,6 @@ fn enabled(what: &str) -> bool {
 }
 
 /// A port nobody listens on, as far as anyone can tell without holding it.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 fn peers_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/peers")
 }
@@ -374,28 +370,12 @@ fn bench_across(kind: &str, a: &Peer, b: &Peer) -> serde_json::Value {
         &pids,
         "--check",
     ];
-    eprintln!("peers_cluster: cortex-bench {}", args.join(" "));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cortex-bench"))
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .env_remove("CORTEX_JWT_SECRET")
-        .env_remove("CORTEX_PUBLISH_KEY")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("cortex-bench starts");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for cortex-bench") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("cortex-bench against {kind} did not finish within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = common::run_bench(
+        &args,
+        &json,
+        &format!("against {kind}"),
+        Duration::from_secs(90),
+    );
     assert!(
         status.success(),
         "cortex-bench --check against {kind}: {status}"
