@@ -17,6 +17,10 @@ pub const MAX_CHANNELS_PER_EVENT: usize = 16;
 pub const MAX_BATCH: usize = 100;
 /// Longest `idempotencyKey`, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+/// The values an `agent.status` event's `status` may take ([`FieldKind::AgentStatus`]).
+pub const AGENT_STATUSES: [&str; 2] = ["error", "blocked"];
+/// The lowest and highest `progress` ([`FieldKind::Progress`]), inclusive.
+pub const PROGRESS_BOUNDS: (f64, f64) = (0.0, 100.0);
 
 /// The sixteen event types.
 #[allow(missing_docs)] // each variant is its wire name, see `as_str`
@@ -201,6 +205,7 @@ impl EventType {
 }
 
 /// One event as a publisher sends it to `POST /api/events`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PublishEvent {
@@ -345,11 +350,11 @@ fn check_payload(
                 _ => return bad("must be an RFC 3339 timestamp"),
             },
             Progress => match value.as_f64() {
-                Some(p) if (0.0..=100.0).contains(&p) => {}
+                Some(p) if (PROGRESS_BOUNDS.0..=PROGRESS_BOUNDS.1).contains(&p) => {}
                 _ => return bad("must be a number from 0 to 100"),
             },
             AgentStatus => match value.as_str() {
-                Some("error" | "blocked") => {}
+                Some(s) if AGENT_STATUSES.contains(&s) => {}
                 _ => return bad("must be \"error\" or \"blocked\""),
             },
             _ => {}
@@ -473,6 +478,7 @@ pub fn write_delivery(
 
 /// An event as a client receives it (for clients and tests; the server writes it with
 /// [`write_delivery`]).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {

@@ -9,11 +9,15 @@
 //! - [`message`]: client commands and server replies.
 //! - [`event`]: the sixteen event types, publish bodies and their checks, the delivered form.
 //! - [`close`]: close codes and the reconnect policy each carries.
+//! - `schema` (feature `schema`): the JSON Schemas, OpenAPI and AsyncAPI documents of the wire,
+//!   generated from the above (`docs/schemas/`, `docs/openapi.json`, `docs/asyncapi.json`).
 
 pub mod channel;
 pub mod close;
 pub mod event;
 pub mod message;
+#[cfg(feature = "schema")]
+pub mod schema;
 
 pub use channel::{ChannelId, ChannelKind, ChannelPattern};
 pub use close::{CloseCode, Reconnect};

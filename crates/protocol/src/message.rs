@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A command's `ref`: a string or a number, echoed in its reply.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Ref {
@@ -14,6 +15,7 @@ pub enum Ref {
 }
 
 /// Where a resuming client left a channel: the last offset it saw, in which epoch.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Since {
     /// The offset of the last event the client received.
@@ -23,6 +25,7 @@ pub struct Since {
 }
 
 /// A message from client to server.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClientMessage {
@@ -189,6 +192,7 @@ impl ClassifyMessage for serde_json::Error {
 }
 
 /// The `code` of an `error` reply.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -213,6 +217,7 @@ pub enum ErrorCode {
 
 /// A message from server to client, other than an event (events are pre-serialized by the server,
 /// see [`crate::event::write_delivery`]).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerMessage {
