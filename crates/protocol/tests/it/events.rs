@@ -17,7 +17,7 @@ const ORG: &str = "o_1";
 const SENT_AT: &str = "2026-11-25T20:40:16.123Z";
 
 /// The server's clock in these tests: 2026-11-25T21:00:00.987654321Z.
-fn now() -> OffsetDateTime {
+pub(crate) fn now() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(1_795_640_400_987_654_321).expect("in range")
 }
 
@@ -26,7 +26,7 @@ const FILLED_AT: &str = "2026-11-25T21:00:00.987Z";
 
 /// CONTRACT.md section 5 written out: each wire name, a minimal valid payload holding exactly its
 /// required fields, and the channels section 7 derives from that payload for org `o_1`.
-fn catalogue() -> Vec<(&'static str, Value, &'static [&'static str])> {
+pub(crate) fn catalogue() -> Vec<(&'static str, Value, &'static [&'static str])> {
     vec![
         (
             "agent.spawned",
@@ -125,7 +125,7 @@ fn catalogue() -> Vec<(&'static str, Value, &'static [&'static str])> {
 
 /// Values of the wrong JSON type for a required field; empty for `result` and `results`, which take
 /// any value but `null`. The first entry of each is the case CONTRACT.md names.
-fn mistyped(field: &str) -> Vec<Value> {
+pub(crate) fn mistyped(field: &str) -> Vec<Value> {
     match field {
         "result" | "results" => vec![],
         "duration" => vec![
