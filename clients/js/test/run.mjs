@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pkg = path.resolve(here, "..");
 const only = process.argv.slice(2);
-const files = (only.length ? only : ["unit", "integration", "redis", "browser", "loss"]).map((f) =>
+const files = (only.length ? only : ["unit", "schemas", "integration", "redis", "browser", "loss"]).map((f) =>
   path.join("test", f.endsWith(".mjs") ? path.basename(f) : `${f}.test.mjs`),
 );
 
