@@ -19,8 +19,14 @@ fn main() -> std::io::Result<()> {
     let mut stale = Vec::new();
     list_json(&dir.join("schemas"), &mut stale)?;
     for path in stale {
-        let rel = path.strip_prefix(&dir).expect("under dir").to_string_lossy();
-        if !docs.iter().any(|d| Path::new(&d.path) == Path::new(rel.as_ref())) {
+        let rel = path
+            .strip_prefix(&dir)
+            .expect("under dir")
+            .to_string_lossy();
+        if !docs
+            .iter()
+            .any(|d| Path::new(&d.path) == Path::new(rel.as_ref()))
+        {
             std::fs::remove_file(&path)?;
             println!("removed {}", path.display());
         }

@@ -223,7 +223,9 @@ fn field(kind: FieldKind) -> Value {
         FieldKind::Number => json!({"type": "number"}),
         FieldKind::Object => json!({"type": "object"}),
         FieldKind::Array => json!({"type": "array"}),
-        FieldKind::Any => json!({"description": "Any JSON value but null.", "not": {"type": "null"}}),
+        FieldKind::Any => {
+            json!({"description": "Any JSON value but null.", "not": {"type": "null"}})
+        }
         FieldKind::Timestamp => json!({
             "description": "Filled in by the server (UTC, milliseconds) when the publisher leaves it out; delivered exactly as sent otherwise.",
             "$ref": format!("{REF}common/Timestamp"),

@@ -55,7 +55,9 @@ fn cached(key: &'static str) -> &'static Validator {
 }
 
 fn payload_validator(ty: EventType) -> &'static Validator {
-    cached(Box::leak(format!("payload/{}", ty.as_str()).into_boxed_str()))
+    cached(Box::leak(
+        format!("payload/{}", ty.as_str()).into_boxed_str(),
+    ))
 }
 
 fn body(ty: &str, payload: Value) -> PublishEvent {
@@ -95,7 +97,11 @@ fn docs_match_the_generator() {
                 stack.push(path);
                 continue;
             }
-            let rel = path.strip_prefix(&dir).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(&dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if !generated.contains(&rel) {
                 wrong.push(format!("{rel} is not generated"));
             }
@@ -186,7 +192,11 @@ fn every_ref_in_the_documents_resolves() {
     assert!(errors.is_empty(), "{errors:#?}");
     // The checker itself finds a dangling reference.
     let tmp = std::env::temp_dir().join(format!("cortex-refs-{}.json", std::process::id()));
-    std::fs::write(&tmp, r##"{"a": {"$ref": "#/nope"}, "b": {"$ref": "missing.json"}}"##).unwrap();
+    std::fs::write(
+        &tmp,
+        r##"{"a": {"$ref": "#/nope"}, "b": {"$ref": "missing.json"}}"##,
+    )
+    .unwrap();
     let mut errors = Vec::new();
     check_refs(&tmp, &mut BTreeSet::new(), &mut errors);
     std::fs::remove_file(&tmp).unwrap();
@@ -201,7 +211,10 @@ fn every_schema_file_is_a_valid_draft_2020_12_schema() {
         }
         jsonschema::draft202012::meta::validate(&d.value)
             .unwrap_or_else(|e| panic!("{}: {e}", d.path));
-        let key = d.path.trim_start_matches("schemas/").trim_end_matches(".json");
+        let key = d
+            .path
+            .trim_start_matches("schemas/")
+            .trim_end_matches(".json");
         let _ = validator(key);
     }
 }
@@ -319,7 +332,10 @@ fn every_event_types_example_passes_its_schemas() {
         let mut frame = json!({"type": name, "channelId": "org:o_1", "id": "e", "offset": 1, "epoch": "e", "payload": {}});
         assert!(!server.is_valid(&frame), "{name} empty payload");
         frame["payload"] = example(ty);
-        frame["payload"].as_object_mut().unwrap().remove("timestamp");
+        frame["payload"]
+            .as_object_mut()
+            .unwrap()
+            .remove("timestamp");
         assert!(
             !cached_event(ty).is_valid(&frame),
             "{name}: a delivered payload always has its timestamp"
