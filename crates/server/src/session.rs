@@ -694,7 +694,11 @@ impl Session {
         let stalled = tokio::time::sleep(self.node.config.limits.idle_timeout);
         let res = tokio::select! {
             r = write => r,
-            _ = std::future::poll_fn(|cx| outbox.poll_overflowed(cx)) => return Err(Stop::Close(Closing::SlowConsumer)),
+            ended = std::future::poll_fn(|cx| outbox.poll_overflowed(cx)) => return Err(Stop::Close(match ended {
+                None => Closing::SlowConsumer,
+                // An operator's disconnect of a client that does not read: close now.
+                Some(code) => Closing::Kicked(CloseCode::from_code(code).unwrap_or(CloseCode::Policy)),
+            })),
             _ = stalled => return Err(Stop::Close(Closing::IdleTimeout)),
             _ = sleep_until(self.expires) => return Err(Stop::Close(Closing::TokenExpired)),
             _ = drained => return Err(Stop::Abandon(End::Closed(Closing::Draining.close_code()))),

@@ -345,12 +345,16 @@ impl Outbox {
             && s.bytes + bytes <= self.shared.max_bytes
     }
 
-    /// Ready once the queue has overflowed; otherwise the task is woken by the next push or
-    /// overflow.
-    pub fn poll_overflowed(&self, cx: &Context<'_>) -> Poll<()> {
+    /// Ready once the queue has overflowed (`None`) or an operator asked for a close
+    /// (`Some(code)`, see [`Outbox::kick`]); otherwise the task is woken by the next push,
+    /// overflow or kick.
+    pub fn poll_overflowed(&self, cx: &Context<'_>) -> Poll<Option<u16>> {
         let mut s = self.lock();
         if s.overflowed {
-            return Poll::Ready(());
+            return Poll::Ready(None);
+        }
+        if let Some(code) = s.kicked {
+            return Poll::Ready(Some(code));
         }
         s.wait(cx);
         Poll::Pending
