@@ -10,7 +10,7 @@ use cortex_realtime::{Config, RedisConfig, Server};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::redis::Redis;
+use crate::redis::{Cluster, Redis};
 use crate::util::*;
 
 /// The admin key of every test server here.
@@ -31,6 +31,12 @@ impl AdminServer {
     async fn on_redis(url: &str) -> AdminServer {
         let mut c = config();
         c.redis = Some(RedisConfig::new(url));
+        AdminServer::with(c).await
+    }
+
+    async fn on_cluster(urls: Vec<String>) -> AdminServer {
+        let mut c = config();
+        c.redis = Some(RedisConfig::cluster(urls));
         AdminServer::with(c).await
     }
 
@@ -633,6 +639,43 @@ async fn two_nodes_on_one_redis_see_each_other_share_top_and_disconnects() {
         },
     )
     .await;
+    // The rates are each node's own (two nodes in one process count apart).
+    eventually(Duration::from_secs(4), "B's rate moves", || async {
+        b.info().await["node"]["eventsPerSecond"].as_f64().unwrap() > 0.0
+    })
+    .await;
+    assert_eq!(
+        a.info().await["node"]["eventsPerSecond"],
+        0.0,
+        "A accepted nothing"
+    );
+    let (_, top_b) = b.get("top").await;
+    assert_eq!(
+        top_b["channels"][0]["events"], 12,
+        "not counted twice: {top_b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_redis_cluster_see_each_other_and_disconnect_across() {
+    let cluster = Cluster::start();
+    let a = AdminServer::on_cluster(cluster.urls()).await;
+    let b = AdminServer::on_cluster(cluster.urls()).await;
+    eventually(Duration::from_secs(10), "each node lists both", || async {
+        ids(&a.info().await).len() == 2 && ids(&b.info().await).len() == 2
+    })
+    .await;
+    assert_eq!(a.info().await["backplane"], "redis-cluster");
+    let mut on_a = a.client("u_1", "o_1").await;
+    let (status, answer) = b
+        .post(
+            "disconnect",
+            json!({"orgId":"o_1","userId":"u_1","code":1000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["broadcast"], true);
+    assert_eq!(on_a.closed().await, Some(1000));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
