@@ -492,6 +492,9 @@ test("tail-token: a JWT for one channel, signed with the key derived from the ad
   const inUrl = await upgrade(server.adminPort, `/api/ws?token=${t.token}`);
   assert.equal(inUrl.status, 401, "?token= is refused on the admin listener");
   conform("/api/ws", "get", inUrl);
+  const plain = await request("GET", "/api/ws");
+  assert.equal(plain.status, 426, "a plain GET is not an upgrade");
+  conform("/api/ws", "get", plain);
 
   for (const bad of [{ orgId: "o_1", channelId: "nope" }, { orgId: "o_1" }, { channelId: channel }, { orgId: "", channelId: channel }, "{"]) {
     const r = await post("/admin/api/tail-token", bad);
