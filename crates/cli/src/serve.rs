@@ -26,6 +26,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let server = Server::bind(config).await?;
     let signal = shutdown_signal();
     println!("listening on {}", server.local_addr());
+    if let Some(admin) = server.admin_addr() {
+        println!("admin listening on {admin}");
+    }
     tracing::info!(addr = %server.local_addr(), "serving");
     server.run(signal).await?;
     tracing::info!("drained; bye");

@@ -123,5 +123,12 @@ settings! {
             }),
             "PEM file of the CA certificates that a rediss:// Redis's certificate is checked \
              against; without it, the system's trusted roots";
+        admin_listen: Option<SocketAddr> => with(|c, a| c.admin_listen = Some(a)),
+            "Address of the operators' listener: the web console, the admin API, health and \
+             metrics (off unless given; needs --admin-key)";
+        #[arg(hide_env_values = true)]
+        admin_key: Option<String> => with(|c, k: String| c.admin_key = Some(k).filter(|k| !k.is_empty())),
+            "Bearer key of the admin API (Authorization: Bearer KEY); it also signs the \
+             console's tail tokens";
     }
 }

@@ -35,6 +35,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The Redis backplane many nodes share; `None` (the default): this node alone, in memory.
     pub redis: Option<RedisConfig>,
+    /// Where the operators' listener (the console, the admin API, health and metrics) listens;
+    /// `None` (the default): no such listener. Needs `admin_key`.
+    pub admin_listen: Option<SocketAddr>,
+    /// The bearer key of the admin API (compared in constant time); it also signs the console's
+    /// tail tokens (through a key derived from it). Required with `admin_listen`.
+    pub admin_key: Option<String>,
 }
 
 /// Where the Redis backplane is (CONTRACT.md sections 1 and 10).
@@ -119,6 +125,8 @@ impl Default for Config {
             },
             drain_timeout: Duration::from_secs(10),
             redis: None,
+            admin_listen: None,
+            admin_key: None,
         }
     }
 }

@@ -33,7 +33,7 @@
 //! here awaits while holding a lock; broker calls are made outside the join lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cortex_protocol::event::write_delivery;
@@ -97,6 +97,10 @@ pub(crate) struct Dispatch {
     joins: Box<[Mutex<JoinShard>]>,
     /// Joins in progress on the whole node: deliveries skip the join table when there are none.
     joining: AtomicUsize,
+    /// Deliveries into this node's connections since start (the operators' deliveries/s).
+    delivered: AtomicU64,
+    /// Where the backplane's control messages go (the admin module's reader), once asked for.
+    signals: Mutex<Option<tokio::sync::mpsc::Sender<Vec<u8>>>>,
 }
 
 impl Default for Dispatch {
@@ -124,7 +128,23 @@ impl Dispatch {
             hub: Hub::new(),
             joins: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             joining: AtomicUsize::new(0),
+            delivered: AtomicU64::new(0),
+            signals: Mutex::new(None),
         }
+    }
+
+    /// Deliveries into this node's connections since start.
+    pub(crate) fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// From now on the backplane's control messages go to the returned receiver (at most
+    /// `bound` wait; more are dropped: they are heartbeats and requests that a next one
+    /// repeats or that an operator retries).
+    pub(crate) fn signals(&self, bound: usize) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(bound);
+        *self.signals.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
     }
 
     /// This node's subscriptions.
@@ -182,6 +202,9 @@ impl Dispatch {
             recovered: since.map(|_| replay.is_some()),
             position,
         };
+        if let Some(recovered) = subscribed.recovered {
+            metrics::recovery(recovered, replay.as_ref().map_or(0, Vec::len));
+        }
         // A full outbox refuses these; the connection is closing with 4009 anyway, and its
         // client resumes again.
         let pos = &subscribed.position;
@@ -288,9 +311,23 @@ fn take_joiner(joins: &mut JoinShard, key: &ChannelKey, conn: ConnId) -> Option<
 
 impl Sink for Dispatch {
     fn deliver(&self, d: &Delivery<'_>) {
-        let make = || encode(d.key, d.event, d.offset, d.epoch);
+        // The frame's length, for the bytes metric (made once, when the channel has members).
+        let len = AtomicUsize::new(0);
+        let make = || {
+            let frame = encode(d.key, d.event, d.offset, d.epoch);
+            len.store(frame.len(), Ordering::Relaxed);
+            frame
+        };
         let n = self.send(d.key, d.offset, d.epoch, make, &d.event.tally);
-        metrics::delivered(n);
+        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::delivered(d.key.channel.kind(), n, len.load(Ordering::Relaxed));
+    }
+
+    fn signal(&self, message: &[u8]) {
+        let signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = &*signals {
+            let _ = tx.try_send(message.to_vec());
+        }
     }
 
     fn reset(&self, key: &ChannelKey, position: &Position) {
@@ -306,6 +343,7 @@ impl Sink for Dispatch {
                 .to_json(),
             )
         };
+        metrics::continuity_notice();
         self.send(
             key,
             position.offset,

@@ -20,9 +20,14 @@
 //! - `hub`: channel -> this node's subscribers; the local fan-out.
 //! - `ws`: the frame writer, the shared socket and the outbox (one owner of the direct writes).
 //! - `auth`: JWT verification (token policy, key loading).
+//! - `admin`: the operators' listener: the console's files, the admin API, heartbeats.
+//! - `roster`: who is connected, for operators' disconnects.
+//! - `activity`: what a node did (events, closes, the busiest orgs and channels).
 //! - `limits`, `shutdown`, `metrics`, `id`, `config`: the small shared parts.
 //! - [`local`]: the zero-configuration desktop mode.
 
+pub(crate) mod activity;
+pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod broker;
 pub mod config;
@@ -35,6 +40,7 @@ pub mod local;
 pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod publish;
+pub(crate) mod roster;
 pub(crate) mod server;
 pub(crate) mod session;
 pub(crate) mod shutdown;
@@ -45,8 +51,8 @@ pub(crate) mod ws;
 pub mod internals;
 
 pub use auth::{
-    AuthError, Claims, DEFAULT_LEEWAY_SECS, KeyError, KeySource, MAX_TOKEN_LEN, VerifierConfig,
-    mint_hs256, mint_hs256_claims,
+    AuthError, CONSOLE_SUBJECT, CONSOLE_TOKEN_TTL, Claims, ConsoleKey, DEFAULT_LEEWAY_SECS,
+    KeyError, KeySource, MAX_TOKEN_LEN, VerifierConfig, mint_hs256, mint_hs256_claims,
 };
 pub use config::{Config, Limits, RedisConfig, RedisServers, Retention};
 pub use cortex_protocol as protocol;

@@ -11,7 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cortex_protocol::{ChannelId, Since};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::auth::{JwtVerifier, KeyError};
+use crate::activity::Activity;
+use crate::auth::{ConsoleKey, JwtVerifier, KeyError};
 #[cfg(feature = "redis")]
 use crate::broker::RedisBroker;
 use crate::broker::{Broker, BrokerError, MemoryBroker, Sink};
@@ -20,6 +21,7 @@ use crate::dispatch::{Dispatch, ReplyFn, Subscribed};
 use crate::hub::{ChannelKey, ConnId, Subscriber};
 use crate::id;
 use crate::limits::Connections;
+use crate::roster::Roster;
 use crate::shutdown::Shutdown;
 
 /// Unix time in seconds, from the system clock.
@@ -38,6 +40,9 @@ pub enum StartError {
     /// No publish key.
     #[error("no publish key: set --publish-key")]
     NoPublishKey,
+    /// The admin listener was asked for without the key that guards it.
+    #[error("--admin-listen needs --admin-key: the admin API is never served without a key")]
+    NoAdminKey,
     /// A key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -69,6 +74,14 @@ pub struct Node {
     pub(crate) connections: Arc<Connections>,
     /// The drain signal and the tracked session tasks.
     pub(crate) shutdown: Shutdown,
+    /// What this node did: events accepted, closes by code, the busiest orgs and channels.
+    pub(crate) activity: Activity,
+    /// Who is connected, for operators' disconnects (kept with the admin listener only).
+    pub(crate) roster: Roster,
+    /// The console's tail tokens' key (with an admin key only).
+    pub(crate) console: Option<ConsoleKey>,
+    /// When the node started, unix seconds.
+    pub(crate) started_at: i64,
     ws_config: WebSocketConfig,
     node_prefix: u32,
     publishing: AtomicU64,
@@ -140,6 +153,11 @@ impl Node {
         if config.publish_keys.iter().all(|k| k.is_empty()) {
             return Err(StartError::NoPublishKey);
         }
+        let admin_key = config.admin_key.as_deref().filter(|k| !k.is_empty());
+        if config.admin_listen.is_some() && admin_key.is_none() {
+            return Err(StartError::NoAdminKey);
+        }
+        let admin = config.admin_listen.is_some();
         let verifier = JwtVerifier::new(&config.auth)?;
         let dispatch = Arc::new(Dispatch::new());
         let broker = make(dispatch.clone(), &config)?;
@@ -160,6 +178,10 @@ impl Node {
             broker,
             dispatch,
             shutdown: Shutdown::new(),
+            activity: Activity::new(admin),
+            roster: Roster::new(admin),
+            console: admin_key.map(ConsoleKey::new),
+            started_at: unix_now(),
             ws_config,
             node_prefix: id::node_prefix(),
             publishing: AtomicU64::new(0),
@@ -206,6 +228,39 @@ impl Node {
             }
             notified.await;
         }
+    }
+
+    /// This node's id in the operators' views (`n_` and the random prefix of its connection
+    /// ids, so a connection id names its node).
+    pub fn id(&self) -> String {
+        format!("n_{:08x}", self.node_prefix)
+    }
+
+    /// The connection of this node that public id `id` names, if it is one of this node's.
+    pub(crate) fn connection_of(&self, id: &str) -> Option<ConnId> {
+        let hex = id.strip_prefix("c_")?;
+        if hex.len() < 16 || !hex.is_char_boundary(8) {
+            return None;
+        }
+        let (prefix, conn) = hex.split_at(8);
+        (u32::from_str_radix(prefix, 16).ok()? == self.node_prefix)
+            .then(|| u64::from_str_radix(conn, 16).ok())
+            .flatten()
+    }
+
+    /// Events this node accepted (publish API and in-process) since start.
+    pub(crate) fn events_accepted(&self) -> u64 {
+        self.activity.events()
+    }
+
+    /// Deliveries into this node's connections since start.
+    pub(crate) fn deliveries(&self) -> u64 {
+        self.dispatch.delivered()
+    }
+
+    /// Subscriptions on this node (connection and channel pairs).
+    pub fn subscriptions(&self) -> usize {
+        self.activity.subscriptions()
     }
 
     /// The public id of connection `conn`.

@@ -95,7 +95,9 @@ impl Node {
                 idempotency_key: ev.idempotency_key,
             });
         }
+        let started = std::time::Instant::now();
         let outcomes = self.broker.publish(&prepared).await?;
+        metrics::publish_fanout(started.elapsed());
         let mut fresh = 0;
         let answers = prepared
             .into_iter()
@@ -103,6 +105,9 @@ impl Node {
             .map(|(ev, outcome)| match outcome {
                 Outcome::Published(_) => {
                     fresh += 1;
+                    self.activity
+                        .published(&ev.org, &ev.channels, now.unix_timestamp());
+                    metrics::published(ev.body.event_type);
                     Accepted {
                         recipients: ev.body.tally.delivered(),
                         channels: ev.channels.iter().map(|c| c.to_string()).collect(),
@@ -118,7 +123,6 @@ impl Node {
                 },
             })
             .collect();
-        metrics::published(fresh);
         Ok(answers)
     }
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::node::{Node, StartError};
 use crate::publish::{Accepted, PublishError};
-use crate::{http, metrics};
+use crate::{admin, http, metrics};
 
 /// Builds a server from a [`Config`]: the entry point for embedding.
 ///
@@ -77,6 +77,7 @@ impl Builder {
 pub struct ServerHandle {
     node: Arc<Node>,
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -84,6 +85,11 @@ impl ServerHandle {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the admin listener, when `Config::admin_listen` asked for one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The node, for inspection.
@@ -121,6 +127,8 @@ pub struct Server {
     node: Arc<Node>,
     listener: TcpListener,
     addr: SocketAddr,
+    /// The admin listener and its address, when configured.
+    admin: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Server {
@@ -133,8 +141,14 @@ impl Server {
     pub fn start(self) -> ServerHandle {
         let node = self.node.clone();
         let addr = self.addr;
+        let admin_addr = self.admin_addr();
         let task = tokio::spawn(self.run(std::future::pending()));
-        ServerHandle { node, addr, task }
+        ServerHandle {
+            node,
+            addr,
+            admin_addr,
+            task,
+        }
     }
 
     /// Builds the node and binds its listener.
@@ -146,11 +160,28 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
+        let admin = match node.config.admin_listen {
+            None => None,
+            Some(at) => {
+                let bound = listen(at).map_err(|source| StartError::Bind { addr: at, source })?;
+                let real = bound
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr: at, source })?;
+                Some((bound, real))
+            }
+        };
         Ok(Server {
             node,
             listener,
             addr,
+            admin,
         })
+    }
+
+    /// The address of the admin listener, when configured (the real port when port 0 was
+    /// asked for).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, a)| *a)
     }
 
     /// The address actually bound (the real port when port 0 was asked for).
@@ -174,14 +205,23 @@ impl Server {
             let node = node.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(30));
+                // The backplane's gauges, every second.
+                let mut gauges = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tokio::select! {
                         _ = node.shutdown.cancelled() => break,
                         _ = tick.tick() => node.broker.sweep(),
+                        _ = gauges.tick() => {
+                            metrics::backplane(node.broker.ready(), node.broker.history_bytes())
+                        }
                     }
                 }
             })
         };
+        let admin_served = self.admin.and_then(|(listener, _)| {
+            let admin = admin::Admin::new(&node, self.addr)?;
+            Some(tokio::spawn(admin::serve(admin, listener)))
+        });
         let served = tokio::spawn(accept_loop(self.listener, node.clone()));
         tokio::select! {
             _ = signal => node.shutdown.trigger(),
@@ -190,6 +230,9 @@ impl Server {
         let drain = node.config.drain_timeout;
         let _ = tokio::time::timeout(drain, node.shutdown.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), served).await;
+        if let Some(a) = admin_served {
+            let _ = tokio::time::timeout(Duration::from_secs(1), a).await;
+        }
         sweeper.abort();
         // Every connection is gone: the backplane's connections can go too.
         node.broker.close().await;
@@ -242,7 +285,7 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
                 Ok((stream, _peer)) => stream,
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
-                    metrics::refused("accept_error");
+                    metrics::refused(metrics::Refusal::AcceptError);
                     if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                         tracing::warn!(error = %e, "accept failed; pausing new connections");
                         last_warning = Some(tokio::time::Instant::now());

@@ -82,6 +82,8 @@ pub(crate) enum Closing {
     SlowConsumer,
     /// The user, org or node has its maximum of connections.
     TooManyConnections,
+    /// An operator closed it (the admin API's disconnect), with this code.
+    Kicked(CloseCode),
 }
 
 impl Closing {
@@ -99,6 +101,7 @@ impl Closing {
             Closing::BadCommands => CloseCode::Policy,
             Closing::SlowConsumer => CloseCode::SlowConsumer,
             Closing::TooManyConnections => CloseCode::TooManyConnections,
+            Closing::Kicked(code) => code,
         }
     }
 
@@ -106,6 +109,7 @@ impl Closing {
     pub(crate) fn reason(self) -> &'static str {
         match self {
             Closing::IdleTimeout => "idle timeout",
+            Closing::Kicked(_) => "disconnected by an operator",
             other => other.close_code().reason(),
         }
     }
@@ -186,20 +190,21 @@ pub fn run<S>(
     node: Arc<Node>,
     mut ws: WebSocketStream<S>,
     verified: Option<Verified>,
+    via: Via,
 ) -> impl Future<Output = End>
 where
     S: Transport,
 {
     let mut session = verified.map(|v| {
         let (claims, guard) = *v;
-        Session::new(node.clone(), claims, guard)
+        Session::new(node.clone(), claims, guard, via)
     });
     async move {
         if session.is_none() {
-            match authenticate(&node, &mut ws).await {
-                Ok((claims, guard)) => session = Some(Session::new(node, claims, guard)),
+            match authenticate(&node, &mut ws, via).await {
+                Ok((claims, guard)) => session = Some(Session::new(node, claims, guard, via)),
                 Err(code) => {
-                    metrics::refused("auth_frame");
+                    metrics::refused(metrics::Refusal::AuthFrame);
                     return Box::pin(close(&mut ws, code)).await;
                 }
             }
@@ -211,12 +216,14 @@ where
         let end = live.serve(&mut ws).await;
         let deferred = live.deferred_close.take();
         live.leave_all();
-        // Dropping the session frees the connection's slot (its guard) and its queue.
-        drop(session);
-        metrics::connection_closed(match end {
+        let code = match end {
             End::Closed(c) => c.code(),
             End::Gone => 1006,
-        });
+        };
+        live.node.activity.closed(code);
+        // Dropping the session frees the connection's slot (its guard) and its queue.
+        drop(session);
+        metrics::connection_closed(code);
         if let Some(why) = deferred {
             Box::pin(close(&mut ws, why)).await;
         }
@@ -224,10 +231,32 @@ where
     }
 }
 
+/// Which listener a connection came in on, which says what its tokens are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The main listener: connection tokens, checked by the node's verifier.
+    Main,
+    /// The admin listener's `/api/ws`: the console's tail tokens only
+    /// ([`crate::auth::ConsoleKey`]).
+    Console,
+}
+
+impl Via {
+    /// Verifies a token as this listener takes them.
+    fn verify(self, node: &Node, token: &str) -> Result<Claims, AuthError> {
+        match (self, &node.console) {
+            (Via::Main, _) => node.verifier.verify(token, unix_now()),
+            (Via::Console, Some(key)) => key.verify(token, unix_now()),
+            (Via::Console, None) => Err(AuthError::Invalid("no admin key")),
+        }
+    }
+}
+
 /// Waits for the `auth` frame (CONTRACT.md section 2, transport 3).
 async fn authenticate<S>(
     node: &Arc<Node>,
     ws: &mut WebSocketStream<S>,
+    via: Via,
 ) -> Result<(Claims, ConnectionGuard), Closing>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -249,7 +278,7 @@ where
         let Ok(ClientMessage::Auth { token, .. }) = ClientMessage::decode(&text) else {
             return Err(Closing::Unauthorized);
         };
-        let claims = node.verifier.verify(&token, unix_now()).map_err(|e| {
+        let claims = via.verify(node, &token).map_err(|e| {
             if e.is_expired() {
                 Closing::TokenExpired
             } else {
@@ -388,14 +417,19 @@ struct Session {
     allowance: Allowance,
     /// A close to send once the session is over (see [`Session::defer_close`]).
     deferred_close: Option<Closing>,
+    /// Which listener it came in on (what its refresh tokens must be).
+    via: Via,
 }
 
 impl Session {
-    fn new(node: Arc<Node>, claims: Claims, guard: ConnectionGuard) -> Session {
+    fn new(node: Arc<Node>, claims: Claims, guard: ConnectionGuard, via: Via) -> Session {
         let limits = &node.config.limits;
         let outbox = Outbox::new(limits.outbox_bytes, limits.outbox_events);
         let expires = expiry_instant(&claims, node.verifier.leeway_secs());
+        node.roster
+            .join(guard.conn(), guard.org(), &claims.sub, &outbox);
         Session {
+            via,
             claims,
             guard,
             outbox,
@@ -425,6 +459,7 @@ impl Session {
         channel: Option<&str>,
         r#ref: Option<Ref>,
     ) {
+        metrics::command_error(code);
         self.reply(&ServerMessage::Error {
             code,
             message: message.into(),
@@ -546,6 +581,10 @@ impl Session {
                 b = std::future::poll_fn(|cx| self.outbox.poll_batch(cx, &mut batch)) => {
                     if b == Batch::Overflowed {
                         return self.defer_close(Closing::SlowConsumer);
+                    }
+                    if let Batch::Kicked(code) = b {
+                        let code = CloseCode::from_code(code).unwrap_or(CloseCode::Policy);
+                        return Box::pin(close(ws, Closing::Kicked(code))).await;
                     }
                     if let Err(stop) = self.write(ws, &mut batch).await {
                         return Box::pin(self.stop(ws, stop)).await;
@@ -683,6 +722,7 @@ impl Session {
         let msg = match ClientMessage::decode(text) {
             Ok(m) => m,
             Err(e) => {
+                metrics::command(metrics::Command::Invalid);
                 if !self.take(Take::BadCommand) {
                     return Err(Closing::BadCommands);
                 }
@@ -690,6 +730,13 @@ impl Session {
                 return Ok(());
             }
         };
+        metrics::command(match &msg {
+            ClientMessage::Auth { .. } => metrics::Command::Auth,
+            ClientMessage::Ping { .. } => metrics::Command::Ping,
+            ClientMessage::Subscribe { .. } => metrics::Command::Subscribe,
+            ClientMessage::Unsubscribe { .. } => metrics::Command::Unsubscribe,
+            ClientMessage::Refresh { .. } => metrics::Command::Refresh,
+        });
         match msg {
             ClientMessage::Auth { r#ref, .. } => {
                 self.error(
@@ -774,6 +821,7 @@ impl Session {
             Ok(_) => {
                 if fresh {
                     metrics::subscriptions(1.0);
+                    self.node.activity.subscribed(1);
                     // Exactly as long as it needs to be: a connection keeps its handful of
                     // subscriptions for hours (growth would round three up to four).
                     self.subscriptions.reserve_exact(1);
@@ -800,6 +848,7 @@ impl Session {
         if let Some(key) = at.map(|i| self.subscriptions.swap_remove(i)) {
             self.node.unsubscribe(&key, self.guard.conn());
             metrics::subscriptions(-1.0);
+            self.node.activity.subscribed(-1);
         }
         self.reply(&ServerMessage::Unsubscribed {
             channel_id: channel.to_string(),
@@ -808,7 +857,7 @@ impl Session {
     }
 
     fn refresh(&mut self, token: &str, r#ref: Option<Ref>) {
-        let claims = match self.node.verifier.verify(token, unix_now()) {
+        let claims = match self.via.verify(&self.node, token) {
             Ok(c) => c,
             Err(e) => {
                 let why = match e {
@@ -848,9 +897,11 @@ impl Session {
     fn leave_all(&mut self) {
         // Publishers stop writing to the socket, and the outbox lets go of it.
         self.outbox.detach();
+        self.node.roster.leave(self.guard.conn());
         for key in std::mem::take(&mut self.subscriptions) {
             self.node.unsubscribe(&key, self.guard.conn());
             metrics::subscriptions(-1.0);
+            self.node.activity.subscribed(-1);
         }
     }
 }
@@ -934,7 +985,7 @@ mod tests {
             None,
         )
         .await;
-        let task = tokio::spawn(run(node.clone(), server, None));
+        let task = tokio::spawn(run(node.clone(), server, None, Via::Main));
         (client, task)
     }
 
@@ -1000,7 +1051,7 @@ mod tests {
         )
         .await;
         let ws = std::mem::size_of_val(&server);
-        let fut = run(node.clone(), server, None);
+        let fut = run(node.clone(), server, None, Via::Main);
         let size = std::mem::size_of_val(&fut);
         eprintln!("session future: {size} bytes, of which the WebSocket {ws}");
         // The bound and its history: docs/benchmarks.md, memory per connection.
@@ -1077,7 +1128,7 @@ mod tests {
             None,
         )
         .await;
-        let _task = tokio::spawn(run(node.clone(), server, None));
+        let _task = tokio::spawn(run(node.clone(), server, None, Via::Main));
         auth(&mut client, unix_now() + 600).await;
         let before = writes.load(std::sync::atomic::Ordering::SeqCst);
         // Three subscribes in one write, as a client sends them after it connects.

@@ -47,6 +47,7 @@
 //!
 //! - `policy`: the token rules above (shape, header, claims), pure.
 //! - `keys`: key loading (secrets, PEM files, JWKS files), the only I/O.
+//! - `console`: the console's tail tokens (a key derived from the admin key).
 //! - this module: the public types and the glue of [`JwtVerifier::verify`]. It uses both;
 //!   neither uses the other.
 
@@ -55,11 +56,13 @@ use std::fmt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 
+mod console;
 mod keys;
 mod policy;
 #[cfg(test)]
 mod test_util;
 
+pub use console::{CONSOLE_SUBJECT, CONSOLE_TOKEN_TTL, ConsoleKey};
 pub use keys::{KeyError, KeySource};
 pub use policy::{AuthError, Claims, MAX_TOKEN_LEN};
 

@@ -161,6 +161,11 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// block.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     fn reset(&self, key: &ChannelKey, position: &Position);
+
+    /// A control message another node (or this one) sent with [`Broker::signal`]. Must not
+    /// block.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    fn signal(&self, _message: &[u8]) {}
 }
 
 /// Positions, history, idempotency and delivery between nodes.
@@ -183,6 +188,16 @@ pub(crate) trait Broker: Send + Sync + 'static {
         since: Option<&'a Since>,
     ) -> BoxFuture<'a, Result<Recovery, BrokerError>>;
 
+    /// The same read as [`Broker::recover`] for someone who is not a subscriber (the admin
+    /// API's history): it neither needs nor waits for the channel to be held.
+    fn history<'a>(
+        &'a self,
+        key: &'a ChannelKey,
+        since: Option<&'a Since>,
+    ) -> BoxFuture<'a, Result<Recovery, BrokerError>> {
+        self.recover(key, since)
+    }
+
     /// This node has a first subscriber on `key` (counted; see the module docs). Never blocks.
     fn hold(&self, key: &ChannelKey);
 
@@ -194,9 +209,25 @@ pub(crate) trait Broker: Send + Sync + 'static {
 
     /// Periodic housekeeping (forgetting idle channels, expired keys).
     fn sweep(&self) {}
+
+    /// Bytes of history this node holds itself (0 for a backplane that keeps it elsewhere).
+    fn history_bytes(&self) -> usize {
+        0
+    }
     /// Where connections per user are counted across nodes, when the broker spans them.
     fn leases(&self) -> Option<Arc<dyn Leases>> {
         None
+    }
+
+    /// Starts listening to the control messages of every node of the backplane (each then goes
+    /// to [`Sink::signal`]). A broker of one node has no other nodes: nothing to listen to.
+    fn listen_signals(&self) {}
+
+    /// Sends a control message (the admin module's heartbeats and disconnects) to every node
+    /// that listens, this one included; false when it could not be sent (or the broker spans
+    /// one node only).
+    fn signal<'a>(&'a self, _message: &'a [u8]) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
     }
 
     /// Stops: later calls fail with [`BrokerError::Unavailable`]; connections to a backplane

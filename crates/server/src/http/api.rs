@@ -143,10 +143,16 @@ pub(crate) fn publish_key_ok(node: &Node, authorization: Option<&[u8]>) -> bool 
 }
 
 /// `POST /api/events`.
-pub(crate) async fn post_events(
-    State(node): State<Arc<Node>>,
-    req: Request,
-) -> Result<Response, ApiError> {
+pub(crate) async fn post_events(State(node): State<Arc<Node>>, req: Request) -> Response {
+    let resp = match post_events_inner(node, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    crate::metrics::publish_answer(resp.status().as_u16());
+    resp
+}
+
+async fn post_events_inner(node: Arc<Node>, req: Request) -> Result<Response, ApiError> {
     // The request whole rather than a `HeaderMap` extractor, which would copy every header.
     let (parts, body) = req.into_parts();
     if !authorized(&node, &parts.headers) {

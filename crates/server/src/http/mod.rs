@@ -60,7 +60,7 @@ async fn guard_host(req: Request, next: axum::middleware::Next) -> Response {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     if !is_loopback_host(host) {
-        metrics::refused("host");
+        metrics::refused(metrics::Refusal::Host);
         return json_error(
             StatusCode::FORBIDDEN,
             "forbidden_host",
@@ -70,7 +70,7 @@ async fn guard_host(req: Request, next: axum::middleware::Next) -> Response {
     next.run(req).await
 }
 
-async fn readyz(State(node): State<Arc<Node>>) -> Response {
+pub(crate) async fn readyz(State(node): State<Arc<Node>>) -> Response {
     let (status, text) = if node.shutdown.is_triggered() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if node.broker.ready() {
@@ -165,8 +165,12 @@ async fn publishing(node: &Node, stream: &TcpStream) -> Option<bool> {
 
 /// Serves one connection with hyper and the router until it closes, or gracefully once the node
 /// drains.
-async fn serve_http<I>(node: &Node, http: &hyper::server::conn::http1::Builder, app: Router, io: I)
-where
+pub(crate) async fn serve_http<I>(
+    node: &Node,
+    http: &hyper::server::conn::http1::Builder,
+    app: Router,
+    io: I,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

@@ -278,6 +278,7 @@ pub(crate) async fn serve(node: &Node, mut tcp: TcpStream) -> Option<Prefixed> {
 
 /// The response bytes: status line, the headers hyper would send, the JSON body.
 fn write_answer(out: &mut Vec<u8>, status: StatusCode, body: &[u8], date: &str, close: bool) {
+    crate::metrics::publish_answer(status.as_u16());
     out.clear();
     let _ = write!(
         out,

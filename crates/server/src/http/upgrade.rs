@@ -27,7 +27,7 @@ use crate::{metrics, session};
 const VERSION_13: &str = "Sec-WebSocket-Version must be 13";
 
 /// A request refused before the upgrade: status, `error` code, message.
-struct Refusal(StatusCode, &'static str, &'static str);
+pub(crate) struct Refusal(StatusCode, &'static str, &'static str);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -43,15 +43,41 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// Whether a browser's `Origin` is the page's own (`http://` or `https://` and the `Host`).
+fn same_origin(headers: &HeaderMap, origin: &str) -> bool {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let named = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((host, named), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+}
+
 /// Refusals that come before any token work: the browser Origin (the Host is checked for every
-/// route by [`guard_host`]).
-fn check_request(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
+/// route by [`guard_host`]). With `own_page_only` (the admin listener's tail) only the
+/// listener's own page may connect, whatever the allowed list says.
+fn check_request(node: &Node, headers: &HeaderMap, own_page_only: bool) -> Result<(), Refusal> {
+    if own_page_only {
+        return match headers
+            .get(header::ORIGIN)
+            .map(|o| o.to_str().unwrap_or(""))
+        {
+            Some(origin) if !same_origin(headers, origin) => {
+                metrics::refused(metrics::Refusal::Origin);
+                Err(Refusal(
+                    StatusCode::FORBIDDEN,
+                    "forbidden_origin",
+                    "only the console's own page may connect here",
+                ))
+            }
+            _ => Ok(()),
+        };
+    }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         let listed = node.config.allowed_origins.iter().any(|o| o == origin);
         let open = node.config.allowed_origins.is_empty() && !node.config.refuse_unlisted_origins;
         if !listed && !open {
-            metrics::refused("origin");
+            metrics::refused(metrics::Refusal::Origin);
             return Err(Refusal(
                 StatusCode::FORBIDDEN,
                 "forbidden_origin",
@@ -63,7 +89,7 @@ fn check_request(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
 }
 
 /// The token of transport 1 (`?token=`) or 2 (`Authorization: Bearer`), if any.
-fn upgrade_token(req: &Request) -> Option<String> {
+pub(crate) fn upgrade_token(req: &Request) -> Option<String> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         // A header that is not visible ASCII is a bad token, not an absent one.
         let Ok(v) = v.to_str() else {
@@ -78,10 +104,14 @@ fn upgrade_token(req: &Request) -> Option<String> {
 }
 
 /// What a WebSocket upgrade request must carry, checked before any token work.
-fn check_upgrade(node: &Node, req: &Request) -> Result<HeaderValue, Refusal> {
-    check_request(node, req.headers())?;
+pub(crate) fn check_upgrade(
+    node: &Node,
+    req: &Request,
+    own_page_only: bool,
+) -> Result<HeaderValue, Refusal> {
+    check_request(node, req.headers(), own_page_only)?;
     if req.uri().to_string().len() > node.config.limits.max_url_bytes {
-        metrics::refused("url_too_long");
+        metrics::refused(metrics::Refusal::UrlTooLong);
         return Err(Refusal(
             StatusCode::URI_TOO_LONG,
             "url_too_long",
@@ -129,7 +159,7 @@ fn check_upgrade(node: &Node, req: &Request) -> Result<HeaderValue, Refusal> {
 
 /// Answers 101 and runs `run` on the WebSocket once the connection is handed over. Every
 /// WebSocket endpoint goes through here, so all share one connection layer and one config.
-fn switch_protocols<F, Fut>(
+pub(crate) fn switch_protocols<F, Fut>(
     node: &Arc<Node>,
     mut req: Request,
     key: &HeaderValue,
@@ -200,7 +230,7 @@ fn into_socket(upgraded: hyper::upgrade::Upgraded) -> Option<Socket> {
 
 /// `GET /api/ws`: checks, optional token verification, then the switch to WebSocket.
 pub(crate) async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
-    let key = match check_upgrade(&node, &req) {
+    let key = match check_upgrade(&node, &req, false) {
         Ok(k) => k,
         Err(refusal) => return refusal.into_response(),
     };
@@ -210,7 +240,7 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Resp
             let claims = match node.verifier.verify(&token, unix_now()) {
                 Ok(c) => c,
                 Err(e) if e.is_expired() => {
-                    metrics::refused("token_expired");
+                    metrics::refused(metrics::Refusal::TokenExpired);
                     return json_error(
                         StatusCode::UNAUTHORIZED,
                         "token_expired",
@@ -218,7 +248,7 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Resp
                     );
                 }
                 Err(_) => {
-                    metrics::refused("unauthorized");
+                    metrics::refused(metrics::Refusal::Unauthorized);
                     return json_error(
                         StatusCode::UNAUTHORIZED,
                         "unauthorized",
@@ -229,7 +259,7 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Resp
             match node.connections.admit(&claims).await {
                 Ok(guard) => Some(Box::new((claims, guard))),
                 Err(_) => {
-                    metrics::refused("too_many_connections");
+                    metrics::refused(metrics::Refusal::TooManyConnections);
                     return json_error(
                         StatusCode::TOO_MANY_REQUESTS,
                         "too_many_connections",
@@ -241,7 +271,7 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Resp
     };
     let task_node = node.clone();
     switch_protocols(&node, req, &key, move |ws| {
-        session::run(task_node, ws, pre_auth)
+        session::run(task_node, ws, pre_auth, session::Via::Main)
     })
 }
 
@@ -249,7 +279,7 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Resp
 /// connection layer and WebSocket settings of `/api/ws`, for the Autobahn TestSuite.
 #[cfg(feature = "autobahn")]
 pub(crate) async fn autobahn_echo(State(node): State<Arc<Node>>, req: Request) -> Response {
-    let key = match check_upgrade(&node, &req) {
+    let key = match check_upgrade(&node, &req, false) {
         Ok(k) => k,
         Err(refusal) => return refusal.into_response(),
     };

@@ -56,6 +56,9 @@ struct State {
     rest: Option<Box<Bytes>>,
     /// Whether a flusher has been asked to write the queue ([`Outbox::deliver_later`]).
     flush_due: bool,
+    /// An operator asked for the connection to be closed with this code ([`Outbox::kick`]):
+    /// the task writes what is queued, then closes.
+    kicked: Option<u16>,
     /// The connection's task, while it waits for a push or an overflow. Set and taken under
     /// the same lock as the queue, so no wake-up falls between a check and a wait.
     waker: Option<Waker>,
@@ -84,6 +87,8 @@ pub enum Batch {
     Ready,
     /// The queue overflowed: close with 4009.
     Overflowed,
+    /// Everything queued was written and an operator asked for a close with this code.
+    Kicked(u16),
 }
 
 impl Outbox {
@@ -220,6 +225,14 @@ impl Outbox {
         wake(s);
     }
 
+    /// Asks the connection's task to close with `code` once it has written what is queued (an
+    /// operator's disconnect). Later pushes are still queued until the task closes.
+    pub fn kick(&self, code: u16) {
+        let mut s = self.lock();
+        s.kicked = Some(code);
+        wake(s);
+    }
+
     /// Marks the queue overflowed (its memory freed at once): the connection closes with 4009.
     pub fn overflow(&self) {
         let mut s = self.lock();
@@ -274,7 +287,10 @@ impl Outbox {
         }
         if s.queue.is_empty() {
             // The rest of a publisher's frame is written by the task's next flush.
-            return s.rest.is_some().then_some(Batch::Ready);
+            if s.rest.is_some() {
+                return Some(Batch::Ready);
+            }
+            return s.kicked.map(Batch::Kicked);
         }
         // The queue's buffer itself goes to the caller (no copy), and the queue starts again
         // without one: an idle connection holds no queue memory.
@@ -429,5 +445,31 @@ mod tests {
         tokio::task::yield_now().await;
         o.push(msg(20)).unwrap_err();
         assert_eq!(t.await.unwrap(), Batch::Overflowed);
+    }
+
+    #[tokio::test]
+    async fn a_kick_wakes_the_task_after_what_was_queued() {
+        let o = Outbox::new(100, 10);
+        o.push(msg(1)).unwrap();
+        o.kick(4001);
+        let mut out = Queue::new();
+        assert_eq!(
+            o.next_batch(&mut out).await,
+            Batch::Ready,
+            "the queue first"
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(o.next_batch(&mut out).await, Batch::Kicked(4001));
+        let o2 = o.clone();
+        let waiting = Outbox::new(100, 10);
+        let w2 = waiting.clone();
+        let t = tokio::spawn(async move {
+            let mut out = Queue::new();
+            w2.next_batch(&mut out).await
+        });
+        tokio::task::yield_now().await;
+        waiting.kick(1000);
+        assert_eq!(t.await.unwrap(), Batch::Kicked(1000));
+        drop(o2);
     }
 }

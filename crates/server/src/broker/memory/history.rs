@@ -323,7 +323,6 @@ impl History {
             .sum()
     }
 
-    #[cfg(test)]
     /// Bytes of history held across channels.
     pub fn bytes(&self) -> usize {
         self.shards

@@ -155,6 +155,10 @@ impl Broker for MemoryBroker {
         self.history.sweep(Instant::now(), self.channel_idle);
     }
 
+    fn history_bytes(&self) -> usize {
+        self.history.bytes()
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         self.closed.store(true, Ordering::Release);
         ready(()).boxed()

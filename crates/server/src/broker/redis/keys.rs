@@ -5,6 +5,10 @@
 
 use crate::hub::ChannelKey;
 
+/// The pseudo-org of the nodes' control channel (`PREFIX:{~control}:events`: heartbeats and
+/// disconnects of the admin module). `~` is never in an org id, so no org's names meet it.
+pub(crate) const CONTROL: &str = "~control";
+
 /// The Redis Cluster slot of everything of `org` (its names' hash tag is the org).
 pub(crate) fn slot(org: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(org.as_bytes()) % 16384

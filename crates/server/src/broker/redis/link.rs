@@ -128,7 +128,23 @@ impl Link {
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let conn = self.connection()?;
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let answer = self.run_on(conn, deadline, command).await;
+        crate::metrics::redis_command(started.elapsed());
+        answer
+    }
+
+    /// [`Link::run`] on `conn`, until `deadline`.
+    async fn run_on<T, F>(
+        &self,
+        conn: Conn,
+        deadline: Instant,
+        command: impl Fn(Conn) -> F,
+    ) -> Option<T>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         loop {
             match tokio::time::timeout_at(deadline, command(conn.clone())).await {
                 Ok(Ok(v)) => return Some(v),
@@ -208,6 +224,7 @@ impl Link {
         let mut backoff = Reconnect::new();
         // The last reason a connect failed, told once (a bad certificate, a refused port).
         let mut failing: Option<String> = None;
+        let mut connected_before = false;
         loop {
             let connected = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -233,6 +250,10 @@ impl Link {
             *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
             self.up.store(true, Ordering::Release);
             tracing::info!("redis connected");
+            if connected_before {
+                crate::metrics::redis_reconnected();
+            }
+            connected_before = true;
             backoff.reset();
             failing = None;
             if self.is_cluster() {

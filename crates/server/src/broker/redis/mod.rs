@@ -387,7 +387,11 @@ fn hooks(me: &Weak<Inner>) -> Hooks {
     Hooks {
         deliver: Box::new(move |org, payload| {
             if let Some(i) = d.upgrade() {
-                Inner::deliver(&i, org, payload);
+                if org == keys::CONTROL {
+                    i.sink.signal(payload);
+                } else {
+                    Inner::deliver(&i, org, payload);
+                }
             }
         }),
         // The command connection went the same way, most likely: check it at once.
@@ -1072,6 +1076,19 @@ impl Broker for RedisBroker {
         Box::pin(self.inner.recover(key, since))
     }
 
+    fn history<'a>(
+        &'a self,
+        key: &'a ChannelKey,
+        since: Option<&'a Since>,
+    ) -> BoxFuture<'a, Result<Recovery, BrokerError>> {
+        Box::pin(async move {
+            if self.inner.closed.load(Ordering::Acquire) {
+                return Err(BrokerError::Unavailable);
+            }
+            self.inner.recover_now(key, since).await
+        })
+    }
+
     fn hold(&self, key: &ChannelKey) {
         let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
         held.entry(key.clone()).or_default().holds += 1;
@@ -1097,6 +1114,34 @@ impl Broker for RedisBroker {
 
     fn leases(&self) -> Option<Arc<dyn Leases>> {
         Some(self.inner.clone())
+    }
+
+    fn listen_signals(&self) {
+        // Held for good: the control channel is never released.
+        self.inner.shards.hold(&Arc::from(keys::CONTROL));
+    }
+
+    fn signal<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, bool> {
+        let (command, channel) = (
+            self.inner.publish_command,
+            self.inner.keys.events(keys::CONTROL),
+        );
+        Box::pin(async move {
+            self.inner
+                .link
+                .run(|mut c| {
+                    let (channel, message) = (channel.clone(), message.to_vec());
+                    async move {
+                        redis::cmd(command)
+                            .arg(channel)
+                            .arg(message)
+                            .query_async::<i64>(&mut c)
+                            .await
+                    }
+                })
+                .await
+                .is_some()
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
