@@ -1,9 +1,10 @@
 // The admin console in headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core)
 // against the real `cortex-realtime serve --admin-listen 127.0.0.1:0 --admin-key K`: the page is
 // the one compiled into the binary. A wrong key shows an error; the right key shows the node with
-// 0 connections; real WebSocket clients connect and the count on the page follows; a live tail of
-// a channel (our JavaScript client, vendored into the console, with a tail token sent in the first
-// frame) shows an event published through POST /api/events; 10 failed attempts show the 429. No
+// 0 connections; real WebSocket clients connect and the count on the page follows (and the closes
+// table, when the admin API disconnects them); a live tail of a channel (our JavaScript client,
+// vendored into the console, with a tail token sent in the first frame) shows an event published
+// through POST /api/events; 10 failed attempts show the 429. No
 // console error, no CSP violation, nothing stored in the browser. A screenshot is kept in
 // clients/js/test-artifacts/console.png. Also: the vendored client equals a fresh build, and
 // every file of crates/server/console/ is served with the CSP.
@@ -179,7 +180,7 @@ test("console: wrong key, the node and its connections, charts, closes, a live t
 
   // --- real clients connect: the count on the page follows, and the chart (from the server's ring)
   for (let i = 0; i < 3; i++) {
-    const c = new CortexRealtime({ url: server.wsUrl, token: makeToken({ sub: `u_console_${i}` }), refreshMarginMs: false });
+    const c = new CortexRealtime({ url: server.wsUrl, token: makeToken({ sub: "u_console" }), refreshMarginMs: false });
     clients.push(c);
     c.connect();
   }
@@ -193,13 +194,21 @@ test("console: wrong key, the node and its connections, charts, closes, a live t
   await waitInPage(() => document.getElementById("c-connections").dataset.last === "3", undefined, "the connections chart at 3");
   assert.ok(Number(await page.getAttribute("#c-connections", "data-points")) >= 2, "the chart has the ring's points");
 
-  // --- they close (1000): the count goes back, the closes table counts them
-  for (const c of clients.splice(0)) c.close();
+  // --- the admin API closes them (4001: the clients stop): the count goes back, the closes table
+  // counts them
+  const dc = await fetch(`${server.adminUrl}/admin/api/disconnect`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${ADMIN_KEY}`, "content-type": "application/json" },
+    body: JSON.stringify({ orgId: "o_1", userId: "u_console", code: 4001 }),
+  });
+  assert.deepEqual(await dc.json(), { disconnected: 3 });
+  await waitFor(() => clients.every((c) => c.state === "closed"), { what: "the clients stopped" });
+  clients.splice(0);
   await waitInPage(() => document.querySelector('#nodes td[data-field="connections"]')?.textContent === "0", undefined, "0 connections again");
   await waitInPage(
-    () => Number(document.querySelector('#closes tr[data-code="1000"] td[data-field="count"]')?.textContent) >= 3,
+    () => document.querySelector('#closes tr[data-code="4001"] td[data-field="count"]')?.textContent === "3",
     undefined,
-    "3 closes with 1000 in the closes table",
+    "3 closes with 4001 in the closes table",
   );
 
   // --- the live tail: our client, a tail token in the first frame, a published event appears
