@@ -1,7 +1,7 @@
 // The admin API against its OpenAPI document (docs/admin-api.openapi.json): the real
 // `cortex-realtime serve --admin-listen 127.0.0.1:0 --admin-key K`, every route of the document
 // exercised (200s, 400s, 401s, a 429 from another loopback address, the console's assets and its
-// WebSocket), and each answer's status, headers and JSON body checked against the document with
+// WebSocket; with a throwaway redis-server, two nodes and a broadcast disconnect), and each answer's status, headers and JSON body checked against the document with
 // a JSON Schema 2020-12 validator (ajv). A status the document does not list for a route fails,
 // and so does a body missing a required field (checked here on a real answer with a field
 // removed). At the end, every operation and every documented status (except 503, which needs a
@@ -15,7 +15,7 @@ import path from "node:path";
 import Ajv2020 from "ajv/dist/2020.js";
 import addFormats from "ajv-formats";
 import { CortexRealtime } from "../dist/index.js";
-import { pkgDir, startServer, makeToken, publish, chat, waitFor, ADMIN_KEY } from "./harness.mjs";
+import { pkgDir, startServer, startRedis, redisMissing, makeToken, publish, chat, waitFor, ADMIN_KEY } from "./harness.mjs";
 
 const DOC_PATH = path.resolve(pkgDir, "../../docs/admin-api.openapi.json");
 const doc = JSON.parse(readFileSync(DOC_PATH, "utf8"));
@@ -500,6 +500,49 @@ test("tail-token: a JWT for one channel, signed with the key derived from the ad
     const r = await post("/admin/api/tail-token", bad);
     assert.equal(r.status, 400, `${JSON.stringify(bad)}: ${r.text}`);
     assert.equal(conform("/admin/api/tail-token", "post", r).error, "bad_request");
+  }
+});
+
+test("with Redis: info lists every live node, top merges them, a disconnect is broadcast", { skip: redisMissing() }, async () => {
+  const redis = await startRedis();
+  const a = await startServer({ admin: true, extraArgs: ["--redis", redis.url] });
+  const b = await startServer({ admin: true, extraArgs: ["--redis", redis.url] });
+  const c = client({ url: b.wsUrl, token: makeToken({ sub: "u_far" }), refreshMarginMs: false });
+  const closes = [];
+  c.on("disconnected", (d) => closes.push(d.code));
+  try {
+    const onA = (method, url, body) => request(method, url, { key: ADMIN_KEY, body, port: a.adminPort });
+    const info = await waitFor(
+      async () => {
+        const i = conform("/admin/api/info", "get", await onA("GET", "/admin/api/info"));
+        return i.nodes.length === 2 ? i : undefined;
+      },
+      { what: "both nodes in info", timeoutMs: 5000, intervalMs: 200 },
+    );
+    assert.equal(info.backplane, "redis");
+    assert.deepEqual(info.nodes.map((n) => n.address), [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`]);
+
+    const pub = await publish(b, chat("project:p_far", 1, "o_far"));
+    assert.equal(pub.status, 202);
+    await waitFor(
+      async () => {
+        const t = conform("/admin/api/top", "get", await onA("GET", "/admin/api/top"));
+        return t.channels.some((ch) => ch.orgId === "o_far" && ch.channelId === "project:p_far");
+      },
+      { what: "node B's publish in node A's top", timeoutMs: 5000, intervalMs: 200 },
+    );
+
+    c.connect();
+    await waitFor(() => c.state === "connected", { what: "the client of node B" });
+    const res = await onA("POST", "/admin/api/disconnect", { orgId: "o_1", userId: "u_far", code: 4009 });
+    assert.equal(res.status, 200, res.text);
+    assert.deepEqual(conform("/admin/api/disconnect", "post", res), { disconnected: 0, broadcast: true });
+    await waitFor(() => closes.includes(4009), { what: "node B closed its connection with 4009" });
+  } finally {
+    c.close();
+    await b.stop();
+    await a.stop();
+    await redis.stop();
   }
 });
 

@@ -4,7 +4,8 @@
 // 0 connections; real WebSocket clients connect and the count on the page follows (and the closes
 // table, when the admin API disconnects them); a live tail of a channel (our JavaScript client,
 // vendored into the console, with a tail token sent in the first frame) shows an event published
-// through POST /api/events; 10 failed attempts show the 429. No
+// through POST /api/events; with Redis, a second node appears in the list and leaves it when it
+// stops; 10 failed attempts show the 429. No
 // console error, no CSP violation, nothing stored in the browser. A screenshot is kept in
 // clients/js/test-artifacts/console.png. Also: the vendored client equals a fresh build, and
 // every file of crates/server/console/ is served with the CSP.
@@ -14,7 +15,7 @@ import { mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
 import { CortexRealtime } from "../dist/index.js";
-import { pkgDir, startServer, makeToken, publish, chat, waitFor, ADMIN_KEY } from "./harness.mjs";
+import { pkgDir, startServer, startRedis, redisMissing, makeToken, publish, chat, waitFor, ADMIN_KEY } from "./harness.mjs";
 import { drift, vendorDir } from "./console-vendor.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
@@ -249,6 +250,56 @@ test("console: wrong key, the node and its connections, charts, closes, a live t
   assert.deepEqual(await page.evaluate(() => window.__csp), [], "no CSP violation");
   assert.deepEqual(pageErrors, []);
   assert.equal(expectedErrors.length, 1, `only the wrong key's 401 was logged: ${expectedErrors}`);
+});
+
+test("console: with Redis, every live node is listed with its connections; a stopped node leaves the list", { skip: redisMissing() }, async () => {
+  const redis = await startRedis();
+  const a = await startServer({ admin: true, extraArgs: ["--redis", redis.url] });
+  const b = await startServer({ admin: true, extraArgs: ["--redis", redis.url] });
+  const c = new CortexRealtime({ url: b.wsUrl, token: makeToken({ sub: "u_node_b" }), refreshMarginMs: false });
+  try {
+    await page.goto(`${a.adminUrl}/`);
+    await waitInPage(() => document.body.dataset.ready === "true", undefined, "the console loaded");
+    await signIn(ADMIN_KEY);
+    await waitInPage(() => document.querySelectorAll("#nodes tbody tr[data-node-id]").length === 2, undefined, "both nodes listed");
+    assert.equal(await page.textContent("#t-backplane"), "redis");
+    const addressOf = (port) =>
+      page.evaluate((addr) => {
+        const row = [...document.querySelectorAll("#nodes tbody tr[data-node-id]")].find(
+          (r) => r.querySelector('td[data-field="address"]').textContent === addr,
+        );
+        return row ? { self: row.classList.contains("self"), connections: row.querySelector('td[data-field="connections"]').textContent } : null;
+      }, `127.0.0.1:${port}`);
+    assert.deepEqual(await addressOf(a.port), { self: true, connections: "0" }, "this node first");
+    assert.equal((await addressOf(b.port))?.self, false);
+    assert.equal(await page.getAttribute("#nodes tbody tr:first-child", "class"), "self");
+
+    // a client of node B shows in B's row (from B's heartbeat)
+    c.connect();
+    await waitFor(() => c.state === "connected", { what: "the client of B connected" });
+    await waitInPage(
+      (addr) => [...document.querySelectorAll("#nodes tbody tr[data-node-id]")].some(
+        (r) => r.querySelector('td[data-field="address"]').textContent === addr &&
+          r.querySelector('td[data-field="connections"]').textContent === "1",
+      ),
+      `127.0.0.1:${b.port}`,
+      "node B with 1 connection",
+    );
+    c.close();
+
+    // B stops: gone from the list once its heartbeats stop (5 s)
+    await b.stop();
+    await waitInPage(() => document.querySelectorAll("#nodes tbody tr[data-node-id]").length === 1, undefined, "node B gone", 15000);
+    assert.equal((await addressOf(a.port))?.self, true);
+    await page.click("#signout");
+    assert.deepEqual(await page.evaluate(() => window.__csp), []);
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    c.close();
+    await b.stop();
+    await a.stop();
+    await redis.stop();
+  }
 });
 
 test("console: after 10 failed attempts the page shows the 429 with its wait, even for the right key", async () => {
