@@ -3,6 +3,7 @@
 mod redis;
 mod util;
 
+mod admin;
 mod backplane;
 mod cli;
 mod client;

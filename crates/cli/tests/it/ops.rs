@@ -31,6 +31,17 @@ fn sample(text: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The sum of every sample of family `name` (every label set; not its `_bucket`s and such).
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            (series.split('{').next() == Some(name)).then(|| v.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// Every line is a comment, blank, or `name[{labels}] value`.
 fn assert_prometheus_text(text: &str) {
     for line in text.lines() {
@@ -86,7 +97,7 @@ async fn metrics_is_prometheus_text_with_connections_and_published_events() {
         "{text}"
     );
     assert!(
-        sample(&text, "cortex_events_published_total").is_some_and(|v| v >= 1.0),
+        sum_of(&text, "cortex_events_published_total") >= 1.0,
         "{text}"
     );
     drop(c);
@@ -132,8 +143,8 @@ async fn metrics_of_a_fresh_process_count_connections_and_published_events_exact
     let (_, _, text) = metrics(&url).await;
     assert_eq!(sample(&text, "cortex_connections"), Some(2.0), "{text}");
     assert_eq!(
-        sample(&text, "cortex_events_published_total"),
-        Some(3.0),
+        sum_of(&text, "cortex_events_published_total"),
+        3.0,
         "{text}"
     );
 
@@ -154,6 +165,215 @@ async fn metrics_of_a_fresh_process_count_connections_and_published_events_exact
     p.sigterm_caught().await;
     p.terminate();
     assert!(p.wait_exit(Duration::from_secs(10)).await.success());
+}
+
+/// The sample of exactly `series` (`name{labels}` as rendered), 0 when absent.
+fn series(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A fresh `serve` exercised by real clients: a connect, subscribes (one resuming), publishes
+/// (one refused), a refused handshake, a close for an oversized frame; returns its address and
+/// the process.
+async fn exercised_server() -> (SocketAddr, Proc) {
+    let mut p = Proc::spawn(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("CORTEX_JWT_SECRET", SECRET),
+            ("CORTEX_PUBLISH_KEY", PUBLISH_KEY),
+        ],
+    );
+    let addr = p.listening().await;
+    let ws = format!("ws://{addr}/api/ws");
+    let events = format!("http://{addr}/api/events");
+    let mut a = Client::connect(&ws).await;
+    a.send(json!({"type":"auth","token":token("u_1","o_1")}))
+        .await;
+    assert_eq!(a.recv().await["type"], "connected");
+    let sub = a.subscribe("task:t_9").await;
+    assert_eq!(sub["type"], "subscribed");
+    for n in 1..=3 {
+        assert_eq!(
+            publish_to(&events, PUBLISH_KEY, event("o_1", &["task:t_9"], n))
+                .await
+                .0,
+            202
+        );
+        a.recv().await;
+    }
+    assert_eq!(
+        publish_to(&events, "wrong", event("o_1", &["task:t_9"], 9))
+            .await
+            .0,
+        401
+    );
+    // A second connection resumes from the first event: two replayed, recovered.
+    let mut b = Client::connect(&ws).await;
+    b.send(json!({"type":"auth","token":token("u_2","o_1")}))
+        .await;
+    b.recv().await;
+    let epoch = sub["epoch"].as_str().unwrap();
+    b.send(json!({"type":"subscribe","channelId":"task:t_9","since":{"offset":1,"epoch":epoch}}))
+        .await;
+    assert_eq!(b.recv().await["recovered"], true);
+    b.recv().await;
+    b.recv().await;
+    // A command refused: a channel id that breaks the grammar.
+    assert_eq!(b.subscribe("nope").await["code"], "invalid_channel");
+    // A handshake refused for its token.
+    let refused = Client::connect_with(&format!("{ws}?token=not-a-token"), &[]).await;
+    assert_eq!(refused.err(), Some(401));
+    // A frame over the limit closes with 1009.
+    b.send_text(&"x".repeat(70 * 1024)).await;
+    assert_eq!(b.closed().await, Some(1009));
+    drop(a);
+    (addr, p)
+}
+
+#[tokio::test]
+async fn every_metric_family_moves_for_real_connections_publishes_refusals_and_closes() {
+    let (addr, mut p) = exercised_server().await;
+    let url = format!("http://{addr}/metrics");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let text = loop {
+        let (_, _, text) = metrics(&url).await;
+        if series(&text, r#"cortex_closes_total{code="1009"}"#) == 1.0
+            && series(&text, "cortex_connections") == 0.0
+            // The backplane's gauges are set every second.
+            && series(&text, "cortex_history_bytes") > 0.0
+        {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closes are not counted: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_prometheus_text(&text);
+    for (s, want) in [
+        ("cortex_connections_total", 2.0),
+        ("cortex_subscriptions", 0.0),
+        (r#"cortex_refused_total{reason="unauthorized"}"#, 1.0),
+        (r#"cortex_commands_total{type="subscribe"}"#, 3.0),
+        (r#"cortex_commands_total{type="auth"}"#, 0.0),
+        (
+            r#"cortex_command_errors_total{code="invalid_channel"}"#,
+            1.0,
+        ),
+        (
+            r#"cortex_events_published_total{type="task.status_changed"}"#,
+            3.0,
+        ),
+        (r#"cortex_deliveries_total{kind="task"}"#, 3.0),
+        (r#"cortex_replayed_events_total"#, 2.0),
+        (r#"cortex_recoveries_total{recovered="true"}"#, 1.0),
+        (r#"cortex_recoveries_total{recovered="false"}"#, 0.0),
+        (r#"cortex_publish_requests_total{status="202"}"#, 3.0),
+        (r#"cortex_publish_requests_total{status="401"}"#, 1.0),
+        ("cortex_publish_fanout_seconds_count", 3.0),
+        (r#"cortex_publish_fanout_seconds_bucket{le="+Inf"}"#, 3.0),
+        ("cortex_continuity_notices_total", 0.0),
+        ("cortex_slow_consumer_closes_total", 0.0),
+        ("cortex_backplane_ready", 1.0),
+        ("cortex_redis_command_seconds_count", 0.0),
+    ] {
+        assert_eq!(series(&text, s), want, "{s} in\n{text}");
+    }
+    assert!(
+        series(&text, "cortex_outbox_bytes_total") > 3.0 * 100.0,
+        "{text}"
+    );
+    assert!(series(&text, "cortex_history_bytes") > 0.0, "{text}");
+    p.kill();
+}
+
+/// Every metric name in a PromQL expression (`cortex_...`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("cortex_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every `expr` of a Grafana dashboard's panels (rows' nested panels too).
+fn exprs(panels: &[serde_json::Value], out: &mut Vec<String>) {
+    for p in panels {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push(t["expr"].as_str().expect("an expr").to_owned());
+        }
+        exprs(p["panels"].as_array().map_or(&[][..], Vec::as_slice), out);
+    }
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_charts_every_family_and_names_only_exported_metrics() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/grafana/cortex-realtime.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("JSON");
+    let mut all = Vec::new();
+    exprs(dashboard["panels"].as_array().expect("panels"), &mut all);
+    assert!(all.len() >= 10, "{all:?}");
+
+    let (addr, mut p) = exercised_server().await;
+    let (_, _, text) = metrics(&format!("http://{addr}/metrics")).await;
+    p.kill();
+    // What the server exports: each family, and a histogram's series.
+    let mut exported = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = t.split_once(' ').unwrap();
+            exported.insert(name.to_owned());
+            if kind == "histogram" {
+                for s in ["_bucket", "_sum", "_count"] {
+                    exported.insert(format!("{name}{s}"));
+                }
+            }
+        }
+    }
+    let mut charted = std::collections::BTreeSet::new();
+    for e in &all {
+        let names = metric_names(e);
+        assert!(!names.is_empty(), "an expr names no metric: {e}");
+        for n in names {
+            assert!(
+                exported.contains(&n),
+                "{n} (in {e}) is not exported:\n{text}"
+            );
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s).filter(|f| exported.contains(*f)))
+                .unwrap_or(&n)
+                .to_owned();
+            charted.insert(family);
+        }
+    }
+    let families: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("# TYPE ")?
+                .split(' ')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    let missing: Vec<_> = families.difference(&charted).collect();
+    assert!(
+        missing.is_empty(),
+        "families the dashboard does not chart: {missing:?}"
+    );
 }
 
 // ---- secrets never reach the logs ----

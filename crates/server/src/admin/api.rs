@@ -185,14 +185,14 @@ fn query(uri: &Uri) -> HashMap<String, String> {
 }
 
 /// A `limit` parameter within `1..=max`, `default` when absent.
-fn limit(q: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, Response> {
+fn limit(q: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, Box<Response>> {
     match q.get("limit") {
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(bad_request(&format!(
+            _ => Err(Box::new(bad_request(&format!(
                 "limit must be an integer from 1 to {max}"
-            ))),
+            )))),
         },
     }
 }
@@ -258,7 +258,7 @@ pub(crate) async fn top(State(admin): State<Arc<Admin>>, uri: Uri) -> Response {
     let q = query(&uri);
     let limit = match limit(&q, 10, 50) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (orgs, channels) = top_lists(&admin, unix_now(), limit, true);
     axum::Json(json!({"windowSeconds": TOP_WINDOW_SECS, "orgs": orgs, "channels": channels}))
@@ -342,7 +342,7 @@ pub(crate) async fn history(State(admin): State<Arc<Admin>>, uri: Uri) -> Respon
     let q = query(&uri);
     let limit = match limit(&q, 50, 100) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(org) = q.get("orgId").filter(|o| is_valid_id(o)) else {
         return bad_request(

@@ -45,7 +45,10 @@ impl Ring {
         events: u64,
         deliveries: u64,
     ) -> Point {
-        let base = self.points.iter().rev().take(RATE_WINDOW).last().copied();
+        let base = self
+            .points
+            .get(self.points.len().saturating_sub(RATE_WINDOW))
+            .copied();
         let (eps, dps) = match base {
             Some(b) if t > b.t => {
                 let dt = (t - b.t) as f64;
