@@ -165,6 +165,7 @@ function renderStats(stats) {
   const rows = closes.map(([code, n]) => {
     const tr = document.createElement("tr");
     tr.dataset.code = String(code);
+    if (n === 0) tr.className = "zero";
     tr.append(td(String(code), "num"), td(CLOSE_MEANING[code] ?? ""), td(String(n), "num"));
     tr.lastChild.dataset.field = "count";
     return tr;
