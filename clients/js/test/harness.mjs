@@ -15,6 +15,8 @@ const repoRoot = path.resolve(pkgDir, "../..");
 
 export const SECRET = "js-test-secret";
 export const PUBLISH_KEY = "js-test-publish-key";
+/** The admin key of servers started with `admin: true`. */
+export const ADMIN_KEY = "js-test-admin-key-0123456789";
 
 let binCache;
 
@@ -46,9 +48,12 @@ process.on("exit", () => {
 
 /**
  * Starts `cortex-realtime serve` and resolves once it printed `listening on ADDR`.
- * `port` 0 picks a free one; `extraArgs` are appended.
+ * `port` 0 picks a free one; `extraArgs` are appended. `admin: true` also opens the admin
+ * listener on 127.0.0.1:0 with ADMIN_KEY (or `adminKey`) and waits for `admin listening on ADDR`
+ * (then `server.adminPort` is its port).
  */
-export async function startServer({ port = 0, extraArgs = [] } = {}) {
+export async function startServer({ port = 0, extraArgs = [], admin = false, adminKey = ADMIN_KEY } = {}) {
+  if (admin) extraArgs = [...extraArgs, "--admin-listen", "127.0.0.1:0", "--admin-key", adminKey];
   const args = [
     "serve",
     "--listen",
@@ -99,14 +104,16 @@ function spawnServer(args, extraArgs) {
       err += d;
       if (err.length > 100000) err = err.slice(-50000);
     });
+    const admin = extraArgs.includes("--admin-listen");
     child.stdout.on("data", (d) => {
       out += d;
-      const m = /listening on ([0-9.]+):(\d+)/.exec(out);
-      if (m && !done) {
+      const m = /(?:^|\n)listening on ([0-9.]+):(\d+)/.exec(out);
+      const a = /(?:^|\n)admin listening on ([0-9.]+):(\d+)/.exec(out);
+      if (m && (a || !admin) && !done) {
         done = true;
         clearTimeout(timer);
         const port = Number(m[2]);
-        resolve(new ServerProcess(child, port, extraArgs));
+        resolve(new ServerProcess(child, port, extraArgs, a ? Number(a[2]) : undefined));
       }
     });
     child.on("exit", (code, signal) => fail(new Error(`server exited (${code ?? signal})`)));
@@ -115,10 +122,12 @@ function spawnServer(args, extraArgs) {
 }
 
 export class ServerProcess {
-  constructor(child, port, extraArgs) {
+  constructor(child, port, extraArgs, adminPort) {
     this.child = child;
     this.port = port;
     this.extraArgs = extraArgs;
+    /** The admin listener's port, when started with `admin: true`. */
+    this.adminPort = adminPort;
     this.exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
   }
 
@@ -128,6 +137,11 @@ export class ServerProcess {
 
   get wsUrl() {
     return `ws://127.0.0.1:${this.port}/api/ws`;
+  }
+
+  /** The admin listener (console, admin API), when started with `admin: true`. */
+  get adminUrl() {
+    return `http://127.0.0.1:${this.adminPort}`;
   }
 
   /** SIGTERM (the server drains: close 1001 to every connection) then wait; SIGKILL after 3 s. */

@@ -23,14 +23,54 @@ pub(crate) const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../console/index.html"),
     ),
     (
+        "console.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../console/console.css"),
+    ),
+    (
         "console.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../console/console.js"),
     ),
     (
-        "console.css",
-        "text/css; charset=utf-8",
-        include_bytes!("../../console/console.css"),
+        "api.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/api.js"),
+    ),
+    (
+        "chart.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/chart.js"),
+    ),
+    (
+        "tail.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/tail.js"),
+    ),
+    (
+        "client/index.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/client/index.js"),
+    ),
+    (
+        "client/client.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/client/client.js"),
+    ),
+    (
+        "client/policy.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/client/policy.js"),
+    ),
+    (
+        "client/token.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/client/token.js"),
+    ),
+    (
+        "client/types.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/client/types.js"),
     ),
 ];
 

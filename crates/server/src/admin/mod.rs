@@ -153,7 +153,7 @@ fn router(admin: Arc<Admin>) -> Router {
         .with_state(admin);
     let open = Router::new()
         .route("/", get(console::index))
-        .route("/console/{file}", get(console::file))
+        .route("/console/{*file}", get(console::file))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(|| async { metrics::render() }))
