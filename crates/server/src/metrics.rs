@@ -17,9 +17,11 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Close codes counted, each its own label value; anything else is counted as `other`.
-pub(crate) const CLOSE_CODES: [u16; 11] = [
-    1000, 1001, 1006, 1008, 1009, 4001, 4002, 4003, 4008, 4009, 4029,
+/// Close codes counted, each its own label value; anything else is counted as `other`. Every
+/// code of the contract, 1005 (the client's close frame carried no code) and 1006 (the client
+/// went away without a close frame). The admin API's counts (`activity`) use the same list.
+pub(crate) const CLOSE_CODES: [u16; 12] = [
+    1000, 1001, 1005, 1006, 1008, 1009, 4001, 4002, 4003, 4008, 4009, 4029,
 ];
 
 /// Why a connection or upgrade was refused before authentication completed.

@@ -120,7 +120,9 @@ impl Closing {
 pub enum End {
     /// We closed it with this code.
     Closed(CloseCode),
-    /// The client closed it, or the socket failed.
+    /// The client closed it with this code (1005 when its close frame carried none).
+    ClientClosed(u16),
+    /// The socket failed or ended without a close frame.
     Gone,
 }
 
@@ -218,6 +220,7 @@ where
         live.leave_all();
         let code = match end {
             End::Closed(c) => c.code(),
+            End::ClientClosed(code) => code,
             End::Gone => 1006,
         };
         live.node.activity.closed(code);
@@ -562,7 +565,7 @@ impl Session {
                             self.error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None, None);
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                        Some(Ok(Message::Close(_))) => {
+                        Some(Ok(Message::Close(frame))) => {
                             // tungstenite queued the answer to the client's close: send it,
                             // and nothing after it.
                             ws.get_mut().detach();
@@ -571,7 +574,7 @@ impl Session {
                                 while let Some(Ok(_)) = ws.next().await {}
                             })
                             .await;
-                            return End::Gone;
+                            return End::ClientClosed(frame.map_or(1005, |f| u16::from(f.code)));
                         }
                         None => return End::Gone,
                         Some(Err(WsError::Capacity(_))) => return Box::pin(close(ws, Closing::TooBig)).await,

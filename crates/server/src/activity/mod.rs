@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use cortex_protocol::{ChannelId, CloseCode};
 
+use crate::metrics::CLOSE_CODES;
+
 use sketch::SpaceSaving;
 
 /// Counters per sub-window of the busiest lists.
@@ -26,12 +28,6 @@ const SLOT_SECS: i64 = 10;
 const SLOTS: usize = 6;
 /// The window the busiest lists cover, seconds.
 pub(crate) const TOP_WINDOW_SECS: i64 = SLOTS as i64 * SLOT_SECS;
-
-/// Close codes counted: every code of the contract, and 1006 (the client went away without a
-/// close frame) last.
-pub(crate) const CLOSE_CODES: [u16; 11] = [
-    1000, 1001, 1008, 1009, 4001, 4002, 4003, 4008, 4009, 4029, 1006,
-];
 
 /// One sub-window of the busiest lists.
 #[derive(Debug)]
@@ -112,7 +108,7 @@ impl Top {
 pub(crate) struct Activity {
     events: AtomicU64,
     subscriptions: AtomicI64,
-    closes: [AtomicU64; CLOSE_CODES.len()],
+    closes: [AtomicU64; CLOSE_CODES.len() + 1],
     /// Only kept when someone can read it (the admin listener is on).
     top: Option<Mutex<Top>>,
 }
@@ -153,21 +149,25 @@ impl Activity {
         self.events.load(Ordering::Relaxed)
     }
 
-    /// A connection of this node closed with `code` (1006: without a close frame).
+    /// A connection of this node closed with `code` (1006: without a close frame; 1005: the
+    /// client's close frame had no code).
     pub(crate) fn closed(&self, code: u16) {
         let at = CLOSE_CODES
             .iter()
             .position(|&c| c == code)
-            .unwrap_or(CLOSE_CODES.len() - 1);
+            .unwrap_or(CLOSE_CODES.len());
         self.closes[at].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Closes since start, per code of [`CLOSE_CODES`].
-    pub(crate) fn closes(&self) -> Vec<(u16, u64)> {
+    /// Closes since start, per code of [`CLOSE_CODES`] (`Some(code)`), then every other code
+    /// together (`None`).
+    pub(crate) fn closes(&self) -> Vec<(Option<u16>, u64)> {
         CLOSE_CODES
             .iter()
+            .map(|&c| Some(c))
+            .chain([None])
             .zip(&self.closes)
-            .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+            .map(|(c, n)| (c, n.load(Ordering::Relaxed)))
             .collect()
     }
 
@@ -228,7 +228,8 @@ mod tests {
         a.closed(4009);
         a.closed(1234);
         let c = a.closes();
-        assert!(c.contains(&(1000, 1)) && c.contains(&(4009, 2)) && c.contains(&(1006, 1)));
+        assert!(c.contains(&(Some(1000), 1)) && c.contains(&(Some(4009), 2)));
+        assert!(c.contains(&(None, 1)) && c.contains(&(Some(1006), 0)));
         assert_eq!(operator_close_code(4001), Some(CloseCode::Unauthorized));
         assert_eq!(operator_close_code(1009), None);
         assert_eq!(operator_close_code(1234), None);

@@ -172,7 +172,12 @@ pub(crate) async fn stats(State(admin): State<Arc<Admin>>) -> Response {
         .activity
         .closes()
         .into_iter()
-        .map(|(code, n)| (code.to_string(), Value::from(n)))
+        .map(|(code, n)| {
+            (
+                code.map_or_else(|| "other".to_owned(), |c| c.to_string()),
+                Value::from(n),
+            )
+        })
         .collect();
     axum::Json(json!({"intervalSeconds": 1, "points": points, "closes": closes})).into_response()
 }
