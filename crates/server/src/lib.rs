@@ -20,6 +20,7 @@
 //! - `hub`: channel -> this node's subscribers; the local fan-out.
 //! - `ws`: the frame writer, the shared socket and the outbox (one owner of the direct writes).
 //! - `auth`: JWT verification (token policy, key loading).
+//! - `tls`: TLS on a listener: the certificate files read, checked and reloaded, the handshake.
 //! - `limits`, `shutdown`, `metrics`, `id`, `config`: the small shared parts.
 //! - [`local`]: the zero-configuration desktop mode.
 
@@ -38,6 +39,7 @@ pub(crate) mod publish;
 pub(crate) mod server;
 pub(crate) mod session;
 pub(crate) mod shutdown;
+pub(crate) mod tls;
 pub(crate) mod ws;
 
 #[cfg(feature = "internals")]
@@ -48,7 +50,7 @@ pub use auth::{
     AuthError, Claims, DEFAULT_LEEWAY_SECS, KeyError, KeySource, MAX_TOKEN_LEN, VerifierConfig,
     mint_hs256, mint_hs256_claims,
 };
-pub use config::{Config, Limits, RedisConfig, RedisServers, Retention};
+pub use config::{Config, Limits, RedisConfig, RedisServers, Retention, TlsConfig};
 pub use cortex_protocol as protocol;
 pub use node::{Node, StartError};
 pub use publish::{Accepted, PublishError};
