@@ -17,5 +17,6 @@ mod publish_api;
 mod resume;
 mod smoke;
 mod tenancy;
+mod tls;
 mod ws_commands;
 mod ws_connect;
