@@ -12,6 +12,7 @@ mod haproxy;
 mod hardening;
 mod hostile;
 mod local;
+mod logs;
 mod ops;
 mod publish_api;
 mod resume;

@@ -262,13 +262,23 @@ pub async fn https(
     (parse_head(head).0, body.to_owned())
 }
 
-/// Publishes `body` with the publish key over `https://`.
+/// Publishes `body` with the test publish key over `https://`.
 pub async fn https_publish(
     addr: SocketAddr,
     client: &Arc<ClientConfig>,
     body: &Value,
 ) -> (u16, Value) {
-    let auth = format!("Bearer {PUBLISH_KEY}");
+    https_publish_with(addr, client, PUBLISH_KEY, body).await
+}
+
+/// Publishes `body` with `key` over `https://`.
+pub async fn https_publish_with(
+    addr: SocketAddr,
+    client: &Arc<ClientConfig>,
+    key: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
     let (status, text) = https(
         addr,
         client,
