@@ -36,8 +36,8 @@ pub fn split(addr: &str) -> (bool, &str) {
 /// ALPN `http/1.1`.
 pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca)
-        .with_context(|| format!("--ca {}", ca.display()))?;
+    let certs =
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("--ca {}", ca.display()))?;
     for cert in certs {
         roots
             .add(cert.with_context(|| format!("--ca {}: not PEM", ca.display()))?)
@@ -63,7 +63,11 @@ pub fn connector(config: &Arc<ClientConfig>) -> tokio_tungstenite::Connector {
 /// Listens on a free loopback port and relays each connection made to it over a new TLS
 /// connection to `server` (named `host` in the handshake); returns the port's address. Runs
 /// until the process ends.
-pub async fn relay(server: SocketAddr, host: &str, config: Arc<ClientConfig>) -> Result<SocketAddr> {
+pub async fn relay(
+    server: SocketAddr,
+    host: &str,
+    config: Arc<ClientConfig>,
+) -> Result<SocketAddr> {
     let name = ServerName::try_from(host.to_owned()).map_err(|e| anyhow!("{host}: {e}"))?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

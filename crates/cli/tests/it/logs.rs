@@ -216,3 +216,61 @@ async fn json_logs_are_one_object_a_line_and_hold_no_token_or_key() {
         "the start is logged with its address as a field"
     );
 }
+
+#[tokio::test]
+async fn the_log_format_is_read_from_the_environment_and_the_file_and_checked() {
+    let base = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        JWT_SECRET,
+        "--publish-key",
+        KEY,
+    ];
+    let first_line_is_json = |p: &Proc| {
+        let err = p.stderr();
+        let line = err.lines().next().unwrap_or_default().to_owned();
+        serde_json::from_str::<Value>(&line).is_ok_and(|v| v["message"] == "serving")
+    };
+    let mut p = Proc::spawn(&base, &[("CORTEX_LOG_FORMAT", "json")]);
+    p.listening().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(first_line_is_json(&p), "{}", p.stderr());
+    p.kill();
+
+    let file = temp_path("logs.toml");
+    std::fs::write(&file, "log_format = \"json\"\n").unwrap();
+    let mut args = base.to_vec();
+    args.extend(["--config", file.to_str().unwrap()]);
+    let mut p = Proc::spawn(&args, &[]);
+    p.listening().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(first_line_is_json(&p), "{}", p.stderr());
+    p.kill();
+    // The flag beats the file.
+    args.extend(["--log-format", "text"]);
+    let mut p = Proc::spawn(&args, &[]);
+    p.listening().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !first_line_is_json(&p) && p.stderr().contains("serving"),
+        "{}",
+        p.stderr()
+    );
+    p.kill();
+    let _ = std::fs::remove_file(&file);
+
+    let p = run_bin(&["serve", "--log-format", "xml"], &[]).await;
+    assert!(!p.status().success());
+    assert!(
+        p.stderr().contains("possible values: text, json"),
+        "{}",
+        p.stderr()
+    );
+    std::fs::write(&file, "log_format = \"xml\"\n").unwrap();
+    let p = run_bin(&["serve", "--config", file.to_str().unwrap()], &[]).await;
+    assert!(!p.status().success());
+    assert!(p.stderr().contains("log_format"), "{}", p.stderr());
+    let _ = std::fs::remove_file(&file);
+}
