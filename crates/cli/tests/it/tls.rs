@@ -622,3 +622,55 @@ async fn serve_takes_tls_from_the_environment_and_the_config_file() {
     assert_eq!(status, 202);
     p.kill();
 }
+
+#[tokio::test]
+async fn a_client_that_stalls_in_the_handshake_is_dropped_after_the_handshake_timeout() {
+    let ca = Ca::new();
+    let issued = ca.issue("server");
+    let mut c = config();
+    c.tls = Some(TlsConfig::new(&issued.cert, &issued.key));
+    c.limits.handshake_timeout = Duration::from_millis(500);
+    let s = TestServer::with(c).await;
+    // Nothing at all, then the first bytes of a record and no more (slowloris over TLS).
+    for sent in [&[][..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {
+        let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+        tcp.write_all(sent).await.unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest))
+            .await
+            .expect("dropped before the test's wait");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+            "dropped after {took:?}"
+        );
+    }
+    let client = ca.usual_client();
+    let (status, _) = https(s.addr, &client, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_drain_closes_tls_websockets_with_1001() {
+    let ca = Ca::new();
+    let s = server(&ca.issue("server")).await;
+    let client = ca.usual_client();
+    let (mut ws, _) = subscribed(s.addr, &client).await;
+    let drained = tokio::spawn(s.shutdown());
+    let code = loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    // Answer the close, as clients do, so the drain ends at once.
+    let _ = tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    drained.await.unwrap();
+}
