@@ -132,8 +132,9 @@ fn check_upgrade(node: &Node, req: &Request) -> Result<HeaderValue, Refusal> {
 /// TCP with the shared path, or TLS with one writer): a generic method rather than a closure,
 /// so that each transport gets its own copy and the plain one stays as small as before.
 trait Endpoint: Send + 'static {
-    /// Serves `ws` until it closes.
-    fn run<S>(self, ws: WebSocketStream<S>) -> impl Future<Output = ()> + Send
+    /// Serves `ws` until it closes. (Its output is left unnamed: a wrapper turning it into `()`
+    /// would keep a second copy of the session's future, the bulk of an idle connection.)
+    fn run<S>(self, ws: WebSocketStream<S>) -> impl Future + Send
     where
         S: Transport + Send + 'static;
 }
@@ -142,14 +143,11 @@ trait Endpoint: Send + 'static {
 struct Session(Arc<Node>, Option<session::Verified>);
 
 impl Endpoint for Session {
-    fn run<S>(self, ws: WebSocketStream<S>) -> impl Future<Output = ()> + Send
+    fn run<S>(self, ws: WebSocketStream<S>) -> impl Future + Send
     where
         S: Transport + Send + 'static,
     {
-        let run = session::run(self.0, ws, self.1);
-        async move {
-            run.await;
-        }
+        session::run(self.0, ws, self.1)
     }
 }
 
@@ -159,7 +157,7 @@ struct Echo;
 
 #[cfg(feature = "autobahn")]
 impl Endpoint for Echo {
-    fn run<S>(self, ws: WebSocketStream<S>) -> impl Future<Output = ()> + Send
+    fn run<S>(self, ws: WebSocketStream<S>) -> impl Future + Send
     where
         S: Transport + Send + 'static,
     {
@@ -188,26 +186,31 @@ fn switch_protocols(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let config = Some(task_node.ws_config());
-        drop(task_node);
         // The socket moves straight into the session; `into_socket` keeps the downcast's parts
         // out of this task, so it does not hold them beside the session (memory per connection).
-        match into_socket(upgraded) {
-            Some(Transported::Tcp(socket)) => {
-                let ws = WebSocketStream::from_raw_socket(socket, Role::Server, config).await;
-                endpoint.run(ws).await;
-            }
+        let socket = match into_socket(upgraded) {
+            Some(Transported::Tcp(socket)) => socket,
             // Boxed: a TLS session's future is bigger, and this task must not make every plain
             // connection's as big.
             Some(Transported::Tls(sole)) => {
+                let config = Some(task_node.ws_config());
                 Box::pin(async move {
-                    let ws = WebSocketStream::from_raw_socket(sole, Role::Server, config).await;
-                    endpoint.run(ws).await;
+                    endpoint
+                        .run(WebSocketStream::from_raw_socket(sole, Role::Server, config).await)
+                        .await;
                 })
-                .await
+                .await;
+                return;
             }
-            None => {}
-        }
+            None => return,
+        };
+        // One expression, so that no moved-from local is kept beside the session's future.
+        endpoint
+            .run(
+                WebSocketStream::from_raw_socket(socket, Role::Server, Some(task_node.ws_config()))
+                    .await,
+            )
+            .await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
