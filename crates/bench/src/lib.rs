@@ -16,7 +16,7 @@
 //! connections of one process, [`run`] coordinates the workers and publishes, [`report`]
 //! prints the figures, [`procfs`] reads the server's memory and CPU, [`sample`] samples it for every PID while
 //! the run goes on, [`timeline`] keeps latency second by second (a fault's before, during and
-//! after).
+//! after), [`tls`] reaches `wss://` addresses.
 
 pub mod marker;
 pub mod plan;
@@ -26,4 +26,5 @@ pub mod run;
 pub mod sample;
 pub mod target;
 pub mod timeline;
+pub mod tls;
 pub mod worker;

@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// reconnects to another (with --reconnect).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
+    /// For `wss://` addresses (`--addr wss://HOST:PORT`): the PEM file of the CA that the
+    /// server's certificate is checked against.
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
     /// Where to publish (`host:port`, comma-separated for several nodes: publishers start on
     /// node k % N and move to the next after a failed request) [default: the first --addr].
     #[arg(long)]
@@ -218,12 +222,16 @@ async fn run(args: RunArgs) -> Result<RunReport> {
     }
     let first_addr = args.addr.split(',').next().unwrap_or_default().to_owned();
     let publish_addrs = args.publish_addr.clone().unwrap_or(first_addr);
-    let targets: Vec<Rc<Target>> = publish_addrs
-        .split(',')
+    let mut plain_addrs = Vec::new();
+    for addr in publish_addrs.split(',') {
+        plain_addrs.push(crate::tls::publish_addr(addr, args.ca.as_deref()).await?);
+    }
+    let targets: Vec<Rc<Target>> = plain_addrs
+        .iter()
         .map(|addr| {
             Rc::new(Target {
                 kind: args.target,
-                addr: addr.to_owned(),
+                addr: addr.clone(),
                 org: args.org.clone(),
                 secret: args.secret.clone(),
                 publish_key: args.publish_key.clone(),
@@ -449,6 +457,9 @@ fn spawn_worker(
         .kill_on_drop(true);
     if !args.hold.is_zero() || args.reconnect {
         cmd.arg("--reconnect");
+    }
+    if let Some(ca) = &args.ca {
+        cmd.arg("--ca").arg(ca);
     }
     let mut child = cmd.spawn().context("starting a worker")?;
     let stdin = child.stdin.take().expect("piped");

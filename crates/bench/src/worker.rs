@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -68,6 +69,24 @@ pub struct WorkerArgs {
     /// First delay of the reconnect backoff.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub reconnect_base: Duration,
+    /// For `wss://` addresses: the PEM file of the CA the server's certificate is checked
+    /// against.
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// The TLS client of `wss://` addresses, made once per worker from `--ca`.
+fn tls_client(args: &WorkerArgs) -> Result<Arc<rustls::ClientConfig>> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    if let Some(config) = CONFIG.get() {
+        return Ok(config.clone());
+    }
+    let ca = args
+        .ca
+        .as_deref()
+        .ok_or_else(|| anyhow!("a wss:// address needs --ca FILE"))?;
+    let config = crate::tls::client_config(ca)?;
+    Ok(CONFIG.get_or_init(|| config).clone())
 }
 
 /// A line a worker prints.
@@ -174,6 +193,10 @@ async fn run(args: WorkerArgs) -> Result<()> {
     });
     let mut servers = Vec::new();
     for addr in args.addr.split(',') {
+        let (tls, addr) = crate::tls::split(addr);
+        if tls {
+            tls_client(&args)?;
+        }
         servers.push(
             tokio::net::lookup_host(addr)
                 .await?
@@ -437,7 +460,17 @@ impl Conn {
             .context("connecting")?;
         stream.set_nodelay(true)?;
         let node = self.servers[kept.node].to_string();
-        let mut request = self.target.ws_url(&node, subs).into_client_request()?;
+        let tls = self
+            .args
+            .addr
+            .split(',')
+            .nth(kept.node)
+            .is_some_and(|a| crate::tls::split(a).0);
+        let mut url = self.target.ws_url(&node, subs);
+        if tls {
+            url = url.replacen("ws://", "wss://", 1);
+        }
+        let mut request = url.into_client_request()?;
         let token = self.target.token(self.i);
         if self.target.kind == Kind::Cortex {
             request.headers_mut().insert(
@@ -450,13 +483,25 @@ impl Conn {
             .write_buffer_size(0)
             .max_message_size(Some(1 << 20))
             .max_frame_size(Some(1 << 20));
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-            request,
-            MaybeTlsStream::Plain(stream),
-            Some(config),
-        )
-        .await
-        .context("WebSocket handshake")?;
+        let (mut ws, _) = if tls {
+            let connector = crate::tls::connector(&tls_client(&self.args)?);
+            tokio_tungstenite::client_async_tls_with_config(
+                request,
+                stream,
+                Some(config),
+                Some(connector),
+            )
+            .await
+            .context("WebSocket handshake over TLS")?
+        } else {
+            tokio_tungstenite::client_async_with_config(
+                request,
+                MaybeTlsStream::Plain(stream),
+                Some(config),
+            )
+            .await
+            .context("WebSocket handshake")?
+        };
         match self.target.kind {
             Kind::Cortex => {
                 expect(&mut ws, |t| t.contains(r#""type":"connected""#)).await?;

@@ -743,3 +743,128 @@ async fn nchan_peer() {
 async fn socketio_peer() {
     peer("socketio").await;
 }
+
+// --- TLS --------------------------------------------------------------------------------------
+
+/// A CA and a certificate it signed for 127.0.0.1, made by `openssl` in `dir`: (ca, cert, key).
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=bench CA",
+                "-days",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName = IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_address_is_reached_over_tls_with_the_given_ca() {
+    let _turn = TURN.lock().await;
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-tls-{}", std::process::id()));
+    let (ca, cert, key) = tls_files(&dir);
+    let server = Server::builder()
+        .config(Config {
+            tls: Some(cortex_realtime::TlsConfig::new(&cert, &key)),
+            ..Config::default()
+        })
+        .jwt_secret(SECRET)
+        .publish_key(PUBLISH_KEY)
+        .start()
+        .await
+        .expect("a TLS server");
+    let wss = format!("wss://{}", server.local_addr());
+    let mut args = strings(&["--addr", &wss, "--ca", ca.to_str().unwrap()]);
+    args.extend(strings(&["--secret", SECRET, "--publish-key", PUBLISH_KEY]));
+    args.extend(small(CONNS));
+    args.extend(strings(&[
+        "--shape",
+        "project",
+        "--group",
+        "10",
+        "--duration",
+        "1s",
+        "--event-bytes",
+        "400",
+        "--check",
+    ]));
+    let o = bench(&args).await;
+    o.assert_success();
+    let r = o.report();
+    // Every event reaches its group of 10, over TLS, once and in order.
+    assert_clean(r, CONNS, 10, EVENT_BYTES);
+
+    // Without the CA, the workers refuse to start rather than connect in the clear.
+    let mut no_ca = strings(&["--addr", &wss]);
+    no_ca.extend(strings(&["--secret", SECRET, "--publish-key", PUBLISH_KEY]));
+    no_ca.extend(small(10));
+    no_ca.extend(strings(&["--duration", "1s"]));
+    let o = bench(&no_ca).await;
+    assert!(!o.status.success(), "a wss:// run without --ca succeeded");
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,8 +1,9 @@
 //! The layering of settings, written once: the [`settings!`] macro turns a table of settings
 //! into a clap flag each (read also from `CORTEX_<FLAG>`, its help showing the default), a TOML
 //! file with the same keys in snake case, the merge of the two (flag or environment over file)
-//! and the application onto a [`Config`] of defaults. Also the kinds of application a row may
-//! name: [`set`] a place, parse a [`duration`] into one, or [`with`] a function.
+//! and the application onto a [`Config`] of defaults, and the rows of the configuration
+//! reference ([`Row`]). Also the kinds of application a row may name: [`set`] a place, parse a
+//! [`duration`] into one, [`with`] or [`checked`] a function, or [`outside`] the config.
 
 use std::fmt::Display;
 use std::marker::PhantomData;
@@ -43,23 +44,36 @@ macro_rules! settings {
         }
 
         impl $Name {
-            /// These settings (from the flags and the environment) over those of the TOML file at
-            /// `file`, applied in the table's order onto the defaults.
-            $vis fn into_config(self, file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+            /// These settings (from the flags and the environment) over those of the TOML file
+            /// at `file`: each one set here, else as the file sets it.
+            $vis fn over_file(self, file: Option<&std::path::Path>) -> anyhow::Result<$Name> {
                 let file: $Name = match file {
                     Some(path) => $crate::layers::read_toml(path)?,
                     None => $Name::default(),
                 };
+                Ok($Name {
+                    $( $name: $crate::layers::Layer::over(self.$name, file.$name), )*
+                })
+            }
+
+            /// These settings applied in the table's order onto the defaults.
+            $vis fn into_config(self) -> anyhow::Result<Config> {
                 let mut config = $base();
                 $(
-                    $crate::layers::apply(
-                        &mut config,
-                        stringify!($name),
-                        $crate::layers::Layer::over(self.$name, file.$name),
-                        $how,
-                    )?;
+                    $crate::layers::apply(&mut config, stringify!($name), self.$name, $how)?;
                 )*
                 Ok(config)
+            }
+
+            /// One [`Row`]($crate::layers::Row) per setting, in the table's order: the
+            /// configuration reference (docs/operations.md).
+            #[cfg_attr(not(test), allow(dead_code))]
+            $vis fn reference() -> Vec<$crate::layers::Row> {
+                vec![$(
+                    $crate::layers::row::<<$ty as $crate::layers::Layer>::Value, _>(
+                        stringify!($name), &$how, $help, $base(),
+                    ),
+                )*]
             }
         }
     };
@@ -103,6 +117,10 @@ pub trait Apply<T> {
     fn apply(&self, c: &mut Config, flag: &str, v: T) -> Result<()>;
     /// The default to show in the help, read from the defaults; `None` shows none.
     fn default_in(&self, defaults: &mut Config) -> Option<String>;
+    /// What the value is written as, when not what its type says ([`Kind`]).
+    fn kind(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The value is stored in the place `at` finds; that place in the defaults is the default.
@@ -132,6 +150,9 @@ pub fn duration<F: Fn(&mut Config) -> &mut Duration>(at: F) -> Dur<F> {
 /// See [`duration`].
 pub struct Dur<F>(F);
 
+/// How a duration is written, in the configuration reference.
+pub const DURATION: &str = "duration (`300ms`, `5s`, `2m`, `1h`)";
+
 impl<F: Fn(&mut Config) -> &mut Duration> Apply<String> for Dur<F> {
     fn apply(&self, c: &mut Config, flag: &str, v: String) -> Result<()> {
         *(self.0)(c) = humantime::parse_duration(&v)
@@ -140,6 +161,9 @@ impl<F: Fn(&mut Config) -> &mut Duration> Apply<String> for Dur<F> {
     }
     fn default_in(&self, defaults: &mut Config) -> Option<String> {
         Some(humantime::format_duration(*(self.0)(defaults)).to_string())
+    }
+    fn kind(&self) -> Option<String> {
+        Some(DURATION.to_owned())
     }
 }
 
@@ -176,6 +200,114 @@ impl<T, F: Fn(&mut Config, T) -> Result<()>> Apply<T> for Checked<F, T> {
     }
     fn default_in(&self, _defaults: &mut Config) -> Option<String> {
         None
+    }
+}
+
+/// The value is read by the command itself before there is a [`Config`] (the log format):
+/// nothing lands on the config; `default` is shown.
+pub fn outside<T>(default: &'static str) -> Outside<T> {
+    Outside(default, PhantomData)
+}
+
+/// See [`outside`].
+pub struct Outside<T>(&'static str, PhantomData<fn(T)>);
+
+impl<T> Apply<T> for Outside<T> {
+    fn apply(&self, _c: &mut Config, _flag: &str, _v: T) -> Result<()> {
+        Ok(())
+    }
+    fn default_in(&self, _defaults: &mut Config) -> Option<String> {
+        Some(self.0.to_owned())
+    }
+}
+
+/// `how`, with its value written as `kind` in the configuration reference (a duration that a
+/// [`checked`] function parses itself).
+pub fn written_as<A>(kind: &'static str, how: A) -> WrittenAs<A> {
+    WrittenAs(kind, how)
+}
+
+/// See [`written_as`].
+pub struct WrittenAs<A>(&'static str, A);
+
+impl<T, A: Apply<T>> Apply<T> for WrittenAs<A> {
+    fn apply(&self, c: &mut Config, flag: &str, v: T) -> Result<()> {
+        self.1.apply(c, flag, v)
+    }
+    fn default_in(&self, defaults: &mut Config) -> Option<String> {
+        self.1.default_in(defaults)
+    }
+    fn kind(&self) -> Option<String> {
+        Some(self.0.to_owned())
+    }
+}
+
+/// What a setting's value is written as, for the configuration reference.
+pub trait Kind {
+    /// A few words: `integer`, `file path`, `duration`...
+    fn kind() -> String;
+}
+
+macro_rules! kinds {
+    ($($t:ty => $k:literal),* $(,)?) => {
+        $(impl Kind for $t {
+            fn kind() -> String {
+                $k.to_owned()
+            }
+        })*
+    };
+}
+
+kinds! {
+    usize => "integer",
+    u32 => "integer",
+    u64 => "integer",
+    String => "text",
+    std::path::PathBuf => "file path",
+    std::net::SocketAddr => "address (IP:PORT)",
+    crate::logging::LogFormat => "`text` or `json`",
+}
+
+impl<T: Kind> Kind for Vec<T> {
+    fn kind() -> String {
+        format!(
+            "list of {} (repeat the flag; comma-separated in the environment)",
+            T::kind()
+        )
+    }
+}
+
+/// One setting in the configuration reference: how it is given, its default and what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// `--flag-name`.
+    pub flag: String,
+    /// `CORTEX_FLAG_NAME`.
+    pub env: String,
+    /// The key in the `--config` TOML file.
+    pub key: String,
+    /// What the value is written as (and so its unit, with the help sentence).
+    pub kind: String,
+    /// The default, when there is one.
+    pub default: Option<String>,
+    /// The help sentence, without its default.
+    pub help: String,
+}
+
+/// The [`Row`] of the setting `name`, applied by `how`.
+pub fn row<T: Kind, A: Apply<T>>(name: &str, how: &A, sentence: &str, mut defaults: Config) -> Row {
+    // A default the sentence states itself (`[default: cortex]`) when the row cannot read one.
+    let (help, stated) = match sentence.rsplit_once(" [default: ") {
+        Some((help, d)) => (help.to_owned(), d.strip_suffix(']').map(str::to_owned)),
+        None => (sentence.to_owned(), None),
+    };
+    Row {
+        flag: format!("--{}", name.replace('_', "-")),
+        env: env_var(name),
+        key: name.to_owned(),
+        kind: how.kind().unwrap_or_else(T::kind),
+        default: how.default_in(&mut defaults).or(stated),
+        help,
     }
 }
 

@@ -42,8 +42,23 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    logging::init();
+    let mut cli = Cli::parse();
+    // `serve` reads its log format among its settings (flag, environment or file); the other
+    // commands log as text.
+    let format = match cli.command {
+        Command::Serve(args) => match serve::layered(*args) {
+            Ok((format, args)) => {
+                cli.command = Command::Serve(Box::new(args));
+                format
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => logging::LogFormat::Text,
+    };
+    logging::init(format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

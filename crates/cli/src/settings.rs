@@ -5,9 +5,10 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
-use cortex_realtime::{Config, KeySource, RedisConfig};
+use cortex_realtime::{Config, KeySource, RedisConfig, TlsConfig};
 
-use crate::layers::{checked, duration, set, settings, with};
+use crate::layers::{DURATION, checked, duration, outside, set, settings, with, written_as};
+use crate::logging::LogFormat;
 
 /// Where `serve` listens unless told otherwise (the library's default is loopback, port 0).
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -19,6 +20,25 @@ fn defaults() -> Config {
         listen: DEFAULT_LISTEN,
         ..Config::default()
     }
+}
+
+/// The TLS settings of `c`, made empty when not there yet (`--tls-cert` and `--tls-key` each
+/// fill their half; [`check`] refuses one without the other).
+fn tls(c: &mut Config) -> &mut TlsConfig {
+    c.tls.get_or_insert_with(|| TlsConfig::new("", ""))
+}
+
+/// What no single row can check: the settings that go together.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    if let Some(tls) = &config.tls {
+        if tls.cert.as_os_str().is_empty() {
+            anyhow::bail!("--tls-key was given without --tls-cert: TLS needs both files");
+        }
+        if tls.key.as_os_str().is_empty() {
+            anyhow::bail!("--tls-cert was given without --tls-key: TLS needs both files");
+        }
+    }
+    Ok(())
 }
 
 settings! {
@@ -105,7 +125,7 @@ settings! {
             }),
             "Prefix of every Redis key and channel, so deployments can share a Redis \
              [default: cortex]";
-        redis_lease_ttl: Option<String> => checked(|c, v: String| {
+        redis_lease_ttl: Option<String> => written_as(DURATION, checked(|c, v: String| {
                 let ttl = humantime::parse_duration(&v)
                     .map_err(|e| anyhow::anyhow!("--redis-lease-ttl: not a duration: {v}: {e}"))?;
                 if ttl < std::time::Duration::from_secs(1) {
@@ -115,7 +135,7 @@ settings! {
                     r.lease_ttl = ttl;
                 }
                 Ok(())
-            }),
+            })),
             "How long the connections of a node that stopped (it died, or lost Redis) still \
              count against their users' limit across nodes [default: 30s]";
         redis_tls_ca: Option<PathBuf> => with(|c, ca: PathBuf| if let Some(r) = &mut c.redis {
@@ -130,5 +150,22 @@ settings! {
         admin_key: Option<String> => with(|c, k: String| c.admin_key = Some(k).filter(|k| !k.is_empty())),
             "Bearer key of the admin API (Authorization: Bearer KEY); it also signs the \
              console's tail tokens";
+        tls_cert: Option<PathBuf> => with(|c, cert: PathBuf| tls(c).cert = cert),
+            "PEM file of the certificate chain (the server's certificate first) to serve wss:// \
+             and https:// with, on the listener and the admin listener (needs --tls-key); read \
+             again every 2 s, a \
+             rewritten pair is served to new connections";
+        tls_key: Option<PathBuf> => with(|c, key: PathBuf| tls(c).key = key),
+            "PEM file of the private key of --tls-cert (PKCS#8, PKCS#1 RSA or SEC1 EC)";
+        log_format: Option<LogFormat> => outside::<LogFormat>("text"),
+            "Log lines on stderr: text, or json (one object a line: timestamp, level, target, \
+             message, fields)";
+    }
+}
+
+impl Settings {
+    /// The log format these settings ask for (read before there is a config: see [`outside`]).
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or_default()
     }
 }

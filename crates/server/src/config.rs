@@ -41,6 +41,39 @@ pub struct Config {
     /// The bearer key of the admin API (compared in constant time); it also signs the console's
     /// tail tokens (through a key derived from it). Required with `admin_listen`.
     pub admin_key: Option<String>,
+    /// TLS on the listener (`wss://` and `https://`); `None` (the default): plain TCP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The certificate a node serves TLS with (CONTRACT.md section 10, `--tls-cert`/`--tls-key`).
+/// Read at start, where a file that is missing, holds no PEM certificate or key, or whose key
+/// does not match the certificate stops the node; read again every `reload_interval`, where a
+/// rewritten pair is taken by the connections accepted from then on (open ones keep theirs) and
+/// a pair that is not valid is skipped with a warning, the last good one served on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM file of the certificate chain: the server's certificate first, then the
+    /// intermediates.
+    pub cert: PathBuf,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+    /// How often both files are read again to notice a rewrite (default 2 s: a renewed
+    /// certificate is served within that, well inside the contract's 10 s).
+    pub reload_interval: Duration,
+}
+
+impl TlsConfig {
+    /// The default `reload_interval`.
+    pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+    /// TLS with the certificate chain at `cert` and its private key at `key`.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsConfig {
+        TlsConfig {
+            cert: cert.into(),
+            key: key.into(),
+            reload_interval: TlsConfig::DEFAULT_RELOAD_INTERVAL,
+        }
+    }
 }
 
 /// Where the Redis backplane is (CONTRACT.md sections 1 and 10).
@@ -127,6 +160,7 @@ impl Default for Config {
             redis: None,
             admin_listen: None,
             admin_key: None,
+            tls: None,
         }
     }
 }

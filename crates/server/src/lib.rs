@@ -23,6 +23,7 @@
 //! - `admin`: the operators' listener: the console's files, the admin API, heartbeats.
 //! - `roster`: who is connected, for operators' disconnects.
 //! - `activity`: what a node did (events, closes, the busiest orgs and channels).
+//! - `tls`: TLS on a listener: the certificate files read, checked and reloaded, the handshake.
 //! - `limits`, `shutdown`, `metrics`, `id`, `config`: the small shared parts.
 //! - [`local`]: the zero-configuration desktop mode.
 
@@ -44,6 +45,7 @@ pub(crate) mod roster;
 pub(crate) mod server;
 pub(crate) mod session;
 pub(crate) mod shutdown;
+pub(crate) mod tls;
 pub(crate) mod ws;
 
 #[cfg(feature = "internals")]
@@ -54,7 +56,7 @@ pub use auth::{
     AuthError, CONSOLE_SUBJECT, CONSOLE_TOKEN_TTL, Claims, ConsoleKey, DEFAULT_LEEWAY_SECS,
     KeyError, KeySource, MAX_TOKEN_LEN, VerifierConfig, mint_hs256, mint_hs256_claims,
 };
-pub use config::{Config, Limits, RedisConfig, RedisServers, Retention};
+pub use config::{Config, Limits, RedisConfig, RedisServers, Retention, TlsConfig};
 pub use cortex_protocol as protocol;
 pub use node::{Node, StartError};
 pub use publish::{Accepted, PublishError};

@@ -43,10 +43,14 @@ pub(crate) enum Refusal {
     AuthFrame,
     /// The listener could not accept (out of descriptors).
     AcceptError,
+    /// Plain HTTP (or anything not TLS) on a TLS listener.
+    PlainHttpOnTls,
+    /// A TLS handshake that failed or did not finish in time.
+    TlsHandshake,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 8] = [
+    const ALL: [Refusal; 10] = [
         Refusal::Host,
         Refusal::Origin,
         Refusal::UrlTooLong,
@@ -55,6 +59,8 @@ impl Refusal {
         Refusal::TooManyConnections,
         Refusal::AuthFrame,
         Refusal::AcceptError,
+        Refusal::PlainHttpOnTls,
+        Refusal::TlsHandshake,
     ];
 
     fn label(self) -> &'static str {
@@ -67,6 +73,8 @@ impl Refusal {
             Refusal::TooManyConnections => "too_many_connections",
             Refusal::AuthFrame => "auth_frame",
             Refusal::AcceptError => "accept_error",
+            Refusal::PlainHttpOnTls => "plain_http_on_tls",
+            Refusal::TlsHandshake => "tls_handshake",
         }
     }
 }

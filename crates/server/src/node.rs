@@ -49,6 +49,10 @@ pub enum StartError {
     /// The Redis backplane is configured but cannot be used.
     #[error("{0}")]
     Redis(String),
+    /// TLS is configured (`Config::tls`) but its certificate or key cannot be served: the
+    /// message names the file and what is wrong with it.
+    #[error("{0}")]
+    Tls(String),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

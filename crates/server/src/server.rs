@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::node::{Node, StartError};
 use crate::publish::{Accepted, PublishError};
+use crate::tls::Acceptor;
 use crate::{admin, http, metrics};
 
 /// Builds a server from a [`Config`]: the entry point for embedding.
@@ -129,6 +130,9 @@ pub struct Server {
     addr: SocketAddr,
     /// The admin listener and its address, when configured.
     admin: Option<(TcpListener, SocketAddr)>,
+    /// With `Config::tls`: the certificate served (on both listeners), reloaded while the
+    /// server runs.
+    tls: Option<Arc<Acceptor>>,
 }
 
 impl Server {
@@ -155,6 +159,13 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         metrics::install();
         let addr = config.listen;
+        // Before the node: a certificate that cannot be served stops the start at once.
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(
+                Acceptor::load(files).map_err(|e| StartError::Tls(e.to_string()))?,
+            )),
+            None => None,
+        };
         let node = Node::new(config)?;
         let listener = listen(addr).map_err(|source| StartError::Bind { addr, source })?;
         let addr = listener
@@ -175,6 +186,7 @@ impl Server {
             listener,
             addr,
             admin,
+            tls,
         })
     }
 
@@ -218,11 +230,19 @@ impl Server {
                 }
             })
         };
+        let watcher = self.tls.clone().map(|tls| {
+            let node = node.clone();
+            tokio::spawn(async move { tls.watch(node.shutdown.cancelled()).await })
+        });
         let admin_served = self.admin.and_then(|(listener, _)| {
             let admin = admin::Admin::new(&node, self.addr)?;
-            Some(tokio::spawn(admin::serve(admin, listener)))
+            Some(tokio::spawn(admin::serve(
+                admin,
+                listener,
+                self.tls.clone(),
+            )))
         });
-        let served = tokio::spawn(accept_loop(self.listener, node.clone()));
+        let served = tokio::spawn(accept_loop(self.listener, node.clone(), self.tls));
         tokio::select! {
             _ = signal => node.shutdown.trigger(),
             _ = node.shutdown.cancelled() => {}
@@ -234,6 +254,9 @@ impl Server {
             let _ = tokio::time::timeout(Duration::from_secs(1), a).await;
         }
         sweeper.abort();
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         // Every connection is gone: the backplane's connections can go too.
         node.broker.close().await;
         Ok(())
@@ -267,9 +290,10 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 /// Accepts until shutdown. Each TCP connection is served by hyper (HTTP/1.1 with upgrades) with
 /// a deadline for its request head and a cap on its size, so neither a slowloris nor a huge
-/// header reaches the handlers. Out of file descriptors, the loop pauses briefly instead of
-/// spinning; connections wait in the kernel's backlog until descriptors free up.
-async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
+/// header reaches the handlers; with `tls`, after a TLS handshake within the same deadline.
+/// Out of file descriptors, the loop pauses briefly instead of spinning; connections wait in
+/// the kernel's backlog until descriptors free up.
+async fn accept_loop(listener: TcpListener, node: Arc<Node>, tls: Option<Arc<Acceptor>>) {
     let limits = &node.config.limits;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -296,11 +320,24 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
             },
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(http::serve_connection(
-            node.clone(),
-            builder.clone(),
-            app.clone(),
-            stream,
-        ));
+        match &tls {
+            None => {
+                tokio::spawn(http::serve_connection(
+                    node.clone(),
+                    builder.clone(),
+                    app.clone(),
+                    stream,
+                ));
+            }
+            Some(tls) => {
+                tokio::spawn(http::serve_tls(
+                    node.clone(),
+                    builder.clone(),
+                    app.clone(),
+                    tls.clone(),
+                    stream,
+                ));
+            }
+        }
     }
 }

@@ -1036,3 +1036,44 @@ async fn serve_refuses_tls_to_redis_it_cannot_set_up_and_says_why() {
     assert!(err.contains("#insecure"), "{err}");
     let _ = std::fs::remove_file(not_pem);
 }
+
+#[tokio::test]
+async fn every_flag_of_serve_help_is_in_the_configuration_reference_of_operations_md() {
+    let p = run_bin(&["serve", "--help"], &[]).await;
+    assert!(p.status().success(), "{}", p.stderr());
+    let help = p.stdout();
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/operations.md"),
+    )
+    .unwrap();
+    let start = doc
+        .find("<!-- config-reference:start -->")
+        .expect("the reference");
+    let end = doc.find("<!-- config-reference:end -->").expect("its end");
+    let reference = &doc[start..end];
+    let mut flags = 0;
+    for word in help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
+        let Some(name) = word.strip_prefix("--") else {
+            continue;
+        };
+        if name.is_empty() || name == "help" {
+            continue;
+        }
+        let env = format!("CORTEX_{}", name.to_uppercase().replace('-', "_"));
+        // Flags named in help sentences (`--tls-key`) are checked as well: all are flags.
+        assert!(
+            reference.contains(&format!("| `--{name}` | `{env}` |")),
+            "--{name} of `serve --help` is not in docs/operations.md's reference"
+        );
+        flags += 1;
+    }
+    assert!(flags > 30, "{flags} flags read from:\n{help}");
+    // And nothing in the reference that `serve --help` does not have.
+    for line in reference.lines().filter(|l| l.starts_with("| `--")) {
+        let flag = line.split('`').nth(1).unwrap();
+        assert!(
+            help.contains(flag),
+            "{flag} is in the reference, not in `serve --help`"
+        );
+    }
+}

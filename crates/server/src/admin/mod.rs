@@ -37,7 +37,8 @@ use tokio::net::TcpListener;
 use crate::http::{self, upgrade};
 use crate::metrics;
 use crate::node::{Node, unix_now};
-use crate::session::{self, Via};
+use crate::session::Via;
+use crate::tls::Acceptor;
 
 /// The admin side of one node.
 pub(crate) struct Admin {
@@ -88,7 +89,7 @@ impl Admin {
 
 /// Serves the admin listener until the node drains, with the sampler and (with Redis) the
 /// heartbeats beside it.
-pub(crate) async fn serve(admin: Arc<Admin>, listener: TcpListener) {
+pub(crate) async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<Arc<Acceptor>>) {
     let node = admin.node.clone();
     let sampler = {
         let admin = admin.clone();
@@ -127,7 +128,15 @@ pub(crate) async fn serve(admin: Arc<Admin>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         let app = app.clone().layer(Extension(Peer(peer.ip())));
         let (node, builder) = (node.clone(), builder.clone());
-        tokio::spawn(async move { http::serve_http(&node, &builder, app, stream).await });
+        match &tls {
+            // The main listener's certificate, and its reloads.
+            Some(tls) => {
+                tokio::spawn(http::serve_tls(node, builder, app, tls.clone(), stream));
+            }
+            None => {
+                tokio::spawn(async move { http::serve_http(&node, &builder, app, stream).await });
+            }
+        }
     }
     sampler.abort();
     if let Some(h) = heartbeat {
@@ -213,8 +222,6 @@ async fn tail(State(node): State<Arc<Node>>, req: Request) -> Response {
         Ok(k) => k,
         Err(refusal) => return refusal.into_response(),
     };
-    let task_node = node.clone();
-    upgrade::switch_protocols(&node, req, &key, move |ws| {
-        session::run(task_node, ws, None, Via::Console)
-    })
+    let endpoint = upgrade::Session(node.clone(), None, Via::Console);
+    upgrade::switch_protocols(&node, req, &key, endpoint)
 }

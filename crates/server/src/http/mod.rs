@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 
 use crate::metrics;
 use crate::node::Node;
+use crate::tls::{Accepted, Acceptor};
 
 /// The node's HTTP routes.
 pub(crate) fn router(node: Arc<Node>) -> Router {
@@ -137,6 +138,27 @@ pub(crate) async fn serve_connection(
                 serve_http(&node, &http, app, rest).await;
             }
         }
+    }
+}
+
+/// Serves one accepted TCP connection of a TLS listener: the handshake (within the handshake
+/// timeout, given up when the node drains), then hyper and `app` over TLS. Publishers take
+/// hyper's path here (the lean one reads the TCP socket itself), and WebSockets upgraded on it
+/// are written by their session only (see [`crate::ws`]).
+pub(crate) async fn serve_tls(
+    node: Arc<Node>,
+    http: hyper::server::conn::http1::Builder,
+    app: Router,
+    tls: Arc<Acceptor>,
+    stream: TcpStream,
+) {
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(node.config.limits.handshake_timeout, tls.accept(stream)) => r,
+        _ = node.shutdown.cancelled() => return,
+    };
+    drop(tls);
+    if let Ok(Accepted::Tls(stream)) = accepted {
+        serve_http(&node, &http, app, stream).await;
     }
 }
 

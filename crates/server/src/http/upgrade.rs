@@ -20,7 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use super::publisher::Prefixed;
 use super::{bearer, json_error};
 use crate::node::{Node, unix_now};
-use crate::ws::Socket;
+use crate::tls::Tls;
+use crate::ws::{Socket, Sole, Transport};
 use crate::{metrics, session};
 
 /// The refusal of an unsupported WebSocket version.
@@ -157,18 +158,56 @@ pub(crate) fn check_upgrade(
     }
 }
 
-/// Answers 101 and runs `run` on the WebSocket once the connection is handed over. Every
+/// What runs on a WebSocket once the connection is handed over, whichever its transport (plain
+/// TCP with the shared path, or TLS with one writer): a generic method rather than a closure,
+/// so that each transport gets its own copy and the plain one stays as small as before.
+pub(crate) trait Endpoint: Send + 'static {
+    /// Serves `ws` until it closes. (Its output is left unnamed: a wrapper turning it into `()`
+    /// would keep a second copy of the session's future, the bulk of an idle connection.)
+    fn run<S>(self, ws: WebSocketStream<S>) -> impl Future + Send
+    where
+        S: Transport + Send + 'static;
+}
+
+/// `/api/ws` (of the main listener, or the admin listener's for the console): the session, with
+/// the token that came with the upgrade if one did, and the listener it came in on.
+pub(crate) struct Session(
+    pub(crate) Arc<Node>,
+    pub(crate) Option<session::Verified>,
+    pub(crate) session::Via,
+);
+
+impl Endpoint for Session {
+    fn run<S>(self, ws: WebSocketStream<S>) -> impl Future + Send
+    where
+        S: Transport + Send + 'static,
+    {
+        session::run(self.0, ws, self.1, self.2)
+    }
+}
+
+/// `/autobahn/echo` (feature `autobahn`, tests only).
+#[cfg(feature = "autobahn")]
+struct Echo;
+
+#[cfg(feature = "autobahn")]
+impl Endpoint for Echo {
+    fn run<S>(self, ws: WebSocketStream<S>) -> impl Future + Send
+    where
+        S: Transport + Send + 'static,
+    {
+        session::echo(ws)
+    }
+}
+
+/// Answers 101 and runs `endpoint` on the WebSocket once the connection is handed over. Every
 /// WebSocket endpoint goes through here, so all share one connection layer and one config.
-pub(crate) fn switch_protocols<F, Fut>(
+pub(crate) fn switch_protocols(
     node: &Arc<Node>,
     mut req: Request,
     key: &HeaderValue,
-    run: F,
-) -> Response
-where
-    F: FnOnce(WebSocketStream<Socket>) -> Fut + Send + 'static,
-    Fut: Future + Send + 'static,
-{
+    endpoint: impl Endpoint,
+) -> Response {
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return json_error(
             StatusCode::BAD_REQUEST,
@@ -182,16 +221,31 @@ where
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let Some(socket) = into_socket(upgraded) else {
-            return;
-        };
         // The socket moves straight into the session; `into_socket` keeps the downcast's parts
         // out of this task, so it does not hold them beside the session (memory per connection).
-        run(
-            WebSocketStream::from_raw_socket(socket, Role::Server, Some(task_node.ws_config()))
-                .await,
-        )
-        .await;
+        let socket = match into_socket(upgraded) {
+            Some(Transported::Tcp(socket)) => socket,
+            // Boxed: a TLS session's future is bigger, and this task must not make every plain
+            // connection's as big.
+            Some(Transported::Tls(sole)) => {
+                let config = Some(task_node.ws_config());
+                Box::pin(async move {
+                    endpoint
+                        .run(WebSocketStream::from_raw_socket(sole, Role::Server, config).await)
+                        .await;
+                })
+                .await;
+                return;
+            }
+            None => return,
+        };
+        // One expression, so that no moved-from local is kept beside the session's future.
+        endpoint
+            .run(
+                WebSocketStream::from_raw_socket(socket, Role::Server, Some(task_node.ws_config()))
+                    .await,
+            )
+            .await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -205,24 +259,44 @@ where
         .expect("valid response")
 }
 
-/// The upgraded connection's TCP stream, shared by its session and its outbox (see
-/// [`crate::ws`]). Every connection is one (see `crate::server`'s accept loop).
-fn into_socket(upgraded: hyper::upgrade::Upgraded) -> Option<Socket> {
+/// An upgraded connection, by transport.
+enum Transported {
+    /// Plain TCP: shared by its session and its outbox (see [`crate::ws`]).
+    Tcp(Socket),
+    /// TLS: written by its session only.
+    Tls(Sole<Box<Tls>>),
+}
+
+/// The upgraded connection's stream: plain TCP (see `crate::server`'s accept loop), from
+/// hyper or from the publishers' path, or TLS.
+fn into_socket(upgraded: hyper::upgrade::Upgraded) -> Option<Transported> {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => return Some(Socket::new(parts.io.into_inner(), parts.read_buf)),
+        Ok(parts) => {
+            return Some(Transported::Tcp(Socket::new(
+                parts.io.into_inner(),
+                parts.read_buf,
+            )));
+        }
         Err(upgraded) => upgraded,
     };
     // A publisher's connection handed to hyper, then upgraded: what is left of the bytes read
     // before the hand-over comes first.
-    match upgraded.downcast::<TokioIo<Prefixed>>() {
+    let upgraded = match upgraded.downcast::<TokioIo<Prefixed>>() {
         Ok(parts) => {
             let (tcp, prefix) = parts.io.into_inner().into_parts();
             let mut read = BytesMut::from(prefix);
             read.extend_from_slice(&parts.read_buf);
-            Some(Socket::new(tcp, read.freeze()))
+            return Some(Transported::Tcp(Socket::new(tcp, read.freeze())));
         }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<Box<Tls>>>() {
+        Ok(parts) => Some(Transported::Tls(Sole::new(
+            parts.io.into_inner(),
+            parts.read_buf,
+        ))),
         Err(_) => {
-            tracing::error!("an upgraded connection is not a TCP stream");
+            tracing::error!("an upgraded connection is neither TCP nor TLS");
             None
         }
     }
@@ -269,10 +343,8 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Resp
             }
         }
     };
-    let task_node = node.clone();
-    switch_protocols(&node, req, &key, move |ws| {
-        session::run(task_node, ws, pre_auth, session::Via::Main)
-    })
+    let endpoint = Session(node.clone(), pre_auth, session::Via::Main);
+    switch_protocols(&node, req, &key, endpoint)
 }
 
 /// `GET /autobahn/echo` (feature `autobahn`, tests only): echoes every message on exactly the
@@ -283,7 +355,7 @@ pub(crate) async fn autobahn_echo(State(node): State<Arc<Node>>, req: Request) -
         Ok(k) => k,
         Err(refusal) => return refusal.into_response(),
     };
-    switch_protocols(&node, req, &key, session::echo)
+    switch_protocols(&node, req, &key, Echo)
 }
 
 fn header_has(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {

@@ -41,11 +41,19 @@
 //!
 //! - [`frame`]: server frame headers and the non-blocking `writev` of one or many frames.
 //! - [`outbox`]: the bounded per-connection queue and the publishers' and flushers' writes.
-//! - [`socket`]: the session's side: [`Socket`], the [`Transport`] trait.
+//! - [`socket`]: the session's side: [`Socket`], the [`Transport`] trait, and [`Sole`], the
+//!   transport of a connection nobody but its session writes to (TLS).
+//!
+//! # TLS
+//!
+//! A TLS connection has one writer only, its session's task: a record's encryption and sequence
+//! number belong to the one TLS state, which publishers cannot share without a lock on every
+//! write. Its transport is [`Sole`]: never attached, so every delivery is queued in the outbox
+//! and the task writes it (through tungstenite and rustls). Plain TCP keeps the three writers.
 
 pub(crate) mod frame;
 pub(crate) mod outbox;
 pub(crate) mod socket;
 
 pub(crate) use outbox::{Batch, Outbox, Queue};
-pub(crate) use socket::{Socket, Transport, read_prefix};
+pub(crate) use socket::{Socket, Sole, Transport, read_prefix};

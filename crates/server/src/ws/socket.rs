@@ -274,6 +274,76 @@ impl AsyncWrite for Socket {
     }
 }
 
+/// A connection whose only writer is the session's task: a TLS stream, whose record layer
+/// (sequence numbers, keys) cannot be written by publishers beside the session, so every
+/// delivery goes through the outbox and the task ([`Transport`]'s defaults: never attached).
+/// Bytes the HTTP layer read past the upgrade request are read first.
+pub struct Sole<S> {
+    io: S,
+    /// As [`Socket`]'s: boxed, almost always absent.
+    prefix: Option<Box<Bytes>>,
+}
+
+impl<S> Sole<S> {
+    /// Wraps an upgraded stream; `prefix` holds bytes already read from it.
+    pub fn new(io: S, prefix: Bytes) -> Sole<S> {
+        Sole {
+            io,
+            prefix: (!prefix.is_empty()).then(|| Box::new(Bytes::copy_from_slice(&prefix))),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Transport for Sole<S> {}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Sole<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(prefix) = this.prefix.as_mut() {
+            read_prefix(prefix, buf);
+            if prefix.is_empty() {
+                this.prefix = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Sole<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// Moves what fits of `prefix` (bytes taken off a socket before its reader) into `buf`.
 pub(crate) fn read_prefix(prefix: &mut Bytes, buf: &mut ReadBuf<'_>) {
     let n = prefix.len().min(buf.remaining());

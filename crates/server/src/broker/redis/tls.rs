@@ -9,8 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redis::TlsCertificates;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -92,22 +91,17 @@ impl Tls {
     }
 }
 
-/// Adds every certificate of the PEM file at `path` to `roots`; the file's bytes.
+/// Adds every certificate of the PEM file at `path` to `roots` (read as the listener's own
+/// certificates are, [`crate::tls::pem_certificates`]); the file's bytes.
 fn read_ca(path: &Path, roots: &mut RootCertStore) -> Result<Vec<u8>, BadTls> {
     let at = path.display();
     let pem = std::fs::read(path).map_err(|e| BadTls(format!("the CA file {at}: {e}")))?;
-    let mut n = 0;
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| BadTls(format!("the CA file {at}: not PEM: {e}")))?;
+    let certs = crate::tls::pem_certificates(path, &pem)
+        .map_err(|e| BadTls(e.replacen("the certificate file", "the CA file", 1)))?;
+    for cert in certs {
         roots
             .add(cert)
             .map_err(|e| BadTls(format!("the CA file {at}: a certificate in it: {e}")))?;
-        n += 1;
-    }
-    if n == 0 {
-        return Err(BadTls(format!(
-            "the CA file {at}: no PEM certificate in it (-----BEGIN CERTIFICATE-----)"
-        )));
     }
     Ok(pem)
 }
