@@ -294,12 +294,7 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 /// Out of file descriptors, the loop pauses briefly instead of spinning; connections wait in
 /// the kernel's backlog until descriptors free up.
 async fn accept_loop(listener: TcpListener, node: Arc<Node>, tls: Option<Arc<Acceptor>>) {
-    let limits = &node.config.limits;
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.handshake_timeout)
-        .max_buf_size(limits.max_request_head_bytes.max(8192));
+    let builder = http::connection_builder(&node.config.limits);
     let app = http::router(node.clone());
     let mut last_warning: Option<tokio::time::Instant> = None;
     loop {

@@ -108,12 +108,7 @@ pub(crate) async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<
         .is_some()
         .then(|| peers::start(admin.clone()));
     let app = router(admin.clone());
-    let limits = &node.config.limits;
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.handshake_timeout)
-        .max_buf_size(limits.max_request_head_bytes.max(8192));
+    let builder = http::connection_builder(&node.config.limits);
     loop {
         let (stream, peer) = tokio::select! {
             _ = node.shutdown.cancelled() => break,

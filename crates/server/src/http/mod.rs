@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::config::Limits;
 use crate::metrics;
 use crate::node::Node;
 use crate::tls::{Accepted, Acceptor};
@@ -139,6 +140,18 @@ pub(crate) async fn serve_connection(
             }
         }
     }
+}
+
+/// How every listener's connections are served by hyper (HTTP/1.1 with upgrades): a deadline
+/// for the request head and a cap on its size, so neither a slowloris nor a huge header reaches
+/// the handlers.
+pub(crate) fn connection_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .max_buf_size(limits.max_request_head_bytes.max(8192));
+    builder
 }
 
 /// Serves one accepted TCP connection of a TLS listener: the handshake (within the handshake
