@@ -37,6 +37,16 @@ pub fn zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The command name of `pid` (`/proc/<pid>/comm`: nginx, node, ...), or `None`.
+pub fn comm(pid: u32) -> Option<String> {
+    Some(
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()?
+            .trim_end()
+            .to_owned(),
+    )
+}
+
 /// The children of `pid` (of every thread of it), or none if they cannot be read.
 pub fn children(pid: u32) -> Vec<u32> {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {

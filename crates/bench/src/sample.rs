@@ -1,6 +1,8 @@
 //! What the coordinator samples while a run goes on: the CPU and memory of every server and
-//! Redis PID it was given, and of every process the servers start later (nginx's master
-//! replaces a worker that crashed: the new worker holds the connections from then on), a PID
+//! Redis PID it was given, and of every process the servers start later running the same
+//! program (nginx's master replaces a worker that crashed: the new worker holds the connections
+//! from then on; a child of another program, such as the load generator a test starts, is not
+//! the server's), a PID
 //! that died keeping the CPU it had used, so a killed node's work still counts; and, every quarter second, the service's counters (connections, deliveries,
 //! publishes, errors). From those samples a fault's windows (before, during, after) and the time
 //! until every connection was back are read.
@@ -84,8 +86,9 @@ impl Procs {
         procs
     }
 
-    /// Adds the children of the server PIDs that are not sampled yet, as servers: with
-    /// `during_run`, started during the run (memory before them: none).
+    /// Adds the children of the server PIDs that are not sampled yet and run the same program
+    /// (nginx's workers), as servers: with `during_run`, started during the run (memory before
+    /// them: none).
     fn adopt_children(&mut self, during_run: bool) {
         let mut k = 0;
         // Children of children too: the list grows while it is walked.
@@ -96,8 +99,12 @@ impl Procs {
                 continue;
             }
             let parent = p.pid;
+            let program = procfs::comm(parent);
             for child in procfs::children(parent) {
-                if self.procs.iter().any(|q| q.pid == child) {
+                if self.procs.iter().any(|q| q.pid == child)
+                    || program.is_none()
+                    || procfs::comm(child) != program
+                {
                     continue;
                 }
                 let cpu = procfs::cpu_secs(child).unwrap_or(0.0);
@@ -326,8 +333,9 @@ mod tests {
 
     #[test]
     fn a_child_a_server_starts_later_is_sampled_and_its_cpu_counts() {
-        // A stand-in "master" (this process's child, a shell) that starts a busy "worker" only
-        // after the sampling began, as nginx does when it replaces a crashed worker.
+        // A stand-in "master" (this process's child, a shell) that starts a busy "worker" (a
+        // subshell: the same program) only after the sampling began, as nginx does when it
+        // replaces a crashed worker; its `sleep`, another program, is not sampled.
         let mut master = std::process::Command::new("sh")
             .args([
                 "-c",
@@ -358,6 +366,13 @@ mod tests {
         }
         let child = found.expect("the child was found");
         assert_ne!(child, master.id());
+        assert!(
+            procs
+                .procs
+                .iter()
+                .all(|p| procfs::comm(p.pid).is_none_or(|c| c == "sh")),
+            "only the shell's own kind"
+        );
         let _ = master.wait();
         procs.publish_ended();
         let c = procs.procs.iter().find(|p| p.pid == child).unwrap();
