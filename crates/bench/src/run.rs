@@ -390,6 +390,8 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         workers: workers_n,
         source_addrs: args.source_addrs,
         stalled_percent: args.plan.stalled_percent,
+        orgs: args.plan.orgs,
+        route: args.route,
         subscriptions: args.plan.subscriptions,
         event_bytes: args.event_bytes,
         connect: ConnectReport {
