@@ -12,7 +12,8 @@
 //! carries a [`marker::Marker`] (its channel, a per-channel sequence number and its send time)
 //! inside a string, so it survives each peer's framing unchanged.
 //!
-//! The layout: [`plan`] says who subscribes to what and where events go, [`worker`] holds the
+//! The layout: [`plan`] says who subscribes to what and where events go, [`route`] which node
+//! a connection goes to (round robin, or by org like a load balancer), [`worker`] holds the
 //! connections of one process, [`run`] coordinates the workers and publishes, [`report`]
 //! prints the figures, [`procfs`] reads the server's memory and CPU, [`sample`] samples it for every PID while
 //! the run goes on, [`timeline`] keeps latency second by second (a fault's before, during and
@@ -22,6 +23,7 @@ pub mod marker;
 pub mod plan;
 pub mod procfs;
 pub mod report;
+pub mod route;
 pub mod run;
 pub mod sample;
 pub mod target;

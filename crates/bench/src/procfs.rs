@@ -37,6 +37,35 @@ pub fn zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The command name of `pid` (`/proc/<pid>/comm`: nginx, node, ...), or `None`.
+pub fn comm(pid: u32) -> Option<String> {
+    Some(
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()?
+            .trim_end()
+            .to_owned(),
+    )
+}
+
+/// The children of `pid` (of every thread of it), or none if they cannot be read.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(list) = fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// The sum of [`rss_bytes`] over `pids` (those that cannot be read count 0).
 pub fn total_rss(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|&p| rss_bytes(p)).sum()

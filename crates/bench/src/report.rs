@@ -5,7 +5,12 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{Shape, Subscriptions};
+use crate::route::Route;
 use crate::sample::Proc;
+
+fn one() -> u32 {
+    1
+}
 use crate::target::Kind;
 
 /// Everything a run measured.
@@ -27,6 +32,12 @@ pub struct RunReport {
     pub stalled_percent: u32,
     /// Channels each connection subscribed to.
     pub subscriptions: Subscriptions,
+    /// Orgs the connections were spread over (1 in reports from before the option).
+    #[serde(default = "one")]
+    pub orgs: u32,
+    /// How connections were spread over the nodes.
+    #[serde(default)]
+    pub route: Route,
     /// Size of each published event as delivered, about.
     pub event_bytes: usize,
     /// The connect phase.
@@ -261,7 +272,7 @@ impl RunReport {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "== {} · {:?} · {:?} · {} connections on {:?} channel(s) each ({} workers, {} source addresses, {}% stalled)",
+            "== {} · {:?} · {:?} · {} connections on {:?} channel(s) each ({} workers, {} source addresses, {}% stalled, {} org(s), route {:?})",
             self.label,
             self.target,
             self.shape,
@@ -269,7 +280,9 @@ impl RunReport {
             self.subscriptions,
             self.workers,
             self.source_addrs,
-            self.stalled_percent
+            self.stalled_percent,
+            self.orgs,
+            self.route
         );
         let c = &self.connect;
         let _ = writeln!(

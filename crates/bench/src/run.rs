@@ -27,6 +27,7 @@ use crate::report::{
     ConnectReport, FaultReport, HoldReport, Latency, MemoryReport, PublishReport, RunReport,
     Second, Window,
 };
+use crate::route::Route;
 use crate::sample::{Procs, Role, Sample, Samples};
 use crate::target::{Kind, Target};
 use crate::timeline::Timeline;
@@ -47,6 +48,12 @@ pub struct RunArgs {
     /// server's certificate is checked against.
     #[arg(long)]
     pub ca: Option<std::path::PathBuf>,
+    /// How connections are spread over the --addr nodes: `rr` (round robin: connection i on
+    /// node i % N, moving to another at random when its node goes away) or `org` (every
+    /// connection of an org on the node its org hashes to, moving to the org's next node by
+    /// the same rule on the nodes left: a load balancer that routes by org).
+    #[arg(long, value_enum, default_value = "rr")]
+    pub route: Route,
     /// Where to publish (`host:port`, comma-separated for several nodes: publishers start on
     /// node k % N and move to the next after a failed request) [default: the first --addr].
     #[arg(long)]
@@ -233,6 +240,7 @@ async fn run(args: RunArgs) -> Result<RunReport> {
                 kind: args.target,
                 addr: addr.clone(),
                 org: args.org.clone(),
+                orgs: args.plan.orgs,
                 secret: args.secret.clone(),
                 publish_key: args.publish_key.clone(),
                 idempotent: args.idempotent,
@@ -245,8 +253,6 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         .map(|f| parse_fault(f))
         .collect::<Result<Vec<_>>>()?;
 
-    let rss_before = procfs::total_rss(&args.server_pids);
-    let server_cpu_before = procfs::total_cpu(&args.server_pids);
     let own_cpu_before = procfs::cpu_secs(std::process::id()).unwrap_or(0.0);
     let workers = Rc::new(Workers {
         states: RefCell::new((0..workers_n).map(|_| WorkerState::default()).collect()),
@@ -256,6 +262,16 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         counters: Rc::new(Counters::default()),
     });
     let redis_rss_before = workers.procs.borrow().rss(Role::Redis);
+    // The servers' PIDs and their children (nginx's workers), as sampled from here on.
+    let rss_before: u64 = workers
+        .procs
+        .borrow()
+        .procs
+        .iter()
+        .filter(|p| p.role == Role::Server)
+        .map(|p| p.rss_before)
+        .sum();
+    let server_cpu_before = workers.procs.borrow().cpu(Role::Server);
     let started = Instant::now();
     let mut children = Vec::new();
     let mut stdins = Vec::new();
@@ -274,7 +290,8 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         .wait_for("its connections were made", |w| w.ready.is_some())
         .await?;
     let connect_secs = started.elapsed().as_secs_f64();
-    let connect_server_cpu = procfs::total_cpu(&args.server_pids) - server_cpu_before;
+    workers.procs.borrow_mut().refresh();
+    let connect_server_cpu = workers.procs.borrow().cpu(Role::Server) - server_cpu_before;
     let worker_pids: Vec<u32> = workers.states.borrow().iter().map(|w| w.pid).collect();
     // The workers started during the phase: all of their CPU time counts.
     let connect_load_cpu = procfs::total_cpu(&worker_pids)
@@ -300,7 +317,8 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         failed.len()
     );
     tokio::time::sleep(args.idle).await;
-    let rss_connected = procfs::total_rss(&args.server_pids);
+    workers.procs.borrow_mut().refresh();
+    let rss_connected = workers.procs.borrow().rss(Role::Server);
     let redis_rss_connected = workers.procs.borrow().rss(Role::Redis);
     workers.procs.borrow_mut().connected();
 
@@ -318,7 +336,7 @@ async fn run(args: RunArgs) -> Result<RunReport> {
     } else {
         Some(publish_phase(&args, &plan, &targets, &workers, &load_pids, &faults).await?)
     };
-    let rss_after_publish = procfs::total_rss(&args.server_pids);
+    let rss_after_publish = workers.procs.borrow().rss(Role::Server);
     workers.procs.borrow_mut().publish_ended();
 
     let hold = if args.hold.is_zero() {
@@ -380,6 +398,8 @@ async fn run(args: RunArgs) -> Result<RunReport> {
         workers: workers_n,
         source_addrs: args.source_addrs,
         stalled_percent: args.plan.stalled_percent,
+        orgs: args.plan.orgs,
+        route: args.route,
         subscriptions: args.plan.subscriptions,
         event_bytes: args.event_bytes,
         connect: ConnectReport {
@@ -392,7 +412,7 @@ async fn run(args: RunArgs) -> Result<RunReport> {
             load_cores: connect_load_cpu / connect_secs,
         },
         memory: MemoryReport {
-            pids: args.server_pids.clone(),
+            pids: workers.procs.borrow().server_pids(),
             rss_before,
             rss_connected,
             per_conn: if connected > 0 {
@@ -432,6 +452,7 @@ fn spawn_worker(
     let mut cmd = Command::new(exe);
     cmd.arg("worker")
         .args(["--target", &value_name(&args.target)])
+        .args(["--route", &value_name(&args.route)])
         .args([
             "--addr",
             &args.addr,
@@ -602,7 +623,7 @@ async fn publish_phase(
     let tasks = args.publishers.clamp(1, channels);
     let received_before = workers.received();
     workers.procs.borrow_mut().publish_started();
-    let server_cpu0 = procfs::total_cpu(&args.server_pids);
+    let server_cpu0 = workers.procs.borrow().cpu(Role::Server);
     let load_cpu0 = procfs::total_cpu(load_pids);
     let start = Instant::now();
     let start_unix = now_ns() as f64 / 1e9;
@@ -667,7 +688,8 @@ async fn publish_phase(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let wall = start.elapsed().as_secs_f64();
-    let server_cpu = procfs::total_cpu(&args.server_pids) - server_cpu0;
+    workers.procs.borrow_mut().refresh();
+    let server_cpu = workers.procs.borrow().cpu(Role::Server) - server_cpu0;
     let load_cpu = procfs::total_cpu(load_pids) - load_cpu0;
     if let Some(e) = counters.first_error.borrow().as_ref() {
         eprintln!("bench: first publish error: {e}");

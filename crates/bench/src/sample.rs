@@ -1,6 +1,9 @@
 //! What the coordinator samples while a run goes on: the CPU and memory of every server and
-//! Redis PID it was given (a PID that died keeps the CPU it had used, so a killed node's work
-//! still counts), and, every quarter second, the service's counters (connections, deliveries,
+//! Redis PID it was given, and of every process the servers start later running the same
+//! program (nginx's master replaces a worker that crashed: the new worker holds the connections
+//! from then on; a child of another program, such as the load generator a test starts, is not
+//! the server's), a PID
+//! that died keeping the CPU it had used, so a killed node's work still counts; and, every quarter second, the service's counters (connections, deliveries,
 //! publishes, errors). From those samples a fault's windows (before, during, after) and the time
 //! until every connection was back are read.
 
@@ -35,6 +38,9 @@ pub struct Proc {
     pub publish_cpu_secs: f64,
     /// Whether it was gone at the end.
     pub died: bool,
+    /// The server PID that started it during the run (a child found by the sampler), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u32>,
     #[serde(skip)]
     last_cpu: f64,
     #[serde(skip)]
@@ -44,8 +50,11 @@ pub struct Proc {
 /// The PIDs a run samples.
 #[derive(Debug, Default)]
 pub struct Procs {
-    /// Every PID, servers first.
+    /// Every PID, servers first (and the servers' children found later at the end).
     pub procs: Vec<Proc>,
+    /// Whether the publish phase has started (a child found after that spent all of its CPU
+    /// in it).
+    publishing: bool,
 }
 
 impl Procs {
@@ -59,6 +68,7 @@ impl Procs {
             rss_after: 0,
             publish_cpu_secs: 0.0,
             died: false,
+            parent: None,
             last_cpu: procfs::cpu_secs(pid).unwrap_or(0.0),
             publish_cpu0: 0.0,
         };
@@ -67,11 +77,71 @@ impl Procs {
             .map(|&p| make(p, Role::Server))
             .chain(redis.iter().map(|&p| make(p, Role::Redis)))
             .collect();
-        Procs { procs }
+        let mut procs = Procs {
+            procs,
+            publishing: false,
+        };
+        // Children already there (the caller may give only the master) count from the start.
+        procs.adopt_children(false);
+        procs
     }
 
-    /// Reads every PID's CPU again; one that is gone keeps its last figure.
+    /// Adds the children of the server PIDs that are not sampled yet and run the same program
+    /// (nginx's workers), as servers: with `during_run`, started during the run (memory before
+    /// them: none).
+    fn adopt_children(&mut self, during_run: bool) {
+        let mut k = 0;
+        // Children of children too: the list grows while it is walked.
+        while k < self.procs.len() {
+            let p = &self.procs[k];
+            k += 1;
+            if p.role != Role::Server || p.died {
+                continue;
+            }
+            let parent = p.pid;
+            let program = procfs::comm(parent);
+            for child in procfs::children(parent) {
+                if self.procs.iter().any(|q| q.pid == child)
+                    || program.is_none()
+                    || procfs::comm(child) != program
+                {
+                    continue;
+                }
+                let cpu = procfs::cpu_secs(child).unwrap_or(0.0);
+                self.procs.push(Proc {
+                    pid: child,
+                    role: Role::Server,
+                    rss_before: if during_run {
+                        0
+                    } else {
+                        procfs::rss_bytes(child).unwrap_or(0)
+                    },
+                    rss_connected: 0,
+                    rss_after: 0,
+                    publish_cpu_secs: 0.0,
+                    died: false,
+                    parent: during_run.then_some(parent),
+                    last_cpu: cpu,
+                    // Born during the phase: all of its CPU is the phase's.
+                    publish_cpu0: if self.publishing { 0.0 } else { cpu },
+                });
+            }
+        }
+    }
+
+    /// The server PIDs sampled (given and found).
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|p| p.role == Role::Server)
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    /// Reads every PID's CPU again (and finds the servers' new children); one that is gone
+    /// keeps its last figure.
     pub fn refresh(&mut self) {
+        self.adopt_children(true);
         for p in &mut self.procs {
             match procfs::cpu_secs(p.pid) {
                 Some(cpu) => p.last_cpu = cpu,
@@ -110,6 +180,7 @@ impl Procs {
     /// Marks the start of the publish phase.
     pub fn publish_started(&mut self) {
         self.refresh();
+        self.publishing = true;
         for p in &mut self.procs {
             p.publish_cpu0 = p.last_cpu;
         }
@@ -258,5 +329,56 @@ mod tests {
         assert!(procs.cpu(Role::Server) > 0.0);
         assert_eq!(procs.cpu(Role::Redis), 0.0);
         assert!(procs.procs[1].died && !procs.procs[0].died);
+    }
+
+    #[test]
+    fn a_child_a_server_starts_later_is_sampled_and_its_cpu_counts() {
+        // A stand-in "master" (this process's child, a shell) that starts a busy "worker" (a
+        // subshell: the same program) only after the sampling began, as nginx does when it
+        // replaces a crashed worker; its `sleep`, another program, is not sampled.
+        let mut master = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "sleep 0.3; (i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done) & wait",
+            ])
+            .spawn()
+            .expect("sh runs");
+        let mut procs = Procs::new(&[master.id()], &[]);
+        assert_eq!(procs.server_pids(), [master.id()]);
+        procs.publish_started();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut found = None;
+        while std::time::Instant::now() < deadline {
+            procs.refresh();
+            // The busiest child (the first one, `sleep`, spends nothing).
+            if let Some(c) = procs
+                .procs
+                .iter()
+                .filter(|p| p.parent == Some(master.id()))
+                .max_by(|a, b| a.last_cpu.total_cmp(&b.last_cpu))
+            {
+                found = Some(c.pid);
+                if c.last_cpu > 0.05 {
+                    break;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let child = found.expect("the child was found");
+        assert_ne!(child, master.id());
+        assert!(
+            procs
+                .procs
+                .iter()
+                .all(|p| procfs::comm(p.pid).is_none_or(|c| c == "sh")),
+            "only the shell's own kind"
+        );
+        let _ = master.wait();
+        procs.publish_ended();
+        let c = procs.procs.iter().find(|p| p.pid == child).unwrap();
+        assert_eq!(c.role, Role::Server);
+        assert_eq!(c.rss_before, 0, "born during the run");
+        assert!(c.publish_cpu_secs > 0.05, "{}", c.publish_cpu_secs);
+        assert!(procs.cpu(Role::Server) >= c.publish_cpu_secs);
     }
 }

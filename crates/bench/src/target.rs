@@ -33,8 +33,11 @@ pub struct Target {
     pub kind: Kind,
     /// `host:port` of its listener.
     pub addr: String,
-    /// The org every channel belongs to (Cortex: the tokens' `org` claim).
+    /// The org every channel belongs to (Cortex: the tokens' `org` claim); with several orgs,
+    /// the prefix of their names (see [`Target::org_name`]).
     pub org: String,
+    /// How many orgs (at least 1): channel index `x` of any kind is in org `x % orgs`.
+    pub orgs: u32,
     /// The HS256 secret tokens are signed with (Cortex; socket.io only needs a token).
     pub secret: String,
     /// The publish key (Cortex).
@@ -55,29 +58,56 @@ pub struct Publish {
 }
 
 impl Target {
+    /// The name of org `k`: `--org` itself when there is one org, else `<org>-<k>`.
+    pub fn org_name(&self, k: u32) -> String {
+        if self.orgs <= 1 {
+            self.org.clone()
+        } else {
+            format!("{}-{}", self.org, k % self.orgs)
+        }
+    }
+
+    /// The org of channel `c` (of any kind: index `x` is in org `x % orgs`).
+    pub fn chan_org(&self, c: &Chan) -> String {
+        self.org_name(c.index % self.orgs.max(1))
+    }
+
+    /// Channel `c`'s name on the wire (`org:<its org>`, `project:p<k>`, `agent:a<i>`).
+    pub fn chan_name(&self, c: &Chan) -> String {
+        c.name(&self.chan_org(c))
+    }
+
     /// The WebSocket URL a connection subscribed to `subs` opens on `node` (`host:port`).
     pub fn ws_url(&self, node: &str, subs: &[Chan]) -> String {
         match self.kind {
             Kind::Cortex => format!("ws://{}/api/ws", node),
             Kind::Nchan if subs.len() == 1 => {
-                format!("ws://{}/sub/{}", node, subs[0].name(&self.org))
+                format!("ws://{}/sub/{}", node, self.chan_name(&subs[0]))
             }
             Kind::Nchan => format!(
                 "ws://{}/subm?agent=a{}&project=p{}&org={}",
-                node, subs[0].index, subs[1].index, self.org
+                node,
+                subs[0].index,
+                subs[1].index,
+                self.chan_org(&subs[0])
             ),
             Kind::Socketio => format!("ws://{}/socket.io/?EIO=4&transport=websocket", node),
         }
     }
 
-    /// A token for connection `i`: its own `sub`, so the per-user connection cap never bites.
+    /// A token for connection `i` in its org: its own `sub`, so the per-user connection cap
+    /// never bites.
     pub fn token(&self, i: u32) -> String {
-        mint(&self.secret, &format!("bench-u{i}"), &self.org)
+        mint(
+            &self.secret,
+            &format!("bench-u{i}"),
+            &self.org_name(i % self.orgs.max(1)),
+        )
     }
 
     /// The publish request for `marker`, its text padded to about `event_bytes` as delivered.
     pub fn publish(&self, marker: &Marker, event_bytes: usize) -> Publish {
-        let channel = marker.chan.name(&self.org);
+        let channel = self.chan_name(&marker.chan);
         let mut content = String::with_capacity(event_bytes);
         marker.write(&mut content);
         match self.kind {
@@ -89,7 +119,7 @@ impl Target {
                     event_bytes.saturating_sub(channel.len() + 215),
                 );
                 let mut body = serde_json::json!({
-                    "orgId": self.org,
+                    "orgId": self.chan_org(&marker.chan),
                     "type": "chat.message",
                     "channels": [channel],
                     "payload": {"messageId": format!("m{}", marker.seq), "agentId": "bench", "content": content},
@@ -188,14 +218,15 @@ pub struct Position {
     pub epoch: String,
 }
 
-/// The subscribe frames Cortex Realtime expects, one per channel; a channel with a known
-/// position resumes from it (`since`), as the official clients do after a reconnect.
-pub fn cortex_subscribes(subs: &[Chan], org: &str, since: &[Option<Position>]) -> Vec<String> {
-    subs.iter()
+/// The subscribe frames Cortex Realtime expects, one per channel (`names`, as
+/// [`Target::chan_name`] gives them); a channel with a known position resumes from it
+/// (`since`), as the official clients do after a reconnect.
+pub fn cortex_subscribes(names: &[String], since: &[Option<Position>]) -> Vec<String> {
+    names
+        .iter()
         .enumerate()
-        .map(|(r, c)| {
-            let mut frame =
-                serde_json::json!({"type": "subscribe", "channelId": c.name(org), "ref": r});
+        .map(|(r, name)| {
+            let mut frame = serde_json::json!({"type": "subscribe", "channelId": name, "ref": r});
             if let Some(Some(p)) = since.get(r) {
                 frame["since"] = serde_json::json!({"offset": p.offset, "epoch": p.epoch});
             }
@@ -249,10 +280,39 @@ pub fn cortex_event_position(text: &str) -> Option<Position> {
     })
 }
 
-/// The socket.io subscribe frame (an event with ack id 0) for `subs`.
-pub fn socketio_subscribe(subs: &[Chan], org: &str) -> String {
-    let names: Vec<String> = subs.iter().map(|c| c.name(org)).collect();
+/// The socket.io subscribe frame (an event with ack id 0) for the channels `names`.
+pub fn socketio_subscribe(names: &[String]) -> String {
     format!("420{}", serde_json::json!(["subscribe", names]))
+}
+
+/// The socket.io CONNECT frame: the token, and, for a client that had a session (socket.io's
+/// connection state recovery), its `pid` and the offset of the last event it received, which
+/// is what the official client sends to be given what it missed.
+pub fn socketio_connect(token: &str, session: Option<(&str, &str)>) -> String {
+    let mut auth = serde_json::json!({"token": token});
+    if let Some((pid, offset)) = session {
+        auth["pid"] = pid.into();
+        auth["offset"] = offset.into();
+    }
+    format!("40{auth}")
+}
+
+/// The `pid` of a socket.io CONNECT reply (`40{"sid":..,"pid":..}`), present when the server
+/// keeps sessions (connection state recovery): the same `pid` as before means the session
+/// was recovered, a new one that it was not.
+pub fn socketio_pid(reply: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(reply.strip_prefix("40")?).ok()?;
+    Some(v["pid"].as_str()?.to_owned())
+}
+
+/// The offset a recovering socket.io server appends to an event, its last argument
+/// (`42["event","<body, escaped>","<offset>"]`). Inside the escaped body every `"` follows a
+/// backslash, so the last `,"` starts the last argument; `None` for a frame without one.
+pub fn socketio_offset(frame: &str) -> Option<&str> {
+    let inner = frame.strip_prefix("42[")?.strip_suffix("\"]")?;
+    let (head, offset) = inner.rsplit_once(",\"")?;
+    // Two arguments after the event name: the body and the offset.
+    (head.contains(",\"") && !offset.contains('"')).then_some(offset)
 }
 
 #[cfg(test)]
@@ -265,6 +325,7 @@ mod tests {
             kind,
             addr: "127.0.0.1:1".into(),
             org: "bench".into(),
+            orgs: 1,
             secret: "s".into(),
             publish_key: "k".into(),
             idempotent: false,
@@ -316,7 +377,8 @@ mod tests {
         assert_eq!(Subscribed::parse(event), None);
 
         let subs = crate::plan::Plan::new(crate::plan::Shape::Org, 10, 5, 0).subscriptions(7);
-        let frames = cortex_subscribes(&subs, "o", &[None, None, Some(at)]);
+        let names: Vec<String> = subs.iter().map(|c| c.name("o")).collect();
+        let frames = cortex_subscribes(&names, &[None, None, Some(at)]);
         let last: serde_json::Value = serde_json::from_str(&frames[2]).unwrap();
         assert_eq!(
             last["since"],
@@ -328,9 +390,74 @@ mod tests {
     #[test]
     fn socketio_subscribe_is_an_event_with_an_ack_id() {
         let subs = crate::plan::Plan::new(crate::plan::Shape::Org, 10, 5, 0).subscriptions(7);
+        let names: Vec<String> = subs.iter().map(|c| c.name("o")).collect();
         assert_eq!(
-            socketio_subscribe(&subs, "o"),
+            socketio_subscribe(&names),
             r#"420["subscribe",["agent:a7","project:p1","org:o"]]"#
+        );
+    }
+
+    #[test]
+    fn socketio_sessions_are_sent_back_and_offsets_read_from_events() {
+        assert_eq!(socketio_connect("t", None), r#"40{"token":"t"}"#);
+        let again: serde_json::Value = serde_json::from_str(
+            socketio_connect("t", Some(("p1", "1700-0")))
+                .strip_prefix("40")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            again,
+            serde_json::json!({"token": "t", "pid": "p1", "offset": "1700-0"})
+        );
+        assert_eq!(
+            socketio_pid(r#"40{"sid":"s1","pid":"p1"}"#).as_deref(),
+            Some("p1")
+        );
+        assert_eq!(socketio_pid(r#"40{"sid":"s1"}"#), None);
+        assert_eq!(socketio_pid(r#"42["event","x"]"#), None);
+        // The body as the server escapes it: quotes and commas inside, a `,\"` too.
+        let body = r#"{"type":"chat.message","channelId":"org:o","payload":{"content":"a,\"b #Bo0.3.9#"}}"#;
+        let escaped = serde_json::Value::from(body).to_string();
+        let with = format!(r#"42["event",{escaped},"1764115200123-0"]"#);
+        assert_eq!(socketio_offset(&with), Some("1764115200123-0"));
+        let without = format!(r#"42["event",{escaped}]"#);
+        assert_eq!(socketio_offset(&without), None);
+        assert_eq!(socketio_offset("3"), None);
+        assert_eq!(Marker::find(&with).map(|m| m.seq), Some(3));
+    }
+
+    #[test]
+    fn many_orgs_name_channels_tokens_and_publishes_by_the_org_of_the_index() {
+        let mut t = target(Kind::Cortex);
+        assert_eq!(t.org_name(3), "bench", "one org: --org itself");
+        t.orgs = 4;
+        let org7 = Chan {
+            kind: ChanKind::Org,
+            index: 3,
+        };
+        assert_eq!(t.chan_name(&org7), "org:bench-3");
+        let agent9 = Chan {
+            kind: ChanKind::Agent,
+            index: 9,
+        };
+        assert_eq!(t.chan_org(&agent9), "bench-1");
+        assert_eq!(t.chan_name(&agent9), "agent:a9");
+        let m = Marker {
+            chan: org7,
+            seq: 1,
+            sent_ns: 5,
+        };
+        let v: serde_json::Value = serde_json::from_str(&t.publish(&m, 250).body).unwrap();
+        assert_eq!(
+            (v["orgId"].as_str(), v["channels"][0].as_str()),
+            (Some("bench-3"), Some("org:bench-3"))
+        );
+        t.kind = Kind::Nchan;
+        let plan = crate::plan::Plan::new(crate::plan::Shape::Org, 100, 5, 0).with_orgs(4);
+        assert!(
+            t.ws_url("h:1", &plan.subscriptions(9))
+                .ends_with("/subm?agent=a9&project=p1&org=bench-1")
         );
     }
 }

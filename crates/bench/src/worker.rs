@@ -29,6 +29,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::marker::{Chan, Marker, Seen, SeqTrack, now_ns};
 use crate::plan::{Plan, PlanArgs};
+use crate::route::{self, Route};
 use crate::target::{self, Kind, Position, Subscribed, Target};
 use crate::timeline::{Bucket, Timeline};
 
@@ -38,10 +39,14 @@ pub struct WorkerArgs {
     /// The server under test.
     #[arg(long, value_enum)]
     pub target: Kind,
-    /// Its nodes' `host:port`, comma-separated: connection i tries node i % N first and, each
-    /// time a connection attempt fails or its connection drops, another one at random.
+    /// Its nodes' `host:port`, comma-separated: connection i tries the node `--route` gives
+    /// first and, each time a connection attempt fails or its connection drops, the next one
+    /// by the same rule.
     #[arg(long)]
     pub addr: String,
+    /// How connections are spread over the nodes: round robin, or by org.
+    #[arg(long, value_enum, default_value = "rr")]
+    pub route: Route,
     /// The org of every channel and token.
     #[arg(long, default_value = "bench")]
     pub org: String,
@@ -187,6 +192,7 @@ async fn run(args: WorkerArgs) -> Result<()> {
         kind: args.target,
         addr: args.addr.clone(),
         org: args.org.clone(),
+        orgs: args.plan.orgs,
         secret: args.secret.clone(),
         publish_key: String::new(),
         idempotent: false,
@@ -302,33 +308,20 @@ struct Conn {
     gate: Rc<Semaphore>,
 }
 
-/// Another node than `node`, at random among those not refused lately (`down[i]`: until when
-/// node i is avoided; if every other is, any other): a load balancer spreads the clients of a
-/// node that went away over the nodes still up, rather than sending them all to its
-/// neighbour or back to a dead one.
-fn other_node(node: usize, down: &[Option<Instant>]) -> usize {
-    let n = down.len();
-    if n < 2 {
-        return 0;
-    }
-    let now = Instant::now();
-    let up: Vec<usize> = (0..n)
-        .filter(|&i| i != node && down[i].is_none_or(|until| until <= now))
-        .collect();
-    if up.is_empty() {
-        return (node + 1 + rand::rng().random_range(0..n - 1)) % n;
-    }
-    up[rand::rng().random_range(0..up.len())]
-}
-
 /// What a connection keeps across reconnects, as a client does: the node it tries, what it
 /// saw on each channel, and where to resume each from.
 struct Kept {
     node: usize,
+    /// Its org's name (what `--route org` hashes).
+    org: String,
     subs: Vec<Chan>,
     names: Vec<String>,
     seqs: Vec<SeqTrack>,
     positions: Vec<Option<Position>>,
+    /// socket.io with connection state recovery: the session's `pid` and the offset of the
+    /// last event received, sent back on reconnect as the official client does.
+    sio_pid: Option<String>,
+    sio_offset: Option<String>,
 }
 
 impl Kept {
@@ -365,12 +358,16 @@ impl Conn {
         let mut first = Some(first);
         let mut attempt: u32 = 0;
         let subs = self.plan.subscriptions(self.i);
+        let org = self.target.org_name(self.plan.org_of(self.i));
         let mut kept = Kept {
-            node: self.i as usize % self.servers.len(),
-            names: subs.iter().map(|c| c.name(&self.target.org)).collect(),
+            node: route::first_node(self.args.route, self.i, &org, self.servers.len()),
+            org,
+            names: subs.iter().map(|c| self.target.chan_name(c)).collect(),
             seqs: vec![SeqTrack::default(); subs.len()],
             positions: vec![None; subs.len()],
             subs,
+            sio_pid: None,
+            sio_offset: None,
         };
         loop {
             let opened = {
@@ -405,13 +402,23 @@ impl Conn {
                     s.connected -= 1;
                     s.report.dropped += 1;
                     // The node went away (or dropped us): try another.
-                    kept.node = other_node(kept.node, &self.down.borrow());
+                    kept.node = route::next_node(
+                        self.args.route,
+                        kept.node,
+                        &kept.org,
+                        &self.down.borrow(),
+                    );
                 }
                 Err(e) => {
                     // Refused, or no answer: avoid that node for a while.
                     self.down.borrow_mut()[kept.node] =
                         Some(Instant::now() + Duration::from_secs(5));
-                    kept.node = other_node(kept.node, &self.down.borrow());
+                    kept.node = route::next_node(
+                        self.args.route,
+                        kept.node,
+                        &kept.org,
+                        &self.down.borrow(),
+                    );
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Err(format!("{e:#}")));
                         if !self.args.reconnect {
@@ -508,7 +515,7 @@ impl Conn {
                 // All subscribes in one write, as a client (re)subscribing to several
                 // channels sends them.
                 let resuming = kept.positions.iter().any(Option::is_some);
-                for frame in target::cortex_subscribes(subs, &self.target.org, &kept.positions) {
+                for frame in target::cortex_subscribes(&kept.names, &kept.positions) {
                     ws.feed(Message::text(frame)).await?;
                 }
                 ws.flush().await?;
@@ -534,18 +541,48 @@ impl Conn {
             Kind::Nchan => {}
             Kind::Socketio => {
                 expect(&mut ws, |t| t.starts_with('0')).await?;
-                let connect = serde_json::json!({"token": token});
-                ws.send(Message::text(format!("40{connect}"))).await?;
-                let text = next_text(&mut ws).await?;
-                if !text.starts_with("40") {
-                    bail!("socket.io refused the connection: {text}");
+                let session = kept.sio_pid.as_deref().zip(kept.sio_offset.as_deref());
+                let resuming = session.is_some();
+                ws.send(Message::text(target::socketio_connect(&token, session)))
+                    .await?;
+                // A recovered session's missed events may come before the CONNECT reply.
+                let reply = loop {
+                    let text = next_text(&mut ws).await?;
+                    if text.starts_with("40") {
+                        break text;
+                    }
+                    if !text.starts_with("42") {
+                        bail!("socket.io refused the connection: {text}");
+                    }
+                    self.arrival(&text, kept);
+                };
+                let pid = target::socketio_pid(&reply);
+                if resuming {
+                    let mut s = self.stats.borrow_mut();
+                    if pid.is_some() && pid == kept.sio_pid {
+                        s.report.resumed += 1;
+                    } else {
+                        // A new session: what was missed is gone, and how much is not said.
+                        s.report.not_recovered += 1;
+                        s.report.epoch_changes += 1;
+                    }
                 }
-                ws.send(Message::text(target::socketio_subscribe(
-                    subs,
-                    &self.target.org,
-                )))
-                .await?;
-                expect(&mut ws, |t| t.starts_with("430")).await?;
+                if pid != kept.sio_pid {
+                    kept.sio_offset = None;
+                }
+                kept.sio_pid = pid;
+                ws.send(Message::text(target::socketio_subscribe(&kept.names)))
+                    .await?;
+                loop {
+                    let text = next_text(&mut ws).await?;
+                    if text.starts_with("430") {
+                        break;
+                    }
+                    if !text.starts_with("42") {
+                        bail!("unexpected frame: {text}");
+                    }
+                    self.arrival(&text, kept);
+                }
             }
         }
         Ok(ws)
@@ -605,6 +642,11 @@ impl Conn {
         {
             kept.positions[slot] = Some(p);
         }
+        if kept.sio_pid.is_some()
+            && let Some(offset) = target::socketio_offset(text)
+        {
+            kept.sio_offset = Some(offset.to_owned());
+        }
         match kept.seqs[slot].see(marker.seq) {
             Seen::New => r.unique += 1,
             Seen::Late => {
@@ -644,31 +686,5 @@ async fn expect(ws: &mut Ws, want: impl Fn(&str) -> bool) -> Result<()> {
         Ok(())
     } else {
         bail!("unexpected frame: {text}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_dropped_connection_moves_to_another_node_spread_over_all_of_them() {
-        assert_eq!(other_node(0, &[None]), 0);
-        let mut hits = [0u32; 6];
-        let mut down = vec![None; 6];
-        for _ in 0..6_000 {
-            let n = other_node(2, &down);
-            assert_ne!(n, 2, "never the node that went away");
-            hits[n] += 1;
-        }
-        assert_eq!(hits[2], 0);
-        for (n, &h) in hits.iter().enumerate().filter(|&(n, _)| n != 2) {
-            assert!((900..=1500).contains(&h), "node {n} got {h} of 6,000");
-        }
-        // Node 4 refused lately: avoided while others are up; once all are, any other.
-        down[4] = Some(Instant::now() + Duration::from_secs(60));
-        assert!((0..1_000).all(|_| ![2, 4].contains(&other_node(2, &down))));
-        let all = vec![Some(Instant::now() + Duration::from_secs(60)); 6];
-        assert!((0..100).all(|_| other_node(2, &all) != 2));
     }
 }

@@ -119,8 +119,8 @@ fn start_node(redis: &str) -> (Proc, SocketAddr) {
 }
 
 /// Two nodes, 200 connections (100 on each), 40 events/s to all of them through both nodes;
-/// `signal` is sent to the first node 2 s in. Returns the report.
-fn run_with_fault(signal: &str) -> RunReport {
+/// `signal` is sent to the first node 2 s in; `extra`: more options. Returns the report.
+fn run_with_fault(signal: &str, extra: &[&str]) -> RunReport {
     // One run at a time: each keeps both cores busy.
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,6 +174,7 @@ fn run_with_fault(signal: &str) -> RunReport {
         &redis.0.id().to_string(),
         "--check",
     ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     let status = common::run_bench(&args, &json, "against two nodes", Duration::from_secs(90));
     let text = std::fs::read_to_string(&json).expect("the JSON report");
     let report: RunReport = serde_json::from_str(&text).expect("the report parses");
@@ -257,12 +258,45 @@ fn assert_everything_arrived_once_in_order(r: &RunReport) {
 
 #[test]
 fn a_node_killed_mid_broadcast_its_clients_resume_on_the_other_with_nothing_lost() {
-    let r = run_with_fault("KILL");
+    let r = run_with_fault("KILL", &[]);
     assert_everything_arrived_once_in_order(&r);
 }
 
 #[test]
 fn a_node_drained_mid_broadcast_its_clients_resume_on_the_other_with_nothing_lost() {
-    let r = run_with_fault("TERM");
+    let r = run_with_fault("TERM", &[]);
     assert_everything_arrived_once_in_order(&r);
+}
+
+/// Eight orgs routed by org (`--route org`): each org's 25 connections on the node its name
+/// hashes to; the first node killed, its orgs' connections all move to the other and resume,
+/// the other orgs' stay where they were; every broadcast of every org arrives once, in order.
+#[test]
+fn many_orgs_routed_by_org_a_killed_nodes_orgs_move_to_the_other_and_resume() {
+    use cortex_bench::route::{Route, first_node};
+    let orgs = 8;
+    // Which connections start on the first node (the rule the workers apply).
+    let on_first = (0..200u32)
+        .filter(|&i| first_node(Route::Org, i, &format!("bench-{}", i % orgs), 2) == 0)
+        .count() as u64;
+    assert!(
+        (25..200).contains(&on_first),
+        "the orgs' names hash to both nodes ({on_first} on the first)"
+    );
+    let r = run_with_fault("KILL", &["--orgs", "8", "--route", "org"]);
+    assert_eq!((r.orgs, r.route), (8, Route::Org));
+    assert_eq!(r.connect.connected, 200, "{:?}", r.connect.errors);
+    let p = r.publish.as_ref().expect("a publish phase");
+    assert_eq!(p.abandoned, 0);
+    // One broadcast channel per org, 25 connections each.
+    assert!(p.published >= 200, "published {}", p.published);
+    assert_eq!(p.expected, p.published * 25);
+    assert_eq!(
+        (p.lost, p.duplicates, p.out_of_order, p.misrouted),
+        (0, 0, 0, 0)
+    );
+    // Exactly the first node's connections moved (the others never dropped), and resumed.
+    assert_eq!(p.reconnects, on_first, "only the killed node's orgs moved");
+    assert_eq!(p.resumed, on_first);
+    assert_eq!(p.not_recovered, 0);
 }
