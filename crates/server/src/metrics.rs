@@ -151,7 +151,7 @@ struct Hot {
     fanout: Histogram,
     redis_command: Histogram,
     backplane_ready: Gauge,
-    redis_reconnects: Counter,
+    redis_reconnects: [Counter; 2],
     history_bytes: Gauge,
     admin_refused: Counter,
 }
@@ -203,7 +203,9 @@ impl Hot {
             fanout: ::metrics::histogram!("cortex_publish_fanout_seconds"),
             redis_command: ::metrics::histogram!("cortex_redis_command_seconds"),
             backplane_ready: ::metrics::gauge!("cortex_backplane_ready"),
-            redis_reconnects: ::metrics::counter!("cortex_redis_reconnects_total"),
+            redis_reconnects: [RedisLink::Command, RedisLink::PubSub].map(
+                |link| ::metrics::counter!("cortex_redis_reconnects_total", "link" => link.label()),
+            ),
             history_bytes: ::metrics::gauge!("cortex_history_bytes"),
             admin_refused: ::metrics::counter!("cortex_admin_refusals_total"),
         }
@@ -345,9 +347,9 @@ impl Hot {
         self.redis_command.record(d.as_secs_f64());
     }
 
-    /// The Redis command connection came back after it was lost.
-    fn redis_reconnected(&self) {
-        self.redis_reconnects.increment(1);
+    /// A Redis connection came back after it was lost.
+    fn redis_reconnected(&self, link: RedisLink) {
+        self.redis_reconnects[link as usize].increment(1);
     }
 
     /// Whether the backplane can publish and deliver now, and the history this node holds
@@ -431,10 +433,30 @@ pub(crate) fn redis_command(d: Duration) {
     hot().redis_command(d);
 }
 
-/// The Redis command connection came back after it was lost.
+/// Which of a node's Redis connections: the command connection, or a pub/sub listener (one per
+/// Redis server, one per master in a Cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) fn redis_reconnected() {
-    hot().redis_reconnected();
+pub(crate) enum RedisLink {
+    /// The command connection (publishes, history, leases).
+    Command = 0,
+    /// A pub/sub listener.
+    PubSub = 1,
+}
+
+impl RedisLink {
+    fn label(self) -> &'static str {
+        match self {
+            RedisLink::Command => "command",
+            RedisLink::PubSub => "pubsub",
+        }
+    }
+}
+
+/// A Redis connection came back after it was lost.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn redis_reconnected(link: RedisLink) {
+    hot().redis_reconnected(link);
 }
 
 /// Whether the backplane can publish and deliver now, and the history this node holds
@@ -490,7 +512,7 @@ mod tests {
         h.publish_answer(418);
         h.publish_fanout(Duration::from_micros(300));
         h.redis_command(Duration::from_millis(3));
-        h.redis_reconnected();
+        h.redis_reconnected(RedisLink::PubSub);
         h.backplane(true, 1234);
         h.admin_refused();
         h.subscriptions(1.0);
@@ -521,7 +543,8 @@ mod tests {
             (r#"cortex_publish_fanout_seconds_bucket{le="+Inf"}"#, 1.0),
             ("cortex_redis_command_seconds_count", 1.0),
             (r#"cortex_redis_command_seconds_bucket{le="0.005"}"#, 1.0),
-            ("cortex_redis_reconnects_total", 1.0),
+            (r#"cortex_redis_reconnects_total{link="pubsub"}"#, 1.0),
+            (r#"cortex_redis_reconnects_total{link="command"}"#, 0.0),
             ("cortex_admin_refusals_total", 1.0),
             ("cortex_history_bytes", 1234.0),
             ("cortex_backplane_ready", 1.0),
@@ -547,6 +570,7 @@ mod tests {
                     "kind",
                     "recovered",
                     "status",
+                    "link",
                     "le",
                 ];
                 assert!(keys.contains(&k), "label {k} in {line}");

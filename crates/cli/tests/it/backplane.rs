@@ -276,6 +276,16 @@ async fn killed_pubsub_connections_leave_no_gap() {
         );
     }
     c.silent_for(Duration::from_millis(300)).await;
+    // Each listener that came back is counted (the recorder is the process's; a kill that
+    // finds a listener still reconnecting does not count again).
+    let (status, text) = get(&format!("http://{}/metrics", a.addr)).await;
+    assert_eq!(status, 200);
+    let reconnects: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"cortex_redis_reconnects_total{link="pubsub"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(reconnects >= 1.0, "pub/sub reconnects counted:\n{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

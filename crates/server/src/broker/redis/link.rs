@@ -251,7 +251,7 @@ impl Link {
             self.up.store(true, Ordering::Release);
             tracing::info!("redis connected");
             if connected_before {
-                crate::metrics::redis_reconnected();
+                crate::metrics::redis_reconnected(crate::metrics::RedisLink::Command);
             }
             connected_before = true;
             backoff.reset();

@@ -163,6 +163,7 @@ impl Listener {
         let mut backoff = Reconnect::new();
         // The last reason a connect failed, told once (a bad certificate, a refused port).
         let mut failing: Option<String> = None;
+        let mut connected_before = false;
         loop {
             let connect = pubsub::connect(&self.server, self.tls.as_ref());
             let connected = tokio::select! {
@@ -190,6 +191,10 @@ impl Listener {
                 }
                 self.up.store(true, Ordering::Release);
                 tracing::info!(server = %self.server.addr(), "redis pub/sub connected");
+                if connected_before {
+                    crate::metrics::redis_reconnected(crate::metrics::RedisLink::PubSub);
+                }
+                connected_before = true;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     e = self.read(reader, hooks) => {
