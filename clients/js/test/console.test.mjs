@@ -211,6 +211,10 @@ test("console: wrong key, the node and its connections, charts, closes, a live t
     undefined,
     "3 closes with 4001 in the closes table",
   );
+  // Every code the server counts is a row, "other" (codes outside the list) last, none garbled.
+  const codes = await page.evaluate(() => [...document.querySelectorAll("#closes tr[data-code]")].map((tr) => tr.dataset.code));
+  assert.equal(codes.at(-1), "other", `the closes table's codes: ${codes}`);
+  assert.ok(codes.includes("1005") && !codes.includes("NaN"), `the closes table's codes: ${codes}`);
 
   // --- the live tail: our client, a tail token in the first frame, a published event appears
   await page.fill("#tail-org", "o_1");

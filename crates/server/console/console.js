@@ -15,6 +15,7 @@ const STATS_EVERY = 2;
 const CLOSE_MEANING = {
   1000: "normal close",
   1001: "server shutting down or draining",
+  1005: "closed by the client, no code",
   1006: "abnormal (no close frame)",
   1008: "policy violation",
   1009: "frame too large",
@@ -25,6 +26,7 @@ const CLOSE_MEANING = {
   4008: "rate limited",
   4009: "slow consumer",
   4029: "too many connections",
+  other: "any other code",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -159,9 +161,11 @@ function renderStats(stats) {
     );
   }
   $("chart-span").textContent = points.length ? `last ${uptime(points.length * interval)}, every ${interval} s` : "";
+  // Numeric codes in order, then "other".
+  const rank = (code) => (code === "other" ? Infinity : Number(code));
   const closes = Object.entries(stats.closes ?? {})
-    .map(([code, n]) => [Number(code), Number(n)])
-    .sort((a, b) => a[0] - b[0]);
+    .map(([code, n]) => [code, Number(n)])
+    .sort((a, b) => rank(a[0]) - rank(b[0]));
   const rows = closes.map(([code, n]) => {
     const tr = document.createElement("tr");
     tr.dataset.code = String(code);
