@@ -359,7 +359,8 @@ test("disconnect by user and by connection: the clients see the code; stats coun
   const res = await post("/admin/api/disconnect", { orgId: "o_1", userId: "u_dc", code: 4001 });
   assert.equal(res.status, 200, res.text);
   assert.deepEqual(conform("/admin/api/disconnect", "post", res), { disconnected: 2 });
-  await waitFor(() => closes.filter(([s]) => s === "u_dc").length >= 2, { what: "u_dc closed" });
+  // Each client reports "disconnected" then "closed": wait for both clients, not two reports.
+  await waitFor(() => [a, b].every((c) => c.state === "closed"), { what: "both u_dc clients closed" });
   assert.deepEqual(
     closes.filter(([s, c]) => s === "u_dc" && c === 4001).length,
     2,
